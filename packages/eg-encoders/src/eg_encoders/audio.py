@@ -1,0 +1,257 @@
+"""Audio encoder: the Whisper encoder (openai-whisper) with real padding masks.
+
+Whisper's own encoder attends over its whole 30 s window, padding included. Here the same weights run a
+masked forward: padded mel frames are zeroed before each convolution (so the last valid frames see the
+zeros a clip of exactly that length would see), and every block's self-attention gets a key-padding mask.
+Tokens of the valid part therefore do not depend on padding at all: a clip padded to any length, with
+any content in the padded region, gives the same tokens and pooled vector. With a full mask the result
+equals Whisper's own `AudioEncoder.forward`.
+
+Input longer than the context (`audio_spec.n_samples` / `n_frames`) is cut to it, with a warning that
+counts the cut clips (`num_truncated`); it is not chunked. With `trim_padding`, frames that are padding for
+every clip of the batch are dropped before the encoder (N shrinks to the longest clip; saves compute).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .common import EncoderError, EncoderOutput, apply_trainable_blocks
+from .pooling import PoolingConfig, build_pooling
+
+SAMPLE_RATE = 16000
+HOP_LENGTH = 160  # mel frame = 10 ms; one encoder token = 2 frames = 20 ms
+MIN_SAMPLES = 400  # one STFT window (whisper's N_FFT)
+
+
+@dataclass
+class AudioSpec:
+    """What the audio encoder expects: 16 kHz audio, `n_mels` log-mel bins, at most `n_samples` samples
+    (= `n_frames` mel frames = 2 * n_audio_ctx)."""
+
+    sample_rate: int
+    n_mels: int
+    n_samples: int
+    n_frames: int
+
+
+@dataclass
+class WhisperEncoderDims:
+    """Encoder dimensions for a random-init Whisper encoder (whisper's ModelDimensions, audio half)."""
+
+    n_mels: int = 80
+    n_audio_ctx: int = 1500
+    n_audio_state: int = 512
+    n_audio_head: int = 8
+    n_audio_layer: int = 6
+
+
+@dataclass
+class AudioEncoderConfig:
+    """Audio encoder settings.
+
+    model_name: a Whisper name (tiny, base, small, medium, large-v3, ...: whisper.available_models()) or a
+        local .pt checkpoint as whisper.load_model reads it. Must be "" when `dims` is set.
+    download_root: where Whisper names are looked up / downloaded ("" = ~/.cache/whisper).
+    dims: explicit dimensions for a random-init encoder (None = load model_name).
+    trainable_blocks: 0 = frozen, -1 = train all, k = train the last k blocks (+ final norm).
+    grad_checkpointing: recompute block activations in backward.
+    trim_padding: drop frames that are padding in every clip of the batch before encoding.
+    pooling: how tokens become the pooled vector.
+    """
+
+    model_name: str = "base"
+    download_root: str = ""
+    dims: Optional[WhisperEncoderDims] = None
+    trainable_blocks: int = 0
+    grad_checkpointing: bool = False
+    trim_padding: bool = True
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+
+
+class AudioEncoder(nn.Module):
+    """log-mels (B, n_mels, T) + frame mask (B, T), or 16 kHz waveforms -> EncoderOutput over 20 ms tokens."""
+
+    def __init__(self, config: AudioEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = _load_whisper_encoder(config)
+        n_ctx, width = self.backbone.positional_embedding.shape
+        n_mels = self.backbone.conv1.in_channels
+        self.audio_spec = AudioSpec(SAMPLE_RATE, n_mels, 2 * n_ctx * HOP_LENGTH, 2 * n_ctx)
+        self.output_dim: int = width
+        blocks = list(self.backbone.blocks)
+        apply_trainable_blocks(
+            self.backbone, blocks, [self.backbone.ln_post], config.trainable_blocks, "audio.trainable_blocks"
+        )
+        self.frozen = config.trainable_blocks == 0
+        self.pooling = build_pooling(config.pooling, width, "audio.pooling")
+        self.num_truncated = 0
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "AudioEncoder":
+        """Set train mode; a frozen backbone stays in eval mode."""
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def forward(self, audio: torch.Tensor | Sequence[torch.Tensor], audio_mask: Optional[torch.Tensor] = None) -> EncoderOutput:
+        """Encode a batch.
+
+        audio: log-mels (B, n_mels, T) with `audio_mask` (B, T) bool (True = valid frame; None = all valid),
+            or waveforms: a (B, S) tensor with `audio_mask` (B, S) over samples, or a list of 1-D tensors.
+        Returns tokens (B, N, D) with N = ceil(T / 2), mask (B, N) True on tokens of valid frames, pooled (B, D).
+        """
+        is_waveform = not torch.is_tensor(audio) or audio.ndim == 2
+        if is_waveform:
+            mel, frame_mask = self.log_mel(audio, audio_mask)
+        else:
+            mel, frame_mask = self._check_mel(audio, audio_mask)
+        if self.config.trim_padding:
+            longest = int(frame_mask.sum(dim=1).max())
+            keep = min(mel.shape[-1], longest + longest % 2)
+            mel, frame_mask = mel[..., :keep], frame_mask[:, :keep]
+        if mel.shape[-1] % 2:
+            mel = F.pad(mel, (0, 1))
+            frame_mask = F.pad(frame_mask, (0, 1), value=False)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            tokens, token_mask = self._encode(mel, frame_mask)
+        return EncoderOutput(tokens=tokens, mask=token_mask, pooled=self.pooling(tokens, token_mask))
+
+    def log_mel(
+        self, waveforms: torch.Tensor | Sequence[torch.Tensor], sample_mask: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """16 kHz waveforms -> (log-mel (B, n_mels, n_frames), frame mask (B, n_frames)) via whisper.
+
+        Each clip's log-mel is computed on its valid samples only (Whisper normalizes by the clip's max).
+        """
+        import whisper
+
+        if torch.is_tensor(waveforms):
+            if sample_mask is None:
+                clips = list(waveforms)
+            else:
+                clips = [w[m.bool()] for w, m in zip(waveforms, sample_mask)]
+        else:
+            clips = list(waveforms)
+        spec = self.audio_spec
+        mel = torch.zeros(len(clips), spec.n_mels, spec.n_frames)
+        frame_mask = torch.zeros(len(clips), spec.n_frames, dtype=torch.bool)
+        for i, clip in enumerate(clips):
+            clip = torch.as_tensor(clip, dtype=torch.float32).flatten().cpu()
+            if clip.numel() < MIN_SAMPLES:
+                raise EncoderError(
+                    f"audio sample {i} has {clip.numel()} samples; need at least {MIN_SAMPLES} "
+                    f"(25 ms at 16 kHz): drop empty clips or mark them absent"
+                )
+            if clip.numel() > spec.n_samples:
+                clip = clip[: spec.n_samples]
+                self._count_truncation(i)
+            clip_mel = whisper.log_mel_spectrogram(clip, n_mels=spec.n_mels)  # (n_mels, frames)
+            n = clip_mel.shape[-1]
+            mel[i, :, :n] = clip_mel
+            frame_mask[i, :n] = True
+        device = self.backbone.conv1.weight.device
+        return mel.to(device), frame_mask.to(device)
+
+    def _check_mel(self, mel: torch.Tensor, mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = self.audio_spec
+        if mel.ndim != 3 or mel.shape[1] != spec.n_mels:
+            raise EncoderError(
+                f"audio log-mel has shape {tuple(mel.shape)}; this encoder expects (B, {spec.n_mels}, T) "
+                f"(whisper log-mel with {spec.n_mels} bins)"
+            )
+        if mask is None:
+            mask = torch.ones(mel.shape[0], mel.shape[-1], dtype=torch.bool, device=mel.device)
+        if mask.shape != (mel.shape[0], mel.shape[-1]):
+            raise EncoderError(
+                f"audio_mask has shape {tuple(mask.shape)}; expected (B, T) = {(mel.shape[0], mel.shape[-1])}"
+            )
+        mask = mask.bool()
+        empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise EncoderError(f"audio samples {empty} have no valid frames (empty audio); mark them absent")
+        if mel.shape[-1] > spec.n_frames:
+            for i in mask[:, spec.n_frames :].any(dim=1).nonzero().flatten().tolist():
+                self._count_truncation(i)
+            mel, mask = mel[..., : spec.n_frames], mask[:, : spec.n_frames]
+        return mel, mask
+
+    def _count_truncation(self, index: int) -> None:
+        self.num_truncated += 1
+        seconds = self.audio_spec.n_samples / SAMPLE_RATE
+        warnings.warn(
+            f"audio sample {index} is longer than the encoder's {seconds:g} s context and was cut to it "
+            f"({self.num_truncated} clips cut so far)",
+            stacklevel=3,
+        )
+
+    def _encode(self, mel: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mel (B, n_mels, T) even T, frame_mask (B, T) -> tokens (B, T/2, D), token mask (B, T/2)."""
+        enc = self.backbone
+        mel = mel.to(enc.conv1.weight.dtype)
+        keep = frame_mask.unsqueeze(1).to(mel.dtype)  # (B, 1, T)
+        x = F.gelu(enc.conv1(mel * keep)) * keep  # (B, D, T)
+        x = F.gelu(enc.conv2(x)).permute(0, 2, 1)  # (B, T/2, D)
+        token_mask = frame_mask[:, ::2]  # token t covers frames 2t-1..2t+1; valid when frame 2t is
+        x = x + enc.positional_embedding[: x.shape[1]].to(x.dtype)
+        attn_mask = token_mask[:, None, None, :]  # (B, 1, 1, N): keys only
+        for block in enc.blocks:
+            if self.config.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(_masked_block, block, x, attn_mask, use_reentrant=False)
+            else:
+                x = _masked_block(block, x, attn_mask)
+        x = enc.ln_post(x) * token_mask.unsqueeze(-1).to(x.dtype)  # padding tokens set to 0
+        return x, token_mask
+
+
+def _masked_block(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    """One whisper ResidualAttentionBlock (its own weights) with a key-padding mask. x (B, N, D)."""
+    attn = block.attn
+    h = block.attn_ln(x)
+    batch, n, width = h.shape
+    heads = attn.n_head
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, n, heads, width // heads).transpose(1, 2)  # (B, H, N, D/H)
+
+    # whisper scales q and k by d**-0.25 each: the same as SDPA's default 1/sqrt(d)
+    out = F.scaled_dot_product_attention(split(attn.query(h)), split(attn.key(h)), split(attn.value(h)), attn_mask=attn_mask)
+    x = x + attn.out(out.transpose(1, 2).reshape(batch, n, width))
+    return x + block.mlp(block.mlp_ln(x))
+
+
+def _load_whisper_encoder(config: AudioEncoderConfig) -> nn.Module:
+    import whisper
+    from whisper.model import AudioEncoder as WhisperAudioEncoder
+
+    if config.dims is not None:
+        if config.model_name:
+            raise EncoderError(
+                f"audio.model_name={config.model_name!r} and audio.dims are both set; set model_name='' for a "
+                f"random-init encoder, or dims=null to load a model"
+            )
+        d = config.dims
+        if d.n_mels not in (80, 128) or d.n_audio_state % d.n_audio_head:
+            raise EncoderError(
+                f"audio.dims: n_mels={d.n_mels} must be 80 or 128 and n_audio_head={d.n_audio_head} must divide "
+                f"n_audio_state={d.n_audio_state}"
+            )
+        return WhisperAudioEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
+    name = config.model_name
+    if name not in whisper.available_models() and not os.path.isfile(name):
+        raise EncoderError(
+            f"audio.model_name={name!r} is neither a Whisper model name {whisper.available_models()} nor a local "
+            f".pt checkpoint file; or set audio.model_name='' with audio.dims for random init"
+        )
+    model = whisper.load_model(name, device="cpu", download_root=config.download_root or None)
+    return model.encoder

@@ -1,0 +1,61 @@
+"""Shared pieces of the encoders: the error type, the output type and the freezing rules.
+
+Every encoder in this package returns an `EncoderOutput` and raises `EncoderError` for mistakes a user can
+make (a bad config value, a missing file, a malformed input). Freezing follows one rule for all backbones:
+`trainable_blocks = 0` freezes the backbone, `-1` trains all of it, `k > 0` trains only its last k blocks
+and the final norm that follows them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class EncoderError(ValueError):
+    """A user-caused error in eg-encoders (config, path or input); the message is one actionable line."""
+
+
+@dataclass
+class EncoderOutput:
+    """What every encoder returns.
+
+    tokens: (B, N, D) token features (vision: class token first, then patches; audio: 20 ms frames;
+        text: word pieces). mask: (B, N) bool, True where the token is real (not padding).
+    pooled: (B, D) one vector per sample.
+    """
+
+    tokens: torch.Tensor  # (B, N, D)
+    mask: torch.Tensor  # (B, N) bool
+    pooled: torch.Tensor  # (B, D)
+
+
+def apply_trainable_blocks(
+    backbone: nn.Module, blocks: Sequence[nn.Module], tail: Sequence[nn.Module], trainable_blocks: int, key: str
+) -> None:
+    """Set `requires_grad` on a backbone: 0 = frozen, -1 = all, k = the last k `blocks` plus `tail` modules.
+
+    `tail` holds what runs after the last block (e.g. the final LayerNorm), which trains with it.
+    """
+    num_blocks = len(blocks)
+    if trainable_blocks < -1 or trainable_blocks > num_blocks:
+        raise EncoderError(
+            f"{key}={trainable_blocks} is out of range: use 0 (frozen), -1 (train all) or 1..{num_blocks} "
+            f"(train the last k of the {num_blocks} blocks)"
+        )
+    train_all = trainable_blocks == -1
+    for param in backbone.parameters():
+        param.requires_grad_(train_all)
+    if trainable_blocks > 0:
+        for module in [*blocks[num_blocks - trainable_blocks :], *tail]:
+            for param in module.parameters():
+                param.requires_grad_(True)
+
+
+def check_choice(value: str, choices: Sequence[str], key: str) -> None:
+    """Raise EncoderError naming `key` when `value` is not one of `choices`."""
+    if value not in choices:
+        raise EncoderError(f"{key}={value!r} is not supported; choose one of {list(choices)}")

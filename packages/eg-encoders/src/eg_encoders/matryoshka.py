@@ -1,0 +1,64 @@
+"""Matryoshka projection head: encoder width -> the largest Matryoshka (MRL) dim, nested prefixes.
+
+`embed(x, dim)` keeps the first `dim` features and L2-normalizes them, so one projection serves every
+Matryoshka dimension (the losses train each prefix to be a usable embedding on its own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import EncoderError
+
+MAX_MATRYOSHKA_DIM = 4096
+
+
+@dataclass
+class MatryoshkaConfig:
+    """max_dim: the top Matryoshka dim (<= 4096). hidden_dim: 0 = one linear layer, >0 = a 2-layer MLP."""
+
+    max_dim: int = 1024
+    hidden_dim: int = 0
+
+
+class MatryoshkaProjection(nn.Module):
+    """Projects (B, in_dim) features to (B, max_dim); `embed` truncates and normalizes."""
+
+    def __init__(self, in_dim: int, max_dim: int = 1024, hidden_dim: int = 0) -> None:
+        super().__init__()
+        if not 1 <= max_dim <= MAX_MATRYOSHKA_DIM:
+            raise EncoderError(f"matryoshka.max_dim={max_dim} must be in 1..{MAX_MATRYOSHKA_DIM}")
+        if in_dim < 1 or hidden_dim < 0:
+            raise EncoderError(f"matryoshka: in_dim={in_dim} must be >= 1 and hidden_dim={hidden_dim} >= 0")
+        self.in_dim = in_dim
+        self.max_dim = max_dim
+        if hidden_dim > 0:
+            self.proj: nn.Module = nn.Sequential(
+                nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, max_dim)
+            )
+        else:
+            self.proj = nn.Linear(in_dim, max_dim)
+
+    @classmethod
+    def from_config(cls, config: MatryoshkaConfig, in_dim: int) -> "MatryoshkaProjection":
+        """Build from a MatryoshkaConfig for inputs of width `in_dim`."""
+        return cls(in_dim, config.max_dim, config.hidden_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, in_dim) -> (B, max_dim), not normalized."""
+        return self.proj(x)
+
+    def embed(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """x (B, in_dim) -> (B, dim): the first `dim` projected features, L2-normalized."""
+        return truncate_normalize(self.forward(x), dim)
+
+
+def truncate_normalize(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """z (B, max_dim) -> (B, dim) L2-normalized prefix; use it to reuse one projection for several dims."""
+    if not 1 <= dim <= z.shape[-1]:
+        raise EncoderError(f"matryoshka dim {dim} must be in 1..{z.shape[-1]} (the projection's max_dim)")
+    return F.normalize(z[..., :dim], dim=-1)

@@ -1,0 +1,89 @@
+"""Pooling of a masked token sequence (B, N, D) into one vector (B, D): cls, masked mean, attention.
+
+Attention pooling uses learnable queries (one or more) that cross-attend over the valid tokens with
+multi-head attention; the per-query outputs are averaged into the pooled vector, so every query drives
+the result and receives gradient. Padding tokens (mask False) never contribute to any pooling type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .common import EncoderError, check_choice
+
+POOLING_TYPES = ("cls", "mean", "attention")
+
+
+@dataclass
+class PoolingConfig:
+    """How an encoder pools its tokens.
+
+    type: "cls" (first token), "mean" (mean of valid tokens) or "attention" (learnable queries).
+    num_queries / num_heads: attention pooling only; the token width must divide by num_heads.
+    """
+
+    type: str = "mean"
+    num_queries: int = 1
+    num_heads: int = 8
+
+
+class ClsPooling(nn.Module):
+    """Takes the first token: the class token of ViTs and BERT; the first frame for Whisper."""
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N, D), mask (B, N) -> (B, D)."""
+        return tokens[:, 0]
+
+
+class MeanPooling(nn.Module):
+    """Mean of the valid tokens only."""
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N, D), mask (B, N) -> (B, D)."""
+        weights = mask.to(tokens.dtype).unsqueeze(-1)  # (B, N, 1)
+        count = weights.sum(dim=1).clamp_min(1.0)  # (B, 1)
+        return (tokens * weights).sum(dim=1) / count
+
+
+class AttentionPooling(nn.Module):
+    """Learnable queries cross-attend over the valid tokens; the query outputs are averaged.
+
+    `forward_queries` gives the per-query outputs (B, Q, D) for callers that want several vectors.
+    """
+
+    def __init__(self, dim: int, num_queries: int = 1, num_heads: int = 8) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(num_queries, dim) * dim**-0.5)  # (Q, D)
+        self.norm_tokens = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.norm_out = nn.LayerNorm(dim)
+
+    def forward_queries(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N, D), mask (B, N) -> (B, Q, D), one output per query."""
+        keys = self.norm_tokens(tokens)  # (B, N, D)
+        queries = self.queries.unsqueeze(0).expand(tokens.shape[0], -1, -1).to(keys.dtype)  # (B, Q, D)
+        out, _ = self.attention(queries, keys, keys, key_padding_mask=~mask, need_weights=False)
+        return self.norm_out(out)  # (B, Q, D)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N, D), mask (B, N) -> (B, D)."""
+        return self.forward_queries(tokens, mask).mean(dim=1)
+
+
+def build_pooling(config: PoolingConfig, dim: int, key: str = "pooling") -> nn.Module:
+    """Build the pooling module named by `config.type` for tokens of width `dim`."""
+    check_choice(config.type, POOLING_TYPES, f"{key}.type")
+    if config.type == "cls":
+        return ClsPooling()
+    if config.type == "mean":
+        return MeanPooling()
+    if config.num_queries < 1:
+        raise EncoderError(f"{key}.num_queries={config.num_queries} must be >= 1")
+    if config.num_heads < 1 or dim % config.num_heads != 0:
+        raise EncoderError(
+            f"{key}.num_heads={config.num_heads} must divide the token width {dim}; pick a divisor of {dim}"
+        )
+    return AttentionPooling(dim, config.num_queries, config.num_heads)

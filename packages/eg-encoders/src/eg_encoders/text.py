@@ -1,0 +1,105 @@
+"""Text encoder: a sentence-transformers model run module by module, with or without gradients.
+
+`SentenceTransformer.encode()` always runs without gradients, so this encoder tokenizes with the model's
+own preprocessing and calls the modules (`model(features)`) directly: trainable when configured, under
+`torch.no_grad()` when frozen. Tokens are the transformer's token embeddings, the mask its attention mask,
+and pooled the model's sentence embedding (its own Pooling/Dense/Normalize modules).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .common import EncoderError, EncoderOutput
+
+
+@dataclass
+class TextEncoderConfig:
+    """Text encoder settings.
+
+    model_name: a sentence-transformers hub name ("sentence-transformers/all-MiniLM-L6-v2") or a local
+        directory saved by SentenceTransformer.save().
+    cache_dir: download cache ("" = library default).
+    trainable: True = fine-tune the whole model; False = frozen (no gradients, eval mode).
+    grad_checkpointing: recompute activations in backward (trainable only).
+    max_seq_length: truncate texts to this many tokens (0 = the model's own setting).
+    """
+
+    model_name: str = "sentence-transformers/all-MiniLM-L6-v2"
+    cache_dir: str = ""
+    trainable: bool = False
+    grad_checkpointing: bool = False
+    max_seq_length: int = 0
+
+
+class TextEncoder(nn.Module):
+    """texts list[str] -> EncoderOutput(tokens (B, L, D), mask (B, L), pooled (B, D') sentence embedding)."""
+
+    def __init__(self, config: TextEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = _load_sentence_transformer(config)
+        transformer = self.model[0]
+        auto_model = getattr(transformer, "auto_model", None)
+        if auto_model is not None and getattr(auto_model, "pooler", None) is not None:
+            # BERT's pooler head is never used by sentence-transformers; unused weights break DDP
+            auto_model.pooler = None
+        if config.max_seq_length > 0:
+            self.model.max_seq_length = config.max_seq_length
+        self.model.requires_grad_(config.trainable)
+        if config.grad_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        dim = self.model.get_embedding_dimension()
+        if dim is None:
+            raise EncoderError(f"text.model_name={config.model_name!r} has no sentence embedding dimension")
+        self.output_dim: int = int(dim)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        """Set train mode; a frozen model stays in eval mode (no dropout)."""
+        super().train(mode)
+        if not self.config.trainable:
+            self.model.eval()
+        return self
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Tokenize with the model's own preprocessing; tensors land on the model's device."""
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+            raise EncoderError("text input must be a list of strings (use '' for a missing caption)")
+        if len(texts) == 0:
+            raise EncoderError("text input is an empty list; pass at least one string")
+        features = self.model.preprocess(list(texts))
+        device = next(self.model.parameters()).device
+        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in features.items()}
+
+    def forward(self, texts: list[str]) -> EncoderOutput:
+        """texts (B strings) -> tokens (B, L, D), mask (B, L) bool, pooled (B, D') sentence embeddings."""
+        features = self.tokenize(texts)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.trainable):
+            out = self.model(features)
+        mask = out["attention_mask"].bool()  # (B, L)
+        return EncoderOutput(tokens=out["token_embeddings"], mask=mask, pooled=out["sentence_embedding"])
+
+
+def _load_sentence_transformer(config: TextEncoderConfig):
+    from sentence_transformers import SentenceTransformer
+
+    name = os.path.expanduser(config.model_name)
+    if name.startswith((".", "/")) and not os.path.isdir(name):
+        raise EncoderError(f"text.model_name={name!r} is not an existing directory (a sentence-transformers save)")
+    try:
+        return SentenceTransformer(
+            name,
+            device="cpu",
+            cache_folder=config.cache_dir or None,
+            local_files_only=os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"),
+        )
+    except (OSError, ValueError) as exc:
+        raise EncoderError(
+            f"text.model_name={name!r} could not be loaded as a sentence-transformers model (a hub name such as "
+            f"'sentence-transformers/all-MiniLM-L6-v2' or a local directory): {str(exc).splitlines()[0]}"
+        ) from None

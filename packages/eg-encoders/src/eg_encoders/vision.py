@@ -1,0 +1,206 @@
+"""Vision encoder: a CLIP ViT from open_clip or Hugging Face `CLIPVisionModel`, with its tokens and pooling.
+
+Tokens are the backbone's final-block outputs after its own final LayerNorm, class token first then the
+patches (B, 1 + num_patches, width); the CLIP projection head is dropped (unused weights would break DDP
+without `find_unused_parameters`), and the pooled vector comes from this package's pooling module.
+`image_spec` reports the input size and normalization the backbone was trained with, for eg-data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .common import EncoderError, EncoderOutput, apply_trainable_blocks, check_choice
+from .pooling import PoolingConfig, build_pooling
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class ImageSpec:
+    """What the vision backbone expects: square `size` pixels, per-channel `mean` and `std` (RGB, 0..1)."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass
+class VisionEncoderConfig:
+    """Vision encoder settings.
+
+    backend: "open_clip" or "hf".
+    model_name: open_clip model name (e.g. "ViT-L-14-336", also "hf-hub:org/repo" / "local-dir:/path") or,
+        for "hf", a hub id ("openai/clip-vit-large-patch14") or a local directory.
+    pretrained: open_clip only: a pretrained tag ("openai"), a local checkpoint file, or "" for random init.
+        Must be "" for backend "hf" (the weights come from model_name).
+    model_config_file: open_clip only: a JSON model config registered with open_clip.add_model_config, so
+        model_name may be its file stem ("" = none).
+    cache_dir: download cache for open_clip tags / HF hub ids ("" = library default).
+    trainable_blocks: 0 = frozen, -1 = train all, k = train the last k transformer blocks (+ final norm).
+    grad_checkpointing: recompute block activations in backward to save memory.
+    pooling: how tokens become the pooled vector.
+    """
+
+    backend: str = "open_clip"
+    model_name: str = "ViT-L-14-336"
+    pretrained: str = "openai"
+    model_config_file: str = ""
+    cache_dir: str = ""
+    trainable_blocks: int = 0
+    grad_checkpointing: bool = False
+    pooling: PoolingConfig = field(default_factory=lambda: PoolingConfig(type="cls"))
+
+
+class VisionEncoder(nn.Module):
+    """images (B, 3, S, S), normalized per `image_spec` -> EncoderOutput(tokens (B, 1+P, D), mask, pooled)."""
+
+    def __init__(self, config: VisionEncoderConfig) -> None:
+        super().__init__()
+        check_choice(config.backend, ("open_clip", "hf"), "vision.backend")
+        self.config = config
+        if config.backend == "open_clip":
+            self.backbone, self.image_spec, blocks, tail = _load_open_clip(config)
+        else:
+            self.backbone, self.image_spec, blocks, tail = _load_hf(config)
+        self._blocks = blocks
+        self.output_dim: int = tail[0].normalized_shape[0]
+        apply_trainable_blocks(self.backbone, blocks, tail, config.trainable_blocks, "vision.trainable_blocks")
+        self.frozen = config.trainable_blocks == 0
+        if config.grad_checkpointing:
+            if config.backend == "open_clip":
+                self.backbone.set_grad_checkpointing(True)
+            else:
+                self.backbone.gradient_checkpointing_enable()
+        self.pooling = build_pooling(config.pooling, self.output_dim, "vision.pooling")
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "VisionEncoder":
+        """Set train mode; a frozen backbone stays in eval mode (its dropout/statistics stay fixed)."""
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> EncoderOutput:
+        """images (B, 3, S, S) -> tokens (B, 1+P, D) (class token first), mask all True, pooled (B, D)."""
+        self._check_images(images)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            tokens = self._tokens(images)  # (B, 1+P, D)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)  # (B, 1+P)
+        return EncoderOutput(tokens=tokens, mask=mask, pooled=self.pooling(tokens, mask))
+
+    def _tokens(self, images: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.backbone.parameters()).dtype
+        images = images.to(dtype)
+        if self.config.backend == "open_clip":
+            out = self.backbone.forward_intermediates(
+                images,
+                indices=1,
+                normalize_intermediates=True,
+                intermediates_only=True,
+                output_fmt="NLC",
+                output_extra_tokens=True,
+            )
+            cls = out["image_intermediates_prefix"][0]  # (B, 1, D), after ln_post
+            patches = out["image_intermediates"][0]  # (B, P, D), after ln_post
+            return torch.cat([cls, patches], dim=1)
+        inner = getattr(self.backbone, "vision_model", self.backbone)
+        hidden = self.backbone(pixel_values=images).last_hidden_state  # (B, 1+P, D)
+        return inner.post_layernorm(hidden)
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        size = self.image_spec.size
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise EncoderError(
+                f"vision input has shape {tuple(images.shape)}; expected (B, 3, {size}, {size}) RGB images"
+            )
+        if images.shape[-2:] != (size, size):
+            raise EncoderError(
+                f"vision input is {images.shape[-2]}x{images.shape[-1]} pixels; this backbone expects "
+                f"{size}x{size} (resize with image_spec)"
+            )
+
+
+def _load_open_clip(config: VisionEncoderConfig):
+    import open_clip
+    from open_clip.transformer import VisionTransformer
+
+    if config.model_config_file:
+        if not os.path.isfile(config.model_config_file):
+            raise EncoderError(f"vision.model_config_file={config.model_config_file!r} does not exist")
+        open_clip.add_model_config(config.model_config_file)
+    has_schema = config.model_name.startswith(("hf-hub:", "local-dir:"))
+    name = config.model_name.replace("/", "-")
+    if not has_schema and name not in open_clip.list_models():
+        raise EncoderError(
+            f"vision.model_name={config.model_name!r} is not an open_clip model; use a name from "
+            f"open_clip.list_models() (e.g. 'ViT-L-14-336'), 'hf-hub:org/repo', 'local-dir:/path', or set "
+            f"vision.model_config_file to a JSON model config named after its file stem"
+        )
+    pretrained = config.pretrained or None
+    if pretrained and not has_schema and not os.path.isfile(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise EncoderError(
+                f"vision.pretrained={pretrained!r} is neither a checkpoint file nor a tag of {name} "
+                f"(tags: {tags}); use '' for random init"
+            )
+    model = open_clip.create_model(
+        config.model_name, pretrained=pretrained, cache_dir=config.cache_dir or None, device="cpu"
+    )
+    visual = model.visual
+    if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None:
+        raise EncoderError(
+            f"vision.model_name={config.model_name!r} is not a plain open_clip ViT (ResNet, timm and CoCa "
+            f"towers are not supported); pick a ViT-* model"
+        )
+    visual.proj = None  # the CLIP projection is unused here; see the module docstring
+    size = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
+    spec = ImageSpec(int(size), tuple(visual.image_mean), tuple(visual.image_std))
+    return visual, spec, list(visual.transformer.resblocks), [visual.ln_post]
+
+
+def _load_hf(config: VisionEncoderConfig):
+    from transformers import CLIPVisionModel
+
+    if config.pretrained or config.model_config_file:
+        raise EncoderError(
+            "vision.pretrained and vision.model_config_file are open_clip settings; set them to '' for "
+            "backend 'hf' (put the hub id or local directory in vision.model_name)"
+        )
+    cache_dir = config.cache_dir or None
+    try:
+        model = CLIPVisionModel.from_pretrained(config.model_name, cache_dir=cache_dir)
+    except OSError as exc:
+        raise EncoderError(
+            f"vision.model_name={config.model_name!r} is not a loadable CLIPVisionModel (hub id such as "
+            f"'openai/clip-vit-large-patch14' or a local directory with config.json): {str(exc).splitlines()[0]}"
+        ) from None
+    inner = getattr(model, "vision_model", model)
+    spec = _hf_image_spec(config.model_name, int(model.config.image_size), cache_dir)
+    return model, spec, list(inner.encoder.layers), [inner.post_layernorm]
+
+
+def _hf_image_spec(model_name: str, size: int, cache_dir: str | None) -> ImageSpec:
+    """Mean/std from the model's preprocessor_config.json when it has one, else the OpenAI CLIP values."""
+    path = os.path.join(model_name, "preprocessor_config.json")
+    if not os.path.isdir(model_name):
+        try:
+            from transformers.utils import cached_file
+
+            path = cached_file(model_name, "preprocessor_config.json", cache_dir=cache_dir) or ""
+        except OSError:  # the preprocessor file is optional: fall back to the CLIP defaults
+            path = ""
+    if path and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            pre = json.load(f)
+        mean, std = pre.get("image_mean", OPENAI_CLIP_MEAN), pre.get("image_std", OPENAI_CLIP_STD)
+        return ImageSpec(size, tuple(mean), tuple(std))
+    return ImageSpec(size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
