@@ -1,0 +1,202 @@
+"""Webdataset shards in the img2dataset layout: a writer that rolls shards by sample count, the
+per-shard sample-count index (`shards.json`) that makes epoch lengths known without reading data,
+and a raw reader that yields the undecoded samples of one shard through webdataset's tar iterators."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+from webdataset import tariterators
+
+from .errors import DataError
+
+INDEX_NAME = "shards.json"
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+AUDIO_EXTS = ("flac", "wav")
+
+
+@dataclass
+class ShardInfo:
+    """One shard file and how many samples it holds."""
+
+    path: str
+    num_samples: int
+
+
+def _write_json_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class ShardWriter:
+    """Writes samples to `{prefix}-{NNNNN}.tar`, starting a new shard every `max_samples_per_shard`.
+
+    A sample is a dict with `key` (str) and any of: `image` (encoded bytes) with `image_ext`,
+    `text` (str), `audio` (encoded bytes) with `audio_ext`, `json` (dict). On `close()` the per-shard
+    counts are written to `shards.json` beside the shards.
+    """
+
+    def __init__(self, out_dir: str | Path, max_samples_per_shard: int = 1000, prefix: str = "shard"):
+        if max_samples_per_shard < 1:
+            raise DataError(f"max_samples_per_shard must be >= 1, got {max_samples_per_shard}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.max_samples_per_shard = max_samples_per_shard
+        self.prefix = prefix
+        self.shards: list[ShardInfo] = []
+        self._writer: wds.TarWriter | None = None
+        self._count = 0
+
+    def _roll(self) -> None:
+        self._close_current()
+        name = f"{self.prefix}-{len(self.shards):05d}.tar"
+        # A fixed mtime makes shards byte-identical across rebuilds (deterministic demo data).
+        self._writer = wds.TarWriter(str(self.out_dir / name), encoder=False, mtime=0.0)
+        self.shards.append(ShardInfo(path=name, num_samples=0))
+        self._count = 0
+
+    def _close_current(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def write(self, sample: dict[str, Any]) -> None:
+        """Append one sample; bytes are stored as given, text as UTF-8, json serialized."""
+        if self._writer is None or self._count >= self.max_samples_per_shard:
+            self._roll()
+        record: dict[str, Any] = {"__key__": str(sample["key"])}
+        if sample.get("image") is not None:
+            record[sample.get("image_ext", "png")] = sample["image"]
+        if sample.get("text") is not None:
+            record["txt"] = sample["text"].encode("utf-8")
+        if sample.get("audio") is not None:
+            record[sample.get("audio_ext", "flac")] = sample["audio"]
+        if sample.get("json") is not None:
+            record["json"] = json.dumps(sample["json"], sort_keys=True).encode("utf-8")
+        assert self._writer is not None
+        self._writer.write(record)
+        self._count += 1
+        self.shards[-1].num_samples = self._count
+
+    def close(self) -> list[ShardInfo]:
+        """Finish the last shard and write `shards.json`; returns the shard list."""
+        self._close_current()
+        write_index(self.out_dir, self.shards)
+        return self.shards
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_index(shard_dir: str | Path, shards: list[ShardInfo]) -> None:
+    """Record per-shard sample counts in `shard_dir/shards.json` (paths relative to the dir)."""
+    payload = {
+        "shards": [{"path": s.path, "num_samples": s.num_samples} for s in shards],
+        "num_samples": sum(s.num_samples for s in shards),
+    }
+    _write_json_atomic(Path(shard_dir) / INDEX_NAME, payload)
+
+
+def _count_tar_samples(path: Path) -> int:
+    keys = set()
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                if member.isreg():
+                    prefix, _ = tariterators.base_plus_ext(member.name)
+                    if prefix is not None:
+                        keys.add(prefix)
+    except (tarfile.TarError, OSError, EOFError):
+        pass  # a truncated shard counts what it holds; the reader reports the missing rest
+    return len(keys)
+
+
+def load_index(shard_dir: str | Path, build_if_missing: bool = True) -> list[ShardInfo]:
+    """Shards of a directory with their sample counts (absolute paths).
+
+    Reads `shards.json`; else img2dataset's `{shard}_stats.json` (`successes`); else, when
+    `build_if_missing`, counts samples by scanning the tars once and writes `shards.json`.
+    """
+    root = Path(shard_dir)
+    if not root.is_dir():
+        raise DataError(f"shard directory {root} does not exist; build or download the dataset first")
+    index = root / INDEX_NAME
+    if index.exists():
+        try:
+            entries = json.loads(index.read_text())["shards"]
+            return [ShardInfo(str(root / e["path"]), int(e["num_samples"])) for e in entries]
+        except (ValueError, KeyError, TypeError) as exn:
+            raise DataError(f"{index} is not a valid shard index ({exn}); delete it to rebuild") from exn
+    tars = sorted(root.glob("*.tar"))
+    if not tars:
+        raise DataError(f"no .tar shards in {root}; build or download the dataset first")
+    shards: list[ShardInfo] = []
+    for tar in tars:
+        stats = tar.with_name(tar.stem + "_stats.json")
+        count = None
+        if stats.exists():
+            try:
+                count = int(json.loads(stats.read_text())["successes"])
+            except (ValueError, KeyError, TypeError):
+                count = None
+        if count is None:
+            if not build_if_missing:
+                raise DataError(f"{root} has no {INDEX_NAME}; run the data app or load_index(build_if_missing=True)")
+            count = _count_tar_samples(tar)
+        shards.append(ShardInfo(tar.name, count))
+    write_index(root, shards)
+    return [ShardInfo(str(root / s.path), s.num_samples) for s in shards]
+
+
+def iter_raw_samples(
+    path: str, on_error: Callable[[Exception], None], wanted: Callable[[int], bool] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield `(ordinal, raw_sample)` for the samples of one tar, undecoded (suffix -> bytes).
+
+    `wanted(ordinal)` False skips a sample without keeping its bytes. A read error (a truncated or
+    corrupt tar) is passed to `on_error` and ends the shard: the samples after it are missing.
+    """
+
+    def handler(exn: Exception) -> bool:
+        on_error(exn)
+        return False
+
+    try:
+        stream = open(path, "rb")
+    except OSError as exn:
+        on_error(exn)
+        return
+    with stream:
+        files = tariterators.tar_file_expander([{"url": path, "stream": stream}], handler=handler)
+        samples = tariterators.group_by_keys(files, handler=handler)
+        for ordinal, sample in enumerate(samples):
+            if wanted is None or wanted(ordinal):
+                yield ordinal, sample
+
+
+def encode_json(payload: dict[str, Any]) -> bytes:
+    """JSON bytes as stored in shards."""
+    return json.dumps(payload, sort_keys=True).encode("utf-8")
+
+
+def read_all(shard_dir: str | Path) -> list[dict[str, Any]]:
+    """Every raw sample of a shard directory in storage order (for inspection and tests)."""
+    errors: list[Exception] = []
+    out = []
+    for info in load_index(shard_dir):
+        out.extend(s for _, s in iter_raw_samples(info.path, errors.append))
+    return out
+
+
+__all__ = ["ShardInfo", "ShardWriter", "load_index", "write_index", "iter_raw_samples", "read_all", "encode_json"]

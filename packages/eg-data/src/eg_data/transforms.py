@@ -1,0 +1,125 @@
+"""Per-sample transforms: image -> normalized tensor at the vision encoder's spec (optional train-time
+random crop), audio bytes -> 16 kHz -> padded/trimmed -> whisper log-mel with a valid-frame mask, and
+deterministic text dropout and QA choice. Randomness is drawn from (seed, epoch, key) so a resumed
+epoch transforms every sample exactly as the uninterrupted one did."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import soundfile
+import soxr
+import torch
+import whisper
+from PIL import Image
+
+SAMPLE_RATE = 16000
+HOP_LENGTH = 160  # whisper's STFT hop: one mel frame per 10 ms at 16 kHz
+
+
+@dataclass
+class ImageTransformConfig:
+    """Image spec (from the vision encoder's `image_spec`) and train-time augmentation."""
+
+    size: int = 224
+    mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
+    std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
+    augment: bool = False  # random resized crop at train time
+    crop_scale_min: float = 0.8  # smallest crop area fraction when augmenting
+    hflip: bool = False  # off by default: mirrored digits and text change meaning
+
+
+@dataclass
+class AudioTransformConfig:
+    """Audio spec (from the audio encoder's `audio_spec`): mel bins and the context in samples."""
+
+    n_mels: int = 80
+    n_samples: int = 480000  # 30 s at 16 kHz for released Whisper models
+
+    @property
+    def n_frames(self) -> int:
+        return self.n_samples // HOP_LENGTH
+
+
+def sample_rng(seed: int, epoch: int, key: str, salt: str) -> np.random.Generator:
+    """A generator fixed by (seed, epoch, key, salt): independent of worker count and of order."""
+    digest = hashlib.blake2b(f"{seed}|{epoch}|{key}|{salt}".encode(), digest_size=8).digest()
+    return np.random.default_rng(int.from_bytes(digest, "little"))
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode image bytes to RGB; raises on undecodable data (the reader counts it as bad)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+def _resize_shorter(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    scale = size / min(w, h)
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    return img.resize(new, Image.BICUBIC) if new != (w, h) else img
+
+
+def transform_image(
+    img: Image.Image, cfg: ImageTransformConfig, rng: np.random.Generator | None = None
+) -> torch.Tensor:
+    """Resize/crop to `cfg.size` and normalize; a random resized crop when `cfg.augment` and rng given.
+
+    Returns float (3, size, size).
+    """
+    if cfg.augment and rng is not None:
+        w, h = img.size
+        area = w * h * rng.uniform(cfg.crop_scale_min, 1.0)
+        aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+        cw = int(min(w, round(np.sqrt(area * aspect))))
+        ch = int(min(h, round(np.sqrt(area / aspect))))
+        x0 = int(rng.integers(0, w - cw + 1))
+        y0 = int(rng.integers(0, h - ch + 1))
+        img = img.crop((x0, y0, x0 + cw, y0 + ch)).resize((cfg.size, cfg.size), Image.BICUBIC)
+        if cfg.hflip and rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    else:
+        img = _resize_shorter(img, cfg.size)
+        w, h = img.size
+        left, top = (w - cfg.size) // 2, (h - cfg.size) // 2
+        img = img.crop((left, top, left + cfg.size, top + cfg.size))
+    arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
+    x = torch.from_numpy(arr).permute(2, 0, 1)  # (3, H, W)
+    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float32).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def decode_audio(data: bytes) -> np.ndarray:
+    """Decode flac/wav bytes to mono float32 at 16 kHz (soxr resampling); raises when undecodable."""
+    wave, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (T, C)
+    if wave.shape[0] == 0:
+        raise ValueError("audio has no samples")
+    mono = wave.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE).astype(np.float32)
+    return np.ascontiguousarray(mono)
+
+
+def transform_audio(wave: np.ndarray, cfg: AudioTransformConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad/trim a 16 kHz wave to `cfg.n_samples` and compute whisper's log-mel.
+
+    Returns mel float (n_mels, n_frames) and mask bool (n_frames,) True on frames covering real audio.
+    """
+    num_valid = min(len(wave), cfg.n_samples)
+    audio = torch.zeros(cfg.n_samples, dtype=torch.float32)
+    audio[:num_valid] = torch.from_numpy(wave[:num_valid])
+    mel = whisper.log_mel_spectrogram(audio, n_mels=cfg.n_mels)  # (n_mels, n_frames)
+    assert mel.shape[-1] == cfg.n_frames, (mel.shape, cfg.n_frames)
+    valid_frames = min(cfg.n_frames, -(-num_valid // HOP_LENGTH))
+    mask = torch.arange(cfg.n_frames) < valid_frames  # (n_frames,)
+    return mel, mask
+
+
+def drop_text(seed: int, epoch: int, key: str, p: float) -> bool:
+    """Whether the caption of `key` is dropped this epoch (probability p, deterministic)."""
+    return p > 0 and sample_rng(seed, epoch, key, "text_dropout").random() < p
