@@ -12,7 +12,6 @@ import sys
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from eg_losses import ContrastiveLoss, ContrastiveLossConfig, MatryoshkaLoss, MatryoshkaLossConfig
 
 WORLD = 2

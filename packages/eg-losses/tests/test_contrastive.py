@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from eg_losses import ContrastiveLoss, ContrastiveLossConfig, LossError
 
 A = torch.eye(3)

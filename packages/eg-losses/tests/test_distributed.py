@@ -1,4 +1,4 @@
-"""Distributed equivalence: 2 gloo ranks (full and local-loss modes) match one process with the whole batch."""
+"""Distributed equivalence: 2 gloo ranks (full and local-loss modes) match one process holding the batch."""
 
 import subprocess
 import sys
@@ -15,7 +15,8 @@ def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist") / "results.pt"
     # A fresh interpreter: spawned ranks must import their entry point by name, which pytest's
     # importlib mode does not allow for test modules.
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(out)], capture_output=True, text=True, timeout=300)
+    command = [sys.executable, str(SCRIPT), str(out)]
+    proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out, weights_only=True)
 
@@ -32,7 +33,9 @@ def test_two_ranks_match_one_process(results, case):
         for name, grad in reference["grads"].items():
             assert grad.abs().sum() > 0, name
             assert torch.allclose(rank_result[case]["grads"][name], grad, rtol=1e-6, atol=1e-6), (
-                name, (rank_result[case]["grads"][name] - grad).abs().max().item())
+                name,
+                (rank_result[case]["grads"][name] - grad).abs().max().item(),
+            )
 
 
 @pytest.mark.parametrize("case", ["full", "full_uneven_masked"])

@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from eg_losses import (
     DEFAULT_MRL_DIMS,
     ContrastiveLoss,
@@ -82,8 +81,11 @@ def test_default_dims_are_capped_at_the_embedding_dim():
 
 def test_single_dim_mode_visits_every_dim_reproducibly():
     def draws(seed):
-        mrl = MatryoshkaLoss(ContrastiveLoss(), 16,
-                             MatryoshkaLossConfig(dims=[2, 4, 8, 16], sample_single_mrl_dim=True, seed=seed))
+        mrl = MatryoshkaLoss(
+            ContrastiveLoss(),
+            16,
+            MatryoshkaLossConfig(dims=[2, 4, 8, 16], sample_single_mrl_dim=True, seed=seed),
+        )
         return [tuple(mrl.select_dims()) for _ in range(200)]
 
     first = draws(7)
@@ -93,15 +95,17 @@ def test_single_dim_mode_visits_every_dim_reproducibly():
     assert draws(7) == first
     assert draws(8) != first
 
-    mrl = MatryoshkaLoss(ContrastiveLoss(), 8,
-                         MatryoshkaLossConfig(dims=[2, 4, 8], sample_single_mrl_dim=True, seed=1))
+    mrl = MatryoshkaLoss(
+        ContrastiveLoss(), 8, MatryoshkaLossConfig(dims=[2, 4, 8], sample_single_mrl_dim=True, seed=1)
+    )
     _, parts = mrl.forward_with_parts(torch.randn(3, 8), torch.randn(3, 8))
     assert len(parts) == 1
 
 
 def test_k_random_dims_are_distinct_sorted_and_cover_all():
-    mrl = MatryoshkaLoss(ContrastiveLoss(), 16,
-                         MatryoshkaLossConfig(dims=[2, 4, 8, 16], num_sampled_dims=2, seed=3))
+    mrl = MatryoshkaLoss(
+        ContrastiveLoss(), 16, MatryoshkaLossConfig(dims=[2, 4, 8, 16], num_sampled_dims=2, seed=3)
+    )
     seen = set()
     for _ in range(100):
         dims = mrl.select_dims()

@@ -66,9 +66,7 @@ class ContrastiveLoss(nn.Module):
         """The current logit scale (1 / temperature), capped at `max_logit_scale`, as a 0-d tensor."""
         return self.log_logit_scale.exp().clamp(max=self.config.max_logit_scale)
 
-    def forward(
-        self, a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Return the scalar symmetric InfoNCE loss of pairs (a[i], b[i]).
 
         a, b: (B, D) embeddings (normalized here). valid: optional (B,) bool, False rows are excluded
@@ -76,13 +74,17 @@ class ContrastiveLoss(nn.Module):
         row anywhere the loss is a zero that still reaches every input (so DDP sees all parameters).
         """
         if a.ndim != 2 or a.shape != b.shape:
-            raise LossError(f"contrastive loss needs two (B, D) batches of one shape, got {tuple(a.shape)} "
-                            f"and {tuple(b.shape)}")
+            raise LossError(
+                f"contrastive loss needs two (B, D) batches of one shape, got {tuple(a.shape)} "
+                f"and {tuple(b.shape)}"
+            )
         if valid is None:
             valid = torch.ones(a.shape[0], dtype=torch.bool, device=a.device)
         elif valid.shape != (a.shape[0],) or valid.dtype != torch.bool:
-            raise LossError(f"contrastive loss `valid` must be a bool tensor of shape ({a.shape[0]},), "
-                            f"got {valid.dtype} {tuple(valid.shape)}")
+            raise LossError(
+                f"contrastive loss `valid` must be a bool tensor of shape ({a.shape[0]},), "
+                f"got {valid.dtype} {tuple(valid.shape)}"
+            )
         if self.config.learnable_temperature:
             # Clamp the parameter itself (as CLIP does after each step) rather than the value in the
             # graph, so the gradient never dies at the cap. `.data` keeps autograd's version counter
@@ -92,7 +94,7 @@ class ContrastiveLoss(nn.Module):
 
         a = F.normalize(a, dim=-1)  # (B, D)
         b = F.normalize(b, dim=-1)  # (B, D)
-        rank, world = distributed_world()
+        _, world = distributed_world()
         if self.config.gather_distributed and world > 1:
             all_a, all_valid, offset = gather_with_grad(a, valid)  # (N, D), (N,)
             all_b, _, _ = gather_with_grad(b, valid)  # (N, D)

@@ -38,9 +38,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
         return grad[ctx.rank]
 
 
-def gather_with_grad(
-    x: torch.Tensor, valid: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+def gather_with_grad(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Gather `x` (B_local, D) and `valid` (B_local,) from every rank of the default group.
 
     Returns the padded global batch (W * B_max, D) with gradients flowing back to each rank's `x`,

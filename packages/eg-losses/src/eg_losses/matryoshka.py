@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,8 @@ DEFAULT_MRL_DIMS = [128, 256, 512, 1024, 2048, 4096]
 class MatryoshkaLossConfig:
     """Settings of `MatryoshkaLoss`."""
 
-    dims: Optional[list[int]] = None  # None: DEFAULT_MRL_DIMS below the embedding dim, then the embedding dim
-    weights: Optional[list[float]] = None  # one per dim; None: 1.0 each
+    dims: list[int] | None = None  # None: DEFAULT_MRL_DIMS below the embedding dim, then the embedding dim
+    weights: list[float] | None = None  # one per dim; None: 1.0 each
     sample_single_mrl_dim: bool = False  # one random dim per step
     num_sampled_dims: int = 0  # k > 0: k random dims per step; 0: every dim (or one, see above)
     seed: int = 0  # seed of the generator that draws the dims
@@ -50,7 +50,9 @@ def resolve_mrl_dims(dims: list[int] | None, embed_dim: int) -> list[int]:
     if dims != sorted(dims):
         raise LossError(f"matryoshka.dims must be in increasing order, got {dims}")
     if dims[-1] > embed_dim:
-        raise LossError(f"matryoshka.dims {dims} go above the embedding dim {embed_dim}; drop the larger ones")
+        raise LossError(
+            f"matryoshka.dims {dims} go above the embedding dim {embed_dim}; drop the larger ones"
+        )
     return dims
 
 
@@ -72,18 +74,24 @@ class MatryoshkaLoss(nn.Module):
         if weights is None:
             weights = [1.0] * len(self.dims)
         if len(weights) != len(self.dims):
-            raise LossError(f"matryoshka.weights has {len(weights)} entries for {len(self.dims)} dims "
-                            f"{self.dims}; give one weight per dim")
+            raise LossError(
+                f"matryoshka.weights has {len(weights)} entries for {len(self.dims)} dims "
+                f"{self.dims}; give one weight per dim"
+            )
         if any(w < 0 for w in weights):
             raise LossError(f"matryoshka.weights must be >= 0, got {list(weights)}")
         self.weights = [float(w) for w in weights]
         k = self.config.num_sampled_dims
         if self.config.sample_single_mrl_dim and k not in (0, 1):
-            raise LossError(f"matryoshka.sample_single_mrl_dim is set and matryoshka.num_sampled_dims is {k}; "
-                            "choose one of the two")
+            raise LossError(
+                f"matryoshka.sample_single_mrl_dim is set and matryoshka.num_sampled_dims is {k}; "
+                "choose one of the two"
+            )
         if not 0 <= k <= len(self.dims):
-            raise LossError(f"matryoshka.num_sampled_dims must be within 0..{len(self.dims)} "
-                            f"(the number of dims), got {k}")
+            raise LossError(
+                f"matryoshka.num_sampled_dims must be within 0..{len(self.dims)} "
+                f"(the number of dims), got {k}"
+            )
         self.generator = torch.Generator().manual_seed(self.config.seed)
 
     def select_dims(self) -> list[int]:
@@ -102,8 +110,10 @@ class MatryoshkaLoss(nn.Module):
         a, b: (B, embed_dim). kwargs (e.g. `valid`) go to the wrapped loss unchanged.
         """
         if a.shape[-1] != self.embed_dim or b.shape[-1] != self.embed_dim:
-            raise LossError(f"matryoshka loss was built for embed_dim {self.embed_dim}, got embeddings of width "
-                            f"{a.shape[-1]} and {b.shape[-1]}")
+            raise LossError(
+                f"matryoshka loss was built for embed_dim {self.embed_dim}, got embeddings of width "
+                f"{a.shape[-1]} and {b.shape[-1]}"
+            )
         weight_of = dict(zip(self.dims, self.weights))
         parts: dict[int, torch.Tensor] = {}
         total = a.new_zeros(())

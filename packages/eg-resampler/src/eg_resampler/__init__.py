@@ -1,5 +1,8 @@
 """eg-resampler: Perceiver Resampler: variable-length masked sequences to a fixed number of latents."""
 
+from eg_resampler.errors import ResamplerError
+from eg_resampler.perceiver import PerceiverResampler, PerceiverResamplerConfig
+
 __version__ = "0.1.0"
 
-__all__: list[str] = []
+__all__ = ["PerceiverResampler", "PerceiverResamplerConfig", "ResamplerError"]
