@@ -1,5 +1,23 @@
-"""eg-train: A trainer for any nn.Module: torchrun/DDP, mixed precision, accumulation, crash-safe exact resume, observability."""
+"""eg-train: a trainer for any nn.Module: torchrun/DDP, mixed precision, accumulation, crash-safe exact
+resume, observability (tensorboard, metrics.csv, plots, tqdm, optional wandb)."""
+
+from .checkpoint import load_checkpoint, load_model_weights
+from .config import TrainerConfig, WandbConfig
+from .distributed import DistInfo, init_distributed, seed_everything, shutdown_distributed
+from .errors import TrainError
+from .trainer import Trainer
 
 __version__ = "0.1.0"
 
-__all__: list[str] = []
+__all__ = [
+    "DistInfo",
+    "Trainer",
+    "TrainerConfig",
+    "TrainError",
+    "WandbConfig",
+    "init_distributed",
+    "load_checkpoint",
+    "load_model_weights",
+    "seed_everything",
+    "shutdown_distributed",
+]

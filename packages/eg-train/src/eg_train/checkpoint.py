@@ -1,0 +1,190 @@
+"""Crash-safe checkpoints: atomic writes, plain-typed contents, RNG capture, fallback on corrupt files.
+
+Reload rule for model weights (`load_model_weights` and resume): the model is rebuilt from its config
+first (frozen pretrained parts come from their own weights), then the checkpoint's model state is
+loaded. Every saved key must exist in the model with the same shape; when the checkpoint holds only
+trainable parameters + buffers (`model_state_kind == "trainable"`), every parameter of the rebuilt model
+that requires grad must also be in it. A "full" checkpoint is loaded with strict=True.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import TrainError
+
+FORMAT = "eg-train/1"
+LATEST = "checkpoint_latest.pt"
+BEST = "checkpoint_best.pt"
+_STEP_FILE = re.compile(r"^checkpoint_step_(\d+)\.pt$")
+
+
+def step_file_name(step: int) -> str:
+    """Name of the keep-last-N file for `step`."""
+    return f"checkpoint_step_{step:08d}.pt"
+
+
+def capture_rng_state(device: torch.device) -> dict[str, Any]:
+    """Python, numpy, torch and (on CUDA) the device's RNG states, as weights_only-loadable values."""
+    version, state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    out: dict[str, Any] = {
+        "python": {"version": version, "state": list(state), "gauss": gauss},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def restore_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Inverse of capture_rng_state."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    nps = state["numpy"]
+    keys = nps["keys"].numpy().astype(np.uint32)
+    np.random.set_state((nps["name"], keys, nps["pos"], nps["has_gauss"], nps["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def model_state(model: nn.Module, trainable_only: bool) -> dict[str, torch.Tensor]:
+    """The model's state dict, or only its trainable parameters + buffers (frozen backbones excluded)."""
+    full = model.state_dict()
+    if not trainable_only:
+        return full
+    keep = {n for n, p in model.named_parameters() if p.requires_grad}
+    keep |= {n for n, _ in model.named_buffers()}
+    return {k: v for k, v in full.items() if k in keep}
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], kind: str, source: str) -> None:
+    """Load `state` into `model` by the module's reload rule; TrainError names `source` on mismatch."""
+    own = model.state_dict()
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise TrainError(f"{source}: keys not in the rebuilt model (e.g. {unknown[0]}); build the model "
+                         f"from the checkpoint's config before loading")
+    bad_shape = [k for k, v in state.items() if tuple(own[k].shape) != tuple(v.shape)]
+    if bad_shape:
+        k = bad_shape[0]
+        raise TrainError(f"{source}: {k} has shape {tuple(state[k].shape)} but the model has "
+                         f"{tuple(own[k].shape)}; the model config differs from the checkpoint's")
+    if kind == "full":
+        missing = [k for k in own if k not in state]
+    else:
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
+    if missing:
+        raise TrainError(f"{source}: model key {missing[0]} is missing from the checkpoint "
+                         f"({len(missing)} missing); the trainable modules differ from the saved run's")
+    model.load_state_dict(state, strict=False)
+
+
+def serialize(obj: dict[str, Any]) -> bytes:
+    """torch.save into memory, so one serialization can be written to several final names."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file in the same folder, flush + fsync, then os.replace onto `path`.
+
+    A crash at any point leaves either the old file or the new one under `path`, never a partial one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Delete temp files left by a process killed mid-write."""
+    if folder.is_dir():
+        for p in folder.glob(".checkpoint_*.tmp.*"):
+            p.unlink(missing_ok=True)
+
+
+def prune_step_files(folder: Path, keep_last_n: int) -> None:
+    """Keep only the `keep_last_n` newest checkpoint_step_*.pt files."""
+    steps = sorted((int(m.group(1)), p) for p in folder.glob("checkpoint_step_*.pt")
+                   if (m := _STEP_FILE.match(p.name)))
+    for _, p in steps[: max(0, len(steps) - keep_last_n)]:
+        p.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with torch.load(weights_only=True); TrainError names the file if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainError(f"checkpoint {path} does not exist; check the path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, ...: all mean "not a usable file"
+        raise TrainError(f"checkpoint {path} is unreadable ({type(e).__name__}); it may be truncated") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
+        raise TrainError(f"checkpoint {path} is not an eg-train checkpoint (no format={FORMAT!r})")
+    return ckpt
+
+
+def load_model_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint's model weights into a model rebuilt from its config (see module rule).
+
+    Returns the checkpoint's metadata: step, epoch, best metric, `config` and `run_config`.
+    """
+    ckpt = load_checkpoint(path)
+    load_model_state(model, ckpt["model"], ckpt.get("model_state_kind", "full"), str(path))
+    keys = ("step", "epoch", "samples_seen", "best_metric", "best_value", "best_step", "config", "run_config")
+    return {k: ckpt.get(k) for k in keys}
+
+
+def resume_candidates(folder: Path) -> list[Path]:
+    """Checkpoints to try, newest first: latest, then step files and best by modification time."""
+    if not folder.is_dir():
+        return []
+    latest = folder / LATEST
+    others = [p for p in folder.glob("checkpoint_*.pt") if p.name != LATEST]
+    others.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    return ([latest] if latest.is_file() else []) + others
+
+
+def find_resume_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint in `folder`, warning about each unreadable one skipped.
+
+    None when the folder has no checkpoint at all; TrainError when files exist but none is readable.
+    """
+    candidates = resume_candidates(folder)
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path)
+        except TrainError as e:
+            warnings.warn(f"{e}; falling back to the next newest checkpoint", stacklevel=2)
+    if candidates:
+        raise TrainError(f"no readable checkpoint in {folder}; delete the broken files or set train.resume=never")
+    return None

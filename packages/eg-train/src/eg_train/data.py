@@ -1,0 +1,114 @@
+"""Batch plumbing: device transfer, batch size inference, model output parsing, per-epoch batch streams."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from .errors import TrainError
+
+_END = object()
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors (also inside nested dicts) go to `device`; strings, lists and other values stay as they are."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def batch_size(batch: Any) -> int:
+    """Size of dim 0 of the first tensor in the batch dict (else the length of the first list)."""
+    if not isinstance(batch, dict):
+        raise TrainError(f"a train/val batch must be a dict, got {type(batch).__name__}; collate batches to dicts")
+    for v in batch.values():
+        if isinstance(v, torch.Tensor) and v.ndim > 0:
+            return int(v.shape[0])
+    for v in batch.values():
+        if isinstance(v, (list, tuple)):
+            return len(v)
+    raise TrainError(f"cannot infer the batch size: batch with keys {sorted(batch)} has no tensor or list")
+
+
+def split_output(out: Any) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """(loss, named scalar parts) from a model's output dict; non-scalar entries (embeddings...) are ignored."""
+    if not isinstance(out, dict):
+        raise TrainError(f"model forward must return a dict with 'loss'; it returned {type(out).__name__}")
+    loss = out.get("loss")
+    if loss is not None and not isinstance(loss, torch.Tensor):
+        loss = torch.tensor(float(loss))
+    parts: dict[str, torch.Tensor] = {}
+    for k, v in out.items():
+        if k == "loss":
+            continue
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            parts[k] = v.detach().float().reshape(())
+        elif isinstance(v, (float, int)) and not isinstance(v, bool):
+            parts[k] = torch.tensor(float(v))
+    return loss, parts
+
+
+def has_position(data: Any) -> bool:
+    """True when the data supports exact positioning: set_epoch(epoch, start_batch) and __len__."""
+    return callable(getattr(data, "set_epoch", None)) and _has_len(data)
+
+
+def _has_len(data: Any) -> bool:
+    try:
+        len(data)
+    except TypeError:
+        return False
+    return True
+
+
+def data_length(data: Any) -> int | None:
+    """len(data) (batches per epoch on this rank) or None for unsized iterables."""
+    return len(data) if _has_len(data) else None
+
+
+class BatchStream:
+    """One epoch of batches as (batch, is_last_in_epoch).
+
+    With a known length the last batch is found by counting; without one the stream reads one batch
+    ahead, because DDP must sync gradients on the epoch's last micro-batch and cannot learn it later.
+    """
+
+    def __init__(self, data: Iterable, index: int, length: int | None) -> None:
+        self.it: Iterator = iter(data)
+        self.index = index
+        self.length = length
+        self._ahead: Any = None
+
+    def skip(self, count: int) -> None:
+        """Consume `count` batches without using them (resume of data that cannot seek)."""
+        for i in range(count):
+            if next(self.it, _END) is _END:
+                raise TrainError(f"train data ended after {i} batches while skipping to the checkpoint's "
+                                 f"position {count}; the data changed since the checkpoint")
+        self.index += count
+
+    def prefetch(self) -> None:
+        """Read the look-ahead batch now (so a resumed run reads it under the same RNG state)."""
+        if self.length is None and self._ahead is None:
+            self._ahead = next(self.it, _END)
+
+    def next(self) -> tuple[Any, bool] | None:
+        """The next batch and whether it ends the epoch; None when the epoch has no batch left."""
+        if self.length is not None:
+            if self.index >= self.length:
+                return None
+            batch = next(self.it, _END)
+            if batch is _END:
+                return None
+            self.index += 1
+            return batch, self.index == self.length
+        self.prefetch()
+        batch, self._ahead = self._ahead, None
+        if batch is _END:
+            return None
+        self.index += 1
+        self.prefetch()
+        return batch, self._ahead is _END

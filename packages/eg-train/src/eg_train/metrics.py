@@ -1,0 +1,127 @@
+"""Run logging on rank 0: metrics.csv (resume-safe), tensorboard, optional wandb."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+FIXED_COLUMNS = ["step", "epoch", "samples_seen", "lr", "loss", "grad_norm", "samples_per_s",
+                 "data_wait_frac", "skipped_steps"]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""  # an absent metric stays empty, never 0.0
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _parse(cell: str) -> float | None:
+    if cell == "":
+        return None
+    return float(cell)
+
+
+class MetricsCSV:
+    """One row per logged step. Columns only grow (the file is rewritten when a new one appears).
+
+    On resume, rows after the resumed step are dropped, so appending never duplicates a step.
+    """
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        self.columns: list[str] = list(FIXED_COLUMNS)
+        self.rows: list[dict[str, float | None]] = []
+        if resume_step is not None and path.is_file():
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                for name in reader.fieldnames or []:
+                    if name not in self.columns:
+                        self.columns.append(name)
+                for raw in reader:
+                    row = {k: _parse(v) for k, v in raw.items() if k is not None and v is not None}
+                    if row.get("step") is not None and row["step"] <= resume_step:
+                        self.rows.append(row)
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: _cell(_as_int(k, row.get(k))) for k in self.columns})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(buf.getvalue())
+        os.replace(tmp, self.path)
+
+    def append(self, row: dict[str, float | None]) -> None:
+        """Add a row; rewrite the file if it brings a new column, else append one line."""
+        self.rows.append(dict(row))
+        new = [k for k in row if k not in self.columns]
+        if new:
+            self.columns.extend(sorted(new))
+            self._rewrite()
+            return
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, lineterminator="\n")
+            writer.writerow({k: _cell(_as_int(k, row.get(k))) for k in self.columns})
+
+
+def _as_int(key: str, value: Any) -> Any:
+    if key in ("step", "epoch", "samples_seen", "skipped_steps") and value is not None:
+        return int(value)
+    return value
+
+
+class RunLoggers:
+    """metrics.csv + tensorboard + wandb behind one `log(step, metrics)` call (create on rank 0 only)."""
+
+    def __init__(self, output_dir: Path, resume_step: int | None, tensorboard: bool, wandb_cfg: Any,
+                 run_config: dict[str, Any], wandb_run_id: str | None) -> None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.csv = MetricsCSV(output_dir / "metrics.csv", resume_step)
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed run wrote after the checkpoint we resume from
+            purge = resume_step + 1 if resume_step is not None else None
+            self.tb = SummaryWriter(log_dir=str(output_dir / "tensorboard"), purge_step=purge)
+        self.wandb_run = None
+        if wandb_cfg is not None and wandb_cfg.enabled:
+            import wandb  # optional dependency, imported only when enabled
+
+            self.wandb_run = wandb.init(project=wandb_cfg.project, name=wandb_cfg.run_name or None,
+                                        entity=wandb_cfg.entity or None, config=run_config,
+                                        id=wandb_run_id, resume="allow", dir=str(output_dir))
+
+    @property
+    def wandb_run_id(self) -> str | None:
+        """The wandb run id, saved in checkpoints so a resumed run continues the same wandb run."""
+        return self.wandb_run.id if self.wandb_run is not None else None
+
+    def log(self, step: int, row: dict[str, float | None]) -> None:
+        """Write one row; None values are left out of tensorboard/wandb and empty in the csv."""
+        self.csv.append({"step": step, **row})
+        present = {k: v for k, v in row.items() if v is not None and k not in ("step",)}
+        if self.tb is not None:
+            for k, v in present.items():
+                self.tb.add_scalar(k if "/" in k else f"train/{k}", v, step)
+            self.tb.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(present, step=step)
+
+    def close(self) -> None:
+        """Flush and close every sink."""
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None

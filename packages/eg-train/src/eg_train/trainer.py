@@ -1,0 +1,381 @@
+"""The Trainer: DDP, autocast, accumulation, non-finite guard, validation, checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from . import checkpoint as ck
+from .config import TrainerConfig
+from .data import BatchStream, batch_size, data_length, has_position, move_to_device, split_output
+from .distributed import all_gather_objects, all_reduce_sum, broadcast_object, init_distributed, \
+    is_distributed, seed_everything, shutdown_distributed
+from .errors import TrainError
+from .metrics import RunLoggers
+from .plots import draw_loss_components, draw_training_curves
+from .precision import autocast, check_precision, make_grad_scaler
+from .schedule import build_optimizer, build_scheduler
+from .validation import BestTracker, EvaluateFn, run_validation
+
+
+class Trainer:
+    """Trains `model` (forward(batch dict) -> dict with `loss` and named scalar parts) on `train_data`.
+
+    `param_groups`: AdamW groups (dicts with `params`, optional `lr`/`weight_decay`; lr 0 freezes).
+    `evaluate_fn(model, step) -> {name: value}` runs at each validation on every rank.
+    `run_config`: the resolved experiment config (plain dict), stored in every checkpoint.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainerConfig, train_data: Iterable,
+                 val_data: Iterable | None = None, param_groups: list[dict[str, Any]] | None = None,
+                 evaluate_fn: EvaluateFn | None = None, run_config: dict[str, Any] | None = None) -> None:
+        config.validate()
+        self.cfg = config
+        self.dist = init_distributed(config.device)
+        self.device = self.dist.device
+        check_precision(config.precision, self.device)
+        self.model = model.to(self.device)
+        self.train_data, self.val_data, self.evaluate_fn = train_data, val_data, evaluate_fn
+        self.run_config = run_config or {}
+        self.optimizer = build_optimizer(self.model, config, param_groups)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.total_steps = self._total_steps()
+        self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
+        self.scaler = make_grad_scaler(config.precision, self.device)
+        self.forward_model: nn.Module = self.model
+        self.best = BestTracker(config.best_metric, config.best_mode)
+        self.output_dir, self.checkpoint_dir = Path(config.output_dir), Path(config.checkpoint_dir)
+        self.step = self.epoch = self.batch_in_epoch = self.samples_seen = 0
+        self.num_skipped_steps = self.consecutive_nonfinite = 0
+        self.epoch_start_rng: dict[str, Any] | None = None
+        self.last_val: dict[str, float] = {}
+        self.loggers: RunLoggers | None = None
+        self._wandb_run_id: str | None = None
+        self._last_val_step = self._last_save_step = -1
+        self._warned_best = False
+        self._window: dict[str, Any] = {}
+        self._pbar: Any = None
+
+    # ---- sizing -------------------------------------------------------------------------------
+    def _steps_per_epoch(self) -> int | None:
+        n = data_length(self.train_data)
+        if n is None:
+            return None
+        if n == 0:
+            raise TrainError("train data has length 0; check the dataset path and the batch size")
+        return math.ceil(n / self.cfg.grad_accum_steps)  # a short last group still makes a step
+
+    def _total_steps(self) -> int:
+        cfg, spe = self.cfg, self.steps_per_epoch
+        if cfg.max_steps > 0:
+            return min(cfg.max_steps, cfg.epochs * spe) if cfg.epochs > 0 and spe else cfg.max_steps
+        if spe is None:
+            raise TrainError("train.epochs needs train data with __len__ to size the schedule; set train.max_steps")
+        return cfg.epochs * spe
+
+    # ---- public -------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to max_steps/epochs (resuming per `train.resume`); returns a summary dict."""
+        failed = True
+        try:
+            resumed = self._resume()
+            if is_distributed():
+                ids = [self.device] if self.device.type == "cuda" else None
+                self.forward_model = DistributedDataParallel(
+                    self.model, device_ids=ids, find_unused_parameters=self.cfg.find_unused_parameters)
+            if self.dist.is_main:
+                self.loggers = RunLoggers(self.output_dir, self.step if resumed else None, self.cfg.tensorboard,
+                                          self.cfg.wandb, self.run_config, self._wandb_run_id)
+                self._wandb_run_id = self.loggers.wandb_run_id
+                from tqdm.auto import tqdm
+
+                self._pbar = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
+                                  disable=not self.cfg.progress_bar)
+            self.model.train()
+            self._reset_window()
+            while self.step < self.total_steps and not (self.cfg.epochs and self.epoch >= self.cfg.epochs):
+                self._run_epoch()
+            if self._last_save_step != self.step:
+                self._save(best=False)
+            self._draw_plots()
+            failed = False
+            return self.summary()
+        finally:
+            if self._pbar is not None:
+                self._pbar.close()
+            if self.loggers is not None:
+                self.loggers.close()
+            if failed and is_distributed():
+                shutdown_distributed()  # let torchrun see the failure instead of peers hanging in a collective
+
+    def summary(self) -> dict[str, Any]:
+        """Where the run stands: steps, samples, best metric, skipped steps, last validation."""
+        return {"step": self.step, "epoch": self.epoch, "samples_seen": self.samples_seen,
+                "best_metric": self.best.metric, "best_value": self.best.value, "best_step": self.best.step,
+                "num_skipped_steps": self.num_skipped_steps, "last_validation": dict(self.last_val),
+                "checkpoint_dir": str(self.checkpoint_dir), "output_dir": str(self.output_dir)}
+
+    # ---- resume -------------------------------------------------------------------------------
+    def _resume(self) -> bool:
+        mode = self.cfg.resume
+        found: tuple[Path, dict[str, Any]] | None = None
+        if mode != "never":
+            folder = self.checkpoint_dir if mode == "auto" else Path(mode)
+            path = None
+            if self.dist.is_main:
+                if folder.is_dir() or mode == "auto":
+                    hit = ck.find_resume_checkpoint(folder)
+                    path = str(hit[0]) if hit else None
+                    ck.remove_stale_temps(folder)
+                else:
+                    ck.load_checkpoint(folder)  # an explicit path must be readable: no silent fallback
+                    path = str(folder)
+            path = broadcast_object(path)
+            if path is not None:
+                found = (Path(path), ck.load_checkpoint(path))
+        if found is None:
+            seed_everything(self.cfg.seed + self.dist.rank)
+            return False
+        self._load_state(*found)
+        return True
+
+    def _load_state(self, path: Path, c: dict[str, Any]) -> None:
+        ck.load_model_state(self.model, c["model"], c.get("model_state_kind", "full"), str(path))
+        try:
+            self.optimizer.load_state_dict(c["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise TrainError(f"{path}: optimizer state does not match the param groups ({e}); "
+                             f"keep the same param groups or set train.resume=never") from None
+        self.scheduler.load_state_dict(c["scheduler"])
+        if c.get("scaler"):
+            self.scaler.load_state_dict(c["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = c["step"], c["epoch"], c["batch_in_epoch"]
+        self.samples_seen, self.num_skipped_steps = c["samples_seen"], c["num_skipped_steps"]
+        self.consecutive_nonfinite = c["consecutive_nonfinite"]
+        self.best.load(c)
+        self._wandb_run_id = c.get("wandb_run_id")
+        self._last_save_step = self._last_val_step = self.step
+        rank = self.dist.rank
+        if c["world_size"] == self.dist.world_size:
+            ck.restore_rng_state(c["rng"][rank], self.device)
+            self.epoch_start_rng = c["epoch_start_rng"][rank]
+        else:
+            warnings.warn(f"{path} was written by {c['world_size']} ranks, this run has {self.dist.world_size}: "
+                          f"model and optimizer resume exactly, data order and RNG do not", stacklevel=2)
+            seed_everything(self.cfg.seed + rank + self.step)
+        if self.dist.is_main:
+            print(f"eg-train: resumed from {path} at step {self.step} (epoch {self.epoch}, "
+                  f"batch {self.batch_in_epoch})", flush=True)
+
+    # ---- epoch and step -----------------------------------------------------------------------
+    def _open_epoch(self) -> BatchStream:
+        data, start = self.train_data, self.batch_in_epoch
+        if start == 0:
+            self.epoch_start_rng = ck.capture_rng_state(self.device)
+        if has_position(data):
+            data.set_epoch(self.epoch, start_batch=start)
+            return BatchStream(data, start, data_length(data))
+        if callable(getattr(data, "set_epoch", None)):
+            data.set_epoch(self.epoch)
+        if start == 0:
+            return BatchStream(data, 0, data_length(data))
+        # Data that cannot seek: replay the epoch from its start RNG state (e.g. DataLoader(shuffle=True)
+        # draws its permutation at iter()), skip consumed batches, then return to the checkpoint's RNG.
+        resume_rng = ck.capture_rng_state(self.device)
+        if self.epoch_start_rng is not None:
+            ck.restore_rng_state(self.epoch_start_rng, self.device)
+        stream = BatchStream(data, 0, data_length(data))
+        stream.skip(start)
+        stream.prefetch()
+        ck.restore_rng_state(resume_rng, self.device)
+        return stream
+
+    def _run_epoch(self) -> None:
+        stream = self._open_epoch()
+        accum, micro, started = self.cfg.grad_accum_steps, 0, self.batch_in_epoch
+        acc: dict[str, Any] = {"bad": torch.zeros((), device=self.device), "loss": 0.0, "parts": {}, "n": 0}
+        while self.step < self.total_steps:
+            t0 = time.perf_counter()
+            item = stream.next()
+            self._window["wait"] += time.perf_counter() - t0
+            if item is None:
+                if micro == 0 and self.batch_in_epoch == started and started == 0:
+                    raise TrainError(f"train data yielded no batch in epoch {self.epoch}; check the dataset")
+                if micro > 0:
+                    self._finish_step(micro, acc, epoch_ended=True)
+                else:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                return
+            batch, last_in_epoch = item
+            self.batch_in_epoch += 1
+            sync = micro + 1 == accum or last_in_epoch
+            self._micro_step(batch, sync, acc)
+            micro += 1
+            if sync:
+                self._finish_step(micro, acc, epoch_ended=last_in_epoch)
+                micro = 0
+                acc = {"bad": torch.zeros((), device=self.device), "loss": 0.0, "parts": {}, "n": 0}
+                if last_in_epoch:
+                    return
+
+    def _micro_step(self, batch: dict, sync: bool, acc: dict[str, Any]) -> None:
+        batch = move_to_device(batch, self.device)
+        acc["n"] += batch_size(batch)
+        no_sync = isinstance(self.forward_model, DistributedDataParallel) and not sync
+        with self.forward_model.no_sync() if no_sync else contextlib.nullcontext():
+            with autocast(self.cfg.precision, self.device):
+                out = self.forward_model(batch)
+            loss, parts = split_output(out)
+            if loss is None:
+                raise TrainError("the model's forward returned no 'loss' in training mode")
+            # micro-batch gradients are summed here and divided by their count before the update
+            self.scaler.scale(loss.float()).backward()
+        detached = loss.detach().float()
+        acc["bad"] = acc["bad"] + (~torch.isfinite(detached)).float()
+        acc["loss"] = acc["loss"] + detached
+        for k, v in parts.items():
+            acc["parts"][k] = acc["parts"].get(k, 0.0) + v.to(self.device)
+
+    def _finish_step(self, micro: int, acc: dict[str, Any], epoch_ended: bool) -> None:
+        cfg = self.cfg
+        self.scaler.unscale_(self.optimizer)
+        if micro > 1:
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.div_(micro)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        names = sorted(acc["parts"])
+        packed = torch.stack([acc["bad"], acc["loss"] / micro, *[acc["parts"][k] / micro for k in names]])
+        values = all_reduce_sum(packed.float()).tolist()
+        world = self.dist.world_size
+        loss = values[1] / world
+        parts = {k: v / world for k, v in zip(names, values[2:])}
+        grad_norm_f = float(grad_norm)
+        nonfinite = values[0] > 0 or (not math.isfinite(grad_norm_f) and cfg.precision != "fp16")
+        if nonfinite:
+            self.scaler.update()  # the update is skipped; fp16 also lowers its loss scale
+            self.num_skipped_steps += 1
+            self.consecutive_nonfinite += 1
+        else:
+            self.scaler.step(self.optimizer)  # fp16 overflow (inf grad norm): GradScaler skips it itself
+            self.scaler.update()
+            self.consecutive_nonfinite = 0
+            if not math.isfinite(grad_norm_f):
+                self.num_skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = max(g["lr"] for g in self.optimizer.param_groups)
+        self.scheduler.step()
+        self.step += 1
+        self.samples_seen += acc["n"] * world
+        step_epoch = self.epoch
+        if epoch_ended:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self._after_step(loss, parts, grad_norm_f, lr, acc["n"] * world, epoch_ended, nonfinite, step_epoch)
+
+    # ---- logging, validation, saving ----------------------------------------------------------
+    def _reset_window(self) -> None:
+        self._window = {"t0": time.perf_counter(), "wait": 0.0, "samples": 0, "loss": [], "parts": {},
+                        "grad_norm": []}
+
+    def _after_step(self, loss: float, parts: dict[str, float], grad_norm: float, lr: float, samples: int,
+                    epoch_ended: bool, nonfinite: bool, step_epoch: int) -> None:
+        cfg, w = self.cfg, self._window
+        w["samples"] += samples
+        if math.isfinite(loss):
+            w["loss"].append(loss)
+            for k, v in parts.items():
+                w["parts"].setdefault(k, []).append(v)
+        if math.isfinite(grad_norm):
+            w["grad_norm"].append(grad_norm)
+        final = self.step >= self.total_steps or (cfg.epochs > 0 and epoch_ended and self.epoch >= cfg.epochs)
+        row: dict[str, float | None] = {}
+        if self.step % cfg.log_every == 0 or final or nonfinite:
+            elapsed = max(time.perf_counter() - w["t0"], 1e-9)
+            row = {"epoch": step_epoch, "samples_seen": self.samples_seen, "lr": lr,
+                   "loss": _mean(w["loss"]) if not nonfinite else loss, "grad_norm": _mean(w["grad_norm"]),
+                   "samples_per_s": w["samples"] / elapsed, "data_wait_frac": min(1.0, w["wait"] / elapsed),
+                   "skipped_steps": self.num_skipped_steps}
+            row.update({k: _mean(v) for k, v in w["parts"].items()})
+            if self._pbar is not None:
+                self._pbar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}",
+                                       sps=f"{row['samples_per_s']:.1f}", refresh=False)
+            self._reset_window()
+        has_val = self.val_data is not None or self.evaluate_fn is not None
+        improved = False
+        if has_val and ((cfg.val_every and self.step % cfg.val_every == 0)
+                        or (epoch_ended and cfg.val_at_epoch_end) or final):
+            self.last_val = run_validation(self.model, self.val_data, self.evaluate_fn, self.step,
+                                           cfg.precision, self.device)
+            self._last_val_step = self.step
+            row.update(self.last_val)
+            improved = bool(broadcast_object(self.best.update(self.last_val, self.step)))
+            if self.best.lookup(self.last_val) is None and not self._warned_best and self.dist.is_main:
+                self._warned_best = True
+                warnings.warn(f"train.best_metric={cfg.best_metric!r} is not among the validation metrics "
+                              f"{sorted(self.last_val)}; checkpoint_best.pt is not written", stacklevel=2)
+        if row and self.loggers is not None:
+            self.loggers.log(self.step, row)
+        if self._pbar is not None:
+            self._pbar.update(1)
+        if self.consecutive_nonfinite >= cfg.max_consecutive_nonfinite:
+            # stop before saving, so checkpoint_latest.pt stays the last state written by a good run
+            kept = self.checkpoint_dir / ck.LATEST if self._last_save_step >= 0 else "(none yet)"
+            raise TrainError(f"training stopped at step {self.step}: {self.consecutive_nonfinite} consecutive "
+                             f"non-finite steps (loss={loss}, grad_norm={grad_norm}); last good checkpoint "
+                             f"{kept} kept; lower train.lr or check the data")
+        if (cfg.save_every and self.step % cfg.save_every == 0) or epoch_ended or final or improved:
+            save_latest = bool((cfg.save_every and self.step % cfg.save_every == 0) or epoch_ended or final)
+            self._save(best=improved, latest=save_latest)
+        if self._last_val_step == self.step:
+            self._draw_plots()
+
+    def _save(self, best: bool, latest: bool = True) -> None:
+        rng = all_gather_objects(ck.capture_rng_state(self.device))  # every rank's RNG, saved by rank 0
+        epoch_rng = all_gather_objects(self.epoch_start_rng)
+        if latest:
+            self._last_save_step = self.step
+        if not self.dist.is_main:
+            return
+        sched = self.scheduler.state_dict()
+        sched["lr_lambdas"] = [None] * len(sched["lr_lambdas"])  # the schedule is rebuilt from the config
+        state = {
+            "format": ck.FORMAT, "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "samples_seen": self.samples_seen, "num_skipped_steps": self.num_skipped_steps,
+            "consecutive_nonfinite": self.consecutive_nonfinite, "world_size": self.dist.world_size,
+            "model": ck.model_state(self.model, self.cfg.save_trainable_only),
+            "model_state_kind": "trainable" if self.cfg.save_trainable_only else "full",
+            "optimizer": self.optimizer.state_dict(), "scheduler": sched, "scaler": self.scaler.state_dict(),
+            "rng": rng, "epoch_start_rng": epoch_rng, **self.best.state(),
+            "config": self.cfg.to_dict(), "run_config": self.run_config, "wandb_run_id": self._wandb_run_id,
+        }
+        data = ck.serialize(state)
+        targets = [ck.LATEST] if latest else []
+        if latest and self.cfg.keep_last_n > 0:
+            targets.append(ck.step_file_name(self.step))
+        if best:
+            targets.append(ck.BEST)
+        for name in targets:
+            ck.atomic_write(self.checkpoint_dir / name, data)
+        if latest and self.cfg.keep_last_n > 0:
+            ck.prune_step_files(self.checkpoint_dir, self.cfg.keep_last_n)
+
+    def _draw_plots(self) -> None:
+        if self.loggers is None or not self.cfg.plots:
+            return
+        rows = self.loggers.csv.rows
+        draw_training_curves(rows, self.output_dir / "training_curves.png")
+        draw_loss_components(rows, self.output_dir / "loss_components.png")
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
