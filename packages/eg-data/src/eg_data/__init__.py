@@ -2,6 +2,7 @@
 and the offline demo dataset. Produces the batch dict of the Edge Glass architecture contract."""
 
 from .demo import build_demo_dataset, is_demo_complete
+from .download import DownloadConfig, download_urls, read_url_list
 from .errors import DataError
 from .loader import BAD_REASONS, LoaderConfig, ShardLoader, collate, decode_sample
 from .shards import ShardInfo, ShardWriter, load_index, read_all
@@ -14,6 +15,7 @@ __all__ = [
     "AudioTransformConfig",
     "BAD_REASONS",
     "DataError",
+    "DownloadConfig",
     "ImageTransformConfig",
     "LoaderConfig",
     "ShardInfo",
@@ -24,9 +26,11 @@ __all__ = [
     "build_demo_dataset",
     "collate",
     "decode_sample",
+    "download_urls",
     "is_demo_complete",
     "load_index",
     "read_all",
+    "read_url_list",
     "transform_audio",
     "transform_image",
 ]

@@ -1,0 +1,194 @@
+"""URL list -> webdataset shards: a small parallel downloader on httpx (img2dataset does not install
+cleanly in this workspace). Reads parquet, CSV or JSONL url lists (PixMo-Cap's `image_url` / `caption`
+columns by default), fetches with timeouts, retries with backoff and a byte cap, keeps only http(s)
+URLs and images that decode, optionally downsizes, and writes img2dataset-layout shards with
+`{shard}_stats.json` (`successes`, failures by reason). Finished shards are never fetched again."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+from PIL import Image
+from tqdm import tqdm
+
+from .errors import DataError
+from .shards import ShardInfo, ShardWriter, write_index
+
+FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+
+
+@dataclass
+class DownloadConfig:
+    """How rows of a URL list become shards."""
+
+    url_col: str = "image_url"
+    caption_col: str = "caption"  # "" when the list has no captions
+    extra_cols: list[str] = field(default_factory=list)  # copied into each sample's json
+    num_samples: int = 0  # first N rows only; 0 = all
+    samples_per_shard: int = 1000  # rows per shard (a shard holds the rows that succeeded)
+    num_threads: int = 16
+    timeout_s: float = 10.0  # per connect/read operation
+    retries: int = 2  # extra attempts after timeouts, connection errors, 429 and 5xx
+    backoff_s: float = 0.5  # sleep before retry r is backoff_s * 2**r
+    max_bytes: int = 20_000_000
+    resize_max_side: int = 0  # downsize so the longer side is at most this; 0 keeps the original
+    user_agent: str = "edge-glass-data/0.1"
+
+
+def read_url_list(path: str | Path, cfg: DownloadConfig) -> list[dict[str, Any]]:
+    """Rows of a .parquet, .csv or .jsonl file as dicts holding at least `cfg.url_col`."""
+    src = Path(path)
+    if not src.exists():
+        raise DataError(f"url list {src} does not exist")
+    suffix = src.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(src).to_pylist()
+    elif suffix == ".csv":
+        with src.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    elif suffix in (".jsonl", ".json"):
+        try:
+            rows = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except ValueError as exn:
+            raise DataError(f"{src} is not JSON lines ({exn})") from exn
+    else:
+        raise DataError(f"url list {src}: unknown format {suffix!r}; use .parquet, .csv or .jsonl")
+    needed = [cfg.url_col] + ([cfg.caption_col] if cfg.caption_col else []) + list(cfg.extra_cols)
+    if rows:
+        missing = [c for c in needed if c not in rows[0]]
+        if missing:
+            raise DataError(f"{src} lacks column(s) {missing}; found {sorted(rows[0])}; set url_col/caption_col")
+    return rows[: cfg.num_samples] if cfg.num_samples > 0 else rows
+
+
+def fetch(client: httpx.Client, url: str, cfg: DownloadConfig) -> tuple[bytes | None, str]:
+    """Fetch one URL; returns (bytes, "") or (None, failure reason)."""
+    if urlparse(str(url)).scheme not in ("http", "https"):
+        return None, "bad_scheme"
+    reason = "unknown"
+    for attempt in range(cfg.retries + 1):
+        if attempt:
+            time.sleep(cfg.backoff_s * 2 ** (attempt - 1))
+        try:
+            with client.stream("GET", url, timeout=cfg.timeout_s) as resp:
+                if resp.status_code == 429 or resp.status_code >= 500:
+                    reason = f"http_{resp.status_code}"
+                    continue
+                if resp.status_code != 200:
+                    return None, f"http_{resp.status_code}"
+                if int(resp.headers.get("content-length", 0) or 0) > cfg.max_bytes:
+                    return None, "too_large"
+                buf = bytearray()
+                for chunk in resp.iter_bytes():
+                    buf += chunk
+                    if len(buf) > cfg.max_bytes:
+                        return None, "too_large"
+                return bytes(buf), ""
+        except httpx.TimeoutException:
+            reason = "timeout"
+        except (httpx.HTTPError, OSError):
+            reason = "connection_error"
+    return None, reason
+
+
+def verify_image(data: bytes, resize_max_side: int) -> tuple[bytes, str]:
+    """Decode to prove the bytes are an image; returns (bytes, ext), re-encoded when resized or exotic."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        fmt = img.format or ""
+        if resize_max_side > 0 and max(img.size) > resize_max_side:
+            img = img.convert("RGB")
+            img.thumbnail((resize_max_side, resize_max_side), Image.BICUBIC)
+        elif fmt in FORMAT_EXT:
+            return data, FORMAT_EXT[fmt]
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format="JPEG", quality=95)
+        return buf.getvalue(), "jpg"
+
+
+def _process(client: httpx.Client, row: dict[str, Any], cfg: DownloadConfig) -> tuple[Any, str]:
+    data, reason = fetch(client, str(row[cfg.url_col]), cfg)
+    if data is None:
+        return None, reason
+    try:
+        return verify_image(data, cfg.resize_max_side), ""
+    except Exception:  # PIL raises many types on non-image bytes
+        return None, "not_image"
+
+
+def download_urls(input_path: str | Path, out_dir: str | Path, cfg: DownloadConfig | None = None) -> dict[str, Any]:
+    """Download a URL list into shards under `out_dir`; returns and writes `stats.json`.
+
+    Stats: `ok`, `failed` (reason -> count) over all shards, and `shards_fetched` / `shards_skipped`
+    for this run (a shard with a `_stats.json` is complete and skipped).
+    """
+    cfg = cfg or DownloadConfig()
+    if cfg.samples_per_shard < 1 or cfg.num_threads < 1:
+        raise DataError("download samples_per_shard and num_threads must be >= 1")
+    rows = read_url_list(input_path, cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    num_shards = -(-len(rows) // cfg.samples_per_shard)
+    fetched = skipped = 0
+    headers = {"user-agent": cfg.user_agent}
+    with httpx.Client(follow_redirects=True, headers=headers) as client, ThreadPoolExecutor(cfg.num_threads) as pool:
+        bar = tqdm(total=len(rows), desc="download", unit="url")
+        for shard in range(num_shards):
+            chunk = rows[shard * cfg.samples_per_shard : (shard + 1) * cfg.samples_per_shard]
+            stats_path = out / f"{shard:05d}_stats.json"
+            if stats_path.exists():
+                skipped += 1
+                bar.update(len(chunk))
+                continue
+            failed: Counter[str] = Counter()
+            tmp_dir = out / f".{shard:05d}.partial"
+            with ShardWriter(tmp_dir, max_samples_per_shard=len(chunk) or 1) as writer:
+                for i, (row, (result, reason)) in enumerate(
+                    zip(chunk, pool.map(lambda r: _process(client, r, cfg), chunk))
+                ):
+                    bar.update(1)
+                    if result is None:
+                        failed[reason] += 1
+                        continue
+                    key = f"{shard:05d}{i:04d}"
+                    meta = {"key": key, "url": str(row[cfg.url_col]), **{c: row[c] for c in cfg.extra_cols}}
+                    caption = str(row[cfg.caption_col]) if cfg.caption_col and row[cfg.caption_col] else ""
+                    meta["caption"] = caption
+                    writer.write({"key": key, "image": result[0], "image_ext": result[1],
+                                  "text": caption, "json": meta})
+            successes = writer.shards[0].num_samples if writer.shards else 0
+            if writer.shards:
+                (tmp_dir / writer.shards[0].path).replace(out / f"{shard:05d}.tar")
+            for leftover in tmp_dir.iterdir():
+                leftover.unlink()
+            tmp_dir.rmdir()
+            stats_path.write_text(json.dumps({"successes": successes, "count": len(chunk), "failed": dict(failed)}))
+            fetched += 1
+        bar.close()
+    return _summarize(out, num_shards, fetched, skipped)
+
+
+def _summarize(out: Path, num_shards: int, fetched: int, skipped: int) -> dict[str, Any]:
+    ok, failed, shards = 0, Counter(), []
+    for shard in range(num_shards):
+        stats = json.loads((out / f"{shard:05d}_stats.json").read_text())
+        ok += int(stats["successes"])
+        failed.update(stats["failed"])
+        if stats["successes"] and (out / f"{shard:05d}.tar").exists():
+            shards.append(ShardInfo(f"{shard:05d}.tar", int(stats["successes"])))
+    write_index(out, shards)
+    report = {"ok": ok, "failed": dict(sorted(failed.items())), "shards_fetched": fetched, "shards_skipped": skipped}
+    (out / "stats.json").write_text(json.dumps(report, indent=1))
+    return report
