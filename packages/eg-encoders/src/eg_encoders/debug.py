@@ -116,7 +116,10 @@ def write_sentence_transformer(
     fields: model_name (the directory).
     """
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Pooling, Transformer
+    try:
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:  # sentence-transformers 5.x keeps them in `models`
+        from sentence_transformers.models import Pooling, Transformer
 
     words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
     chars = sorted({c for w in words for c in w} | set("abcdefghijklmnopqrstuvwxyz0123456789.,?!'"))
