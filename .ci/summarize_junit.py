@@ -28,8 +28,10 @@ def outcome(case: ET.Element) -> str:
 
 def line(label: str, counts: dict, seconds: float) -> str:
     status = "FAIL" if counts["failed"] else ("EMPTY" if not counts["passed"] else "ok")
-    return (f"{label:<34} {counts['passed']:>5} passed {counts['failed']:>4} failed "
-            f"{counts['skipped']:>4} skipped {seconds:>8.1f} s  {status}")
+    return (
+        f"{label:<34} {counts['passed']:>5} passed {counts['failed']:>4} failed "
+        f"{counts['skipped']:>4} skipped {seconds:>8.1f} s  {status}"
+    )
 
 
 def main() -> None:
