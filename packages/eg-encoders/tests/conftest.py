@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from eg_encoders import debug  # noqa: E402
+from eg_encoders import debug
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from eg_encoders import AudioEncoder, AudioEncoderConfig, EncoderError, PoolingConfig, WhisperEncoderDims
 
 
@@ -31,7 +30,9 @@ def test_whisper_checkpoint_roundtrip_matches_whisper_encoder(whisper_files):
 @pytest.mark.parametrize("trim", [True, False])
 def test_same_clip_any_padding_same_embedding(whisper_files, pooling, trim):
     torch.manual_seed(0)
-    config = AudioEncoderConfig(**whisper_files, trim_padding=trim, pooling=PoolingConfig(type=pooling, num_heads=2))
+    config = AudioEncoderConfig(
+        **whisper_files, trim_padding=trim, pooling=PoolingConfig(type=pooling, num_heads=2)
+    )
     enc = AudioEncoder(config).eval()
     mel, mask = enc.log_mel([_clip(1.0), _clip(2.5, seed=1)])
     assert mask.sum(dim=1).tolist() == [100, 250]
@@ -84,11 +85,15 @@ def test_empty_and_malformed_audio_errors(whisper_files):
 
 def test_random_init_dims_and_freezing(whisper_files):
     dims = WhisperEncoderDims(n_mels=128, n_audio_ctx=100, n_audio_state=32, n_audio_head=2, n_audio_layer=2)
-    enc = AudioEncoder(AudioEncoderConfig(model_name="", dims=dims, trainable_blocks=1, grad_checkpointing=True))
+    enc = AudioEncoder(
+        AudioEncoderConfig(model_name="", dims=dims, trainable_blocks=1, grad_checkpointing=True)
+    )
     assert enc.audio_spec.n_mels == 128 and enc.audio_spec.n_frames == 200
     out = enc(torch.randn(2, 128, 200), torch.ones(2, 200, dtype=torch.bool))
     (out.pooled * torch.randn(out.pooled.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
-    with_grad = {n for n, p in enc.backbone.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    with_grad = {
+        n for n, p in enc.backbone.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0
+    }
     assert with_grad == {n for n, p in enc.backbone.named_parameters() if p.requires_grad}
     assert with_grad and all(n.startswith(("blocks.1.", "ln_post.")) for n in with_grad)
     frozen = AudioEncoder(AudioEncoderConfig(**whisper_files))

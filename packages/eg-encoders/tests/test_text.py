@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from eg_encoders import EncoderError, TextEncoder, TextEncoderConfig
 
 TEXTS = ["a photo of a red square", "hello", ""]
@@ -21,7 +20,9 @@ def test_sentence_transformers_dir_roundtrip_matches_encode(sbert_files):
     assert out.mask.sum(dim=1).tolist() == [8, 3, 2]
     masked_mean = (out.tokens * out.mask.unsqueeze(-1)).sum(1) / out.mask.sum(1, keepdim=True)
     assert torch.allclose(out.pooled, masked_mean, atol=1e-5)  # the saved model's mean Pooling module
-    expected = SentenceTransformer(sbert_files["model_name"], device="cpu").encode(TEXTS, convert_to_tensor=True)
+    expected = SentenceTransformer(sbert_files["model_name"], device="cpu").encode(
+        TEXTS, convert_to_tensor=True
+    )
     assert torch.allclose(out.pooled, expected, atol=1e-5)
     assert torch.equal(enc(TEXTS).pooled, out.pooled)
 

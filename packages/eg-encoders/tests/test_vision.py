@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 import torch
-
 from eg_encoders import EncoderError, PoolingConfig, VisionEncoder, VisionEncoderConfig
 
 
@@ -25,7 +24,9 @@ def test_open_clip_checkpoint_roundtrip_matches_open_clip(open_clip_files):
     assert torch.equal(out.pooled, out.tokens[:, 0])  # cls pooling is the default
     assert torch.equal(enc(images).tokens, out.tokens)  # deterministic in eval mode
     # open_clip's own image embedding is ln_post(class token) @ proj: our class token, projected, matches
-    reference = open_clip.create_model(open_clip_files["model_name"], pretrained=open_clip_files["pretrained"]).eval()
+    reference = open_clip.create_model(
+        open_clip_files["model_name"], pretrained=open_clip_files["pretrained"]
+    ).eval()
     with torch.no_grad():
         expected = reference.encode_image(images)
     assert torch.allclose(out.tokens[:, 0] @ reference.visual.proj, expected, atol=1e-5)
@@ -54,7 +55,9 @@ def _grad_names(enc: VisionEncoder) -> set[str]:
 
 
 def test_freezing_frozen_all_and_last_k(open_clip_files):
-    frozen = VisionEncoder(VisionEncoderConfig(**open_clip_files, pooling=PoolingConfig(type="attention", num_heads=2)))
+    frozen = VisionEncoder(
+        VisionEncoderConfig(**open_clip_files, pooling=PoolingConfig(type="attention", num_heads=2))
+    )
     assert _grad_names(frozen) == set()
     assert frozen.pooling.queries.grad is not None  # the pooling head still trains
     assert not frozen.backbone.training  # a frozen backbone stays in eval mode
@@ -65,7 +68,9 @@ def test_freezing_frozen_all_and_last_k(open_clip_files):
     trainable = {n for n, p in last.backbone.named_parameters() if p.requires_grad}
     assert trainable == names  # exactly the last block and the final norm, and all of them get gradients
 
-    everything = VisionEncoder(VisionEncoderConfig(**open_clip_files, trainable_blocks=-1, grad_checkpointing=True))
+    everything = VisionEncoder(
+        VisionEncoderConfig(**open_clip_files, trainable_blocks=-1, grad_checkpointing=True)
+    )
     names = _grad_names(everything)
     assert names == {n for n, p in everything.backbone.named_parameters()}  # no unused weights (DDP-safe)
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ class AudioEncoderConfig:
 
     model_name: str = "base"
     download_root: str = ""
-    dims: Optional[WhisperEncoderDims] = None
+    dims: WhisperEncoderDims | None = None
     trainable_blocks: int = 0
     grad_checkpointing: bool = False
     trim_padding: bool = True
@@ -97,19 +97,22 @@ class AudioEncoder(nn.Module):
         self.num_truncated = 0
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "AudioEncoder":
+    def train(self, mode: bool = True) -> AudioEncoder:
         """Set train mode; a frozen backbone stays in eval mode."""
         super().train(mode)
         if self.frozen:
             self.backbone.eval()
         return self
 
-    def forward(self, audio: torch.Tensor | Sequence[torch.Tensor], audio_mask: Optional[torch.Tensor] = None) -> EncoderOutput:
+    def forward(
+        self, audio: torch.Tensor | Sequence[torch.Tensor], audio_mask: torch.Tensor | None = None
+    ) -> EncoderOutput:
         """Encode a batch.
 
         audio: log-mels (B, n_mels, T) with `audio_mask` (B, T) bool (True = valid frame; None = all valid),
             or waveforms: a (B, S) tensor with `audio_mask` (B, S) over samples, or a list of 1-D tensors.
-        Returns tokens (B, N, D) with N = ceil(T / 2), mask (B, N) True on tokens of valid frames, pooled (B, D).
+        Returns tokens (B, N, D) with N = ceil(T / 2), mask (B, N) True on tokens of valid frames,
+        pooled (B, D).
         """
         is_waveform = not torch.is_tensor(audio) or audio.ndim == 2
         if is_waveform:
@@ -128,7 +131,7 @@ class AudioEncoder(nn.Module):
         return EncoderOutput(tokens=tokens, mask=token_mask, pooled=self.pooling(tokens, token_mask))
 
     def log_mel(
-        self, waveforms: torch.Tensor | Sequence[torch.Tensor], sample_mask: Optional[torch.Tensor] = None
+        self, waveforms: torch.Tensor | Sequence[torch.Tensor], sample_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """16 kHz waveforms -> (log-mel (B, n_mels, n_frames), frame mask (B, n_frames)) via whisper.
 
@@ -163,7 +166,7 @@ class AudioEncoder(nn.Module):
         device = self.backbone.conv1.weight.device
         return mel.to(device), frame_mask.to(device)
 
-    def _check_mel(self, mel: torch.Tensor, mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _check_mel(self, mel: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         spec = self.audio_spec
         if mel.ndim != 3 or mel.shape[1] != spec.n_mels:
             raise EncoderError(
@@ -225,7 +228,9 @@ def _masked_block(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor) ->
         return t.view(batch, n, heads, width // heads).transpose(1, 2)  # (B, H, N, D/H)
 
     # whisper scales q and k by d**-0.25 each: the same as SDPA's default 1/sqrt(d)
-    out = F.scaled_dot_product_attention(split(attn.query(h)), split(attn.key(h)), split(attn.value(h)), attn_mask=attn_mask)
+    out = F.scaled_dot_product_attention(
+        split(attn.query(h)), split(attn.key(h)), split(attn.value(h)), attn_mask=attn_mask
+    )
     x = x + attn.out(out.transpose(1, 2).reshape(batch, n, width))
     return x + block.mlp(block.mlp_ln(x))
 
@@ -237,21 +242,21 @@ def _load_whisper_encoder(config: AudioEncoderConfig) -> nn.Module:
     if config.dims is not None:
         if config.model_name:
             raise EncoderError(
-                f"audio.model_name={config.model_name!r} and audio.dims are both set; set model_name='' for a "
-                f"random-init encoder, or dims=null to load a model"
+                f"audio.model_name={config.model_name!r} and audio.dims are both set; set model_name='' "
+                f"for a random-init encoder, or dims=null to load a model"
             )
         d = config.dims
         if d.n_mels not in (80, 128) or d.n_audio_state % d.n_audio_head:
             raise EncoderError(
-                f"audio.dims: n_mels={d.n_mels} must be 80 or 128 and n_audio_head={d.n_audio_head} must divide "
-                f"n_audio_state={d.n_audio_state}"
+                f"audio.dims: n_mels={d.n_mels} must be 80 or 128 and n_audio_head={d.n_audio_head} "
+                f"must divide n_audio_state={d.n_audio_state}"
             )
         return WhisperAudioEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
     name = config.model_name
     if name not in whisper.available_models() and not os.path.isfile(name):
         raise EncoderError(
-            f"audio.model_name={name!r} is neither a Whisper model name {whisper.available_models()} nor a local "
-            f".pt checkpoint file; or set audio.model_name='' with audio.dims for random init"
+            f"audio.model_name={name!r} is neither a Whisper model name {whisper.available_models()} nor a "
+            f"local .pt checkpoint file; or set audio.model_name='' with audio.dims for random init"
         )
     model = whisper.load_model(name, device="cpu", download_root=config.download_root or None)
     return model.encoder

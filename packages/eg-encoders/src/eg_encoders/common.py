@@ -8,8 +8,8 @@ and the final norm that follows them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -34,7 +34,11 @@ class EncoderOutput:
 
 
 def apply_trainable_blocks(
-    backbone: nn.Module, blocks: Sequence[nn.Module], tail: Sequence[nn.Module], trainable_blocks: int, key: str
+    backbone: nn.Module,
+    blocks: Sequence[nn.Module],
+    tail: Sequence[nn.Module],
+    trainable_blocks: int,
+    key: str,
 ) -> None:
     """Set `requires_grad` on a backbone: 0 = frozen, -1 = all, k = the last k `blocks` plus `tail` modules.
 
@@ -53,6 +57,12 @@ def apply_trainable_blocks(
         for module in [*blocks[num_blocks - trainable_blocks :], *tail]:
             for param in module.parameters():
                 param.requires_grad_(True)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def check_choice(value: str, choices: Sequence[str], key: str) -> None:

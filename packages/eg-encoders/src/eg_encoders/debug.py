@@ -39,8 +39,13 @@ def write_open_clip_vit(
     name = f"eg-debug-vit-i{image_size}-p{patch_size}-w{width}-l{layers}"
     model_cfg = {
         "embed_dim": width,
-        "vision_cfg": {"image_size": image_size, "layers": layers, "width": width, "patch_size": patch_size,
-                       "head_width": 32},
+        "vision_cfg": {
+            "image_size": image_size,
+            "layers": layers,
+            "width": width,
+            "patch_size": patch_size,
+            "head_width": 32,
+        },
         "text_cfg": {"context_length": 16, "vocab_size": 512, "width": width, "heads": 2, "layers": 1},
     }
     os.makedirs(out_dir, exist_ok=True)
@@ -53,31 +58,46 @@ def write_open_clip_vit(
         model = open_clip.create_model(name, pretrained=None, device="cpu")
     checkpoint = os.path.join(out_dir, f"{name}.pt")
     torch.save(model.state_dict(), checkpoint)
-    return {"backend": "open_clip", "model_name": name, "pretrained": checkpoint, "model_config_file": config_file}
+    return {
+        "backend": "open_clip",
+        "model_name": name,
+        "pretrained": checkpoint,
+        "model_config_file": config_file,
+    }
 
 
 def write_hf_clip_vision(
     out_dir: str, seed: int = 0, image_size: int = 32, patch_size: int = 8, width: int = 64, layers: int = 2
 ) -> dict[str, str]:
-    """Write a tiny Hugging Face CLIPVisionModel directory (config.json, safetensors, preprocessor_config.json).
+    """Write a tiny Hugging Face CLIPVisionModel directory: config.json, safetensors weights and a
+    preprocessor_config.json.
 
     Returns VisionEncoderConfig fields: backend "hf", model_name (the directory), pretrained "".
     """
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     config = CLIPVisionConfig(
-        hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers, num_attention_heads=2,
-        image_size=image_size, patch_size=patch_size,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPVisionModel(config)
     model.save_pretrained(out_dir)
     preprocessor = {
-        "image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": image_size},
-        "crop_size": {"height": image_size, "width": image_size}, "do_resize": True, "do_center_crop": True,
-        "do_normalize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3,
+        "image_processor_type": "CLIPImageProcessor",
+        "size": {"shortest_edge": image_size},
+        "crop_size": {"height": image_size, "width": image_size},
+        "do_resize": True,
+        "do_center_crop": True,
+        "do_normalize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "resample": 3,
     }
     with open(os.path.join(out_dir, "preprocessor_config.json"), "w", encoding="utf-8") as f:
         json.dump(preprocessor, f, indent=2)
@@ -94,8 +114,16 @@ def write_whisper(
     from whisper.model import ModelDimensions, Whisper
 
     dims = ModelDimensions(
-        n_mels=n_mels, n_audio_ctx=n_audio_ctx, n_audio_state=width, n_audio_head=2, n_audio_layer=layers,
-        n_vocab=64, n_text_ctx=8, n_text_state=width, n_text_head=2, n_text_layer=1,
+        n_mels=n_mels,
+        n_audio_ctx=n_audio_ctx,
+        n_audio_state=width,
+        n_audio_head=2,
+        n_audio_layer=layers,
+        n_vocab=64,
+        n_text_ctx=8,
+        n_text_state=width,
+        n_text_head=2,
+        n_text_layer=1,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -107,7 +135,11 @@ def write_whisper(
 
 
 def write_sentence_transformer(
-    out_dir: str, seed: int = 0, texts: tuple[str, ...] | list[str] = DEBUG_TEXTS, width: int = 64, layers: int = 2
+    out_dir: str,
+    seed: int = 0,
+    texts: tuple[str, ...] | list[str] = DEBUG_TEXTS,
+    width: int = 64,
+    layers: int = 2,
 ) -> dict[str, str]:
     """Write a tiny sentence-transformers directory: BertModel + mean Pooling, WordPiece vocab built offline.
 
@@ -116,6 +148,7 @@ def write_sentence_transformer(
     fields: model_name (the directory).
     """
     from sentence_transformers import SentenceTransformer
+
     try:
         from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     except ImportError:  # sentence-transformers 5.x keeps them in `models`
@@ -141,8 +174,12 @@ def _write_tiny_bert(bert_dir: str, vocab: list[str], seed: int, width: int, lay
         f.write("\n".join(vocab) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=vocab_file, do_lower_case=True, model_max_length=64)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=width, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=2 * width, max_position_embeddings=64,
+        vocab_size=len(vocab),
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * width,
+        max_position_embeddings=64,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -44,7 +44,7 @@ class MatryoshkaProjection(nn.Module):
             self.proj = nn.Linear(in_dim, max_dim)
 
     @classmethod
-    def from_config(cls, config: MatryoshkaConfig, in_dim: int) -> "MatryoshkaProjection":
+    def from_config(cls, config: MatryoshkaConfig, in_dim: int) -> MatryoshkaProjection:
         """Build from a MatryoshkaConfig for inputs of width `in_dim`."""
         return cls(in_dim, config.max_dim, config.hidden_dim)
 

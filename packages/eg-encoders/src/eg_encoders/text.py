@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .common import EncoderError, EncoderOutput
+from .common import EncoderError, EncoderOutput, first_line
 
 
 @dataclass
@@ -59,7 +59,7 @@ class TextEncoder(nn.Module):
         self.output_dim: int = int(dim)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "TextEncoder":
+    def train(self, mode: bool = True) -> TextEncoder:
         """Set train mode; a frozen model stays in eval mode (no dropout)."""
         super().train(mode)
         if not self.config.trainable:
@@ -90,7 +90,9 @@ def _load_sentence_transformer(config: TextEncoderConfig):
 
     name = os.path.expanduser(config.model_name)
     if name.startswith((".", "/")) and not os.path.isdir(name):
-        raise EncoderError(f"text.model_name={name!r} is not an existing directory (a sentence-transformers save)")
+        raise EncoderError(
+            f"text.model_name={name!r} is not an existing directory (a sentence-transformers save)"
+        )
     try:
         return SentenceTransformer(
             name,
@@ -100,6 +102,7 @@ def _load_sentence_transformer(config: TextEncoderConfig):
         )
     except (OSError, ValueError) as exc:
         raise EncoderError(
-            f"text.model_name={name!r} could not be loaded as a sentence-transformers model (a hub name such as "
-            f"'sentence-transformers/all-MiniLM-L6-v2' or a local directory): {str(exc).splitlines()[0]}"
+            f"text.model_name={name!r} could not be loaded as a sentence-transformers model (a hub name "
+            f"such as 'sentence-transformers/all-MiniLM-L6-v2' or a local directory): "
+            f"{first_line(exc)}"
         ) from None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .common import EncoderError, EncoderOutput, apply_trainable_blocks, check_choice
+from .common import EncoderError, EncoderOutput, apply_trainable_blocks, check_choice, first_line
 from .pooling import PoolingConfig, build_pooling
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -71,7 +71,9 @@ class VisionEncoder(nn.Module):
             self.backbone, self.image_spec, blocks, tail = _load_hf(config)
         self._blocks = blocks
         self.output_dim: int = tail[0].normalized_shape[0]
-        apply_trainable_blocks(self.backbone, blocks, tail, config.trainable_blocks, "vision.trainable_blocks")
+        apply_trainable_blocks(
+            self.backbone, blocks, tail, config.trainable_blocks, "vision.trainable_blocks"
+        )
         self.frozen = config.trainable_blocks == 0
         if config.grad_checkpointing:
             if config.backend == "open_clip":
@@ -81,7 +83,7 @@ class VisionEncoder(nn.Module):
         self.pooling = build_pooling(config.pooling, self.output_dim, "vision.pooling")
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "VisionEncoder":
+    def train(self, mode: bool = True) -> VisionEncoder:
         """Set train mode; a frozen backbone stays in eval mode (its dropout/statistics stay fixed)."""
         super().train(mode)
         if self.frozen:
@@ -181,7 +183,8 @@ def _load_hf(config: VisionEncoderConfig):
     except OSError as exc:
         raise EncoderError(
             f"vision.model_name={config.model_name!r} is not a loadable CLIPVisionModel (hub id such as "
-            f"'openai/clip-vit-large-patch14' or a local directory with config.json): {str(exc).splitlines()[0]}"
+            f"'openai/clip-vit-large-patch14' or a local directory with config.json): "
+            f"{first_line(exc)}"
         ) from None
     inner = getattr(model, "vision_model", model)
     spec = _hf_image_spec(config.model_name, int(model.config.image_size), cache_dir)
