@@ -1,5 +1,58 @@
-"""eg-decoders: Decoders for multimodal QA: TRM (tiny recursive), a tiny causal baseline, Qwen with LoRA and 8/4-bit."""
+"""eg-decoders: decoders for multimodal QA: TRM (tiny recursive), a tiny causal baseline, Qwen with LoRA and 8/4-bit.
+
+Every decoder takes prefix embeddings (from an encoder, through its PrefixProjector), trains on answer
+tokens only, and generates with greedy or sampled decoding that stops at eos.
+"""
+
+from eg_decoders.base import Decoder, DecoderOutput, select_next_token
+from eg_decoders.build import build_decoder, decoder_class, load_decoder
+from eg_decoders.config import (
+    DECODER_CONFIGS,
+    QwenDecoderConfig,
+    TinyDecoderConfig,
+    TRMConfig,
+    decoder_config_from_dict,
+)
+from eg_decoders.errors import DecoderError
+from eg_decoders.labels import IGNORE_INDEX, answer_loss, build_answer_only_batch, build_prompt_batch
+from eg_decoders.projector import PrefixProjector
+from eg_decoders.tiny import TinyDecoder
+from eg_decoders.tokenizer import ByteTokenizer
+from eg_decoders.trm import TRMDecoder
 
 __version__ = "0.1.0"
 
-__all__: list[str] = []
+
+def __getattr__(name: str) -> object:
+    # the Qwen decoder pulls in transformers and peft (seconds of import); tiny-decoder users skip that
+    if name in ("QwenDecoder", "count_trainable"):
+        from eg_decoders import qwen
+
+        return getattr(qwen, name)
+    raise AttributeError(f"module 'eg_decoders' has no attribute '{name}'")
+
+
+__all__ = [
+    "DECODER_CONFIGS",
+    "IGNORE_INDEX",
+    "ByteTokenizer",
+    "Decoder",
+    "DecoderError",
+    "DecoderOutput",
+    "PrefixProjector",
+    "QwenDecoder",
+    "QwenDecoderConfig",
+    "TRMConfig",
+    "TRMDecoder",
+    "TinyDecoder",
+    "TinyDecoderConfig",
+    "answer_loss",
+    "build_answer_only_batch",
+    "build_decoder",
+    "build_prompt_batch",
+    "count_trainable",
+    "decoder_class",
+    "decoder_config_from_dict",
+    "load_decoder",
+    "select_next_token",
+]

@@ -1,0 +1,242 @@
+"""QwenDecoder: a Hugging Face causal LM (Qwen2.5 by default) with LoRA, 8/4-bit loading and a prefix projector.
+
+The projector is a plain float32 module created after the model is loaded, so bitsandbytes never
+quantizes it, and it is always trainable. save() writes the LoRA adapter (peft format) next to every
+other trainable weight (projector), so load_decoder() rebuilds identical outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from eg_decoders.base import Decoder, DecoderOutput
+from eg_decoders.config import QwenDecoderConfig
+from eg_decoders.errors import DecoderError
+from eg_decoders.labels import answer_loss
+
+CONFIG_FILE = "decoder_config.json"
+ADAPTER_DIR = "adapter"
+TRAINABLE_FILE = "trainable.pt"
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+QUANTIZATIONS = ("none", "8bit", "4bit")
+
+
+def _quantization_config(config: QwenDecoderConfig, dtype: torch.dtype) -> Optional[BitsAndBytesConfig]:
+    if config.quantization not in QUANTIZATIONS:
+        raise DecoderError(f"decoder.quantization '{config.quantization}' is unknown; use one of {list(QUANTIZATIONS)}")
+    if config.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if config.quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
+        )
+    return None
+
+
+class QwenDecoder(Decoder):
+    """Prefix-conditioned causal LM; `adapter_dir` reloads a LoRA adapter written by save()."""
+
+    def __init__(self, config: QwenDecoderConfig, adapter_dir: Optional[str] = None) -> None:
+        super().__init__()
+        self.config = config
+        if config.dtype not in DTYPES:
+            raise DecoderError(f"decoder.dtype '{config.dtype}' is unknown; use one of {sorted(DTYPES)}")
+        dtype = DTYPES[config.dtype]
+        quantization = _quantization_config(config, dtype)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(config.model_name)
+            kwargs: dict = {"dtype": dtype}
+            if quantization is not None:
+                device = config.device or (f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+                kwargs.update(quantization_config=quantization, device_map={"": device})
+            model = AutoModelForCausalLM.from_pretrained(config.model_name, **kwargs)
+        except OSError as err:
+            raise DecoderError(
+                f"decoder.model_name '{config.model_name}' could not be loaded (not a local model directory, "
+                f"not in the Hugging Face cache, or offline): {str(err).splitlines()[0]}"
+            ) from err
+        if quantization is not None:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+        else:
+            model.requires_grad_(False)
+            if config.gradient_checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                model.enable_input_require_grads()
+        if adapter_dir is not None:
+            model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+        elif config.use_lora:
+            model = get_peft_model(model, self._lora_config())
+        self.model = model
+        self._hidden = model.config.get_text_config().hidden_size
+        self.projector = self._build_projector(config.prefix_dim, config.projector)
+        if self.projector is not None:
+            self.projector.to(self._device())
+
+    def _lora_config(self) -> LoraConfig:
+        targets = self.config.lora_target_modules
+        if not targets:
+            raise DecoderError("decoder.lora_target_modules is empty; use ['all-linear'] or module names")
+        return LoraConfig(
+            r=self.config.lora_r,
+            lora_alpha=self.config.lora_alpha,
+            lora_dropout=self.config.lora_dropout,
+            target_modules="all-linear" if list(targets) == ["all-linear"] else list(targets),
+            task_type="CAUSAL_LM",
+        )
+
+    def _device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def hidden_size(self) -> int:
+        return self._hidden
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return self.eos_id if pad is None else pad
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        return self.config.max_length
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """The question in the tokenizer's chat template (with the generation prompt) when it has one."""
+        if self.config.use_chat_template and self.tokenizer.chat_template:
+            messages = [{"role": "user", "content": question}]
+            if self.config.system_prompt:
+                messages.insert(0, {"role": "system", "content": self.config.system_prompt})
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        else:
+            text = question + "\n"
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def answer_ids(self, answer: str) -> list[int]:
+        return self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.eos_id]
+
+    def decode(self, ids: list[int]) -> str:
+        if self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _inputs(
+        self,
+        prefix_embeds: Optional[torch.Tensor],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prefix_mask: Optional[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """inputs_embeds (B, P + T, D) and attention_mask (B, P + T) of [projected prefix | text], and P."""
+        device = self._device()
+        embeds = self.model.get_input_embeddings()(input_ids.to(device))  # (B, T, D)
+        mask = attention_mask.to(device).long()
+        prefix = self.project_prefix(prefix_embeds.to(device) if prefix_embeds is not None else None)
+        if prefix is None:
+            return embeds, mask, 0
+        if prefix_mask is None:
+            prefix_mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=device)
+        embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
+        return embeds, torch.cat([prefix_mask.to(device).long(), mask], dim=1), prefix.shape[1]
+
+    def forward(
+        self,
+        prefix_embeds: Optional[torch.Tensor],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        prefix_mask: Optional[torch.Tensor] = None,
+    ) -> DecoderOutput:
+        """prefix_embeds (B, P, prefix_dim) or None, input_ids/attention_mask/labels (B, T) -> DecoderOutput."""
+        embeds, mask, num_prefix = self._inputs(prefix_embeds, input_ids, attention_mask, prefix_mask)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L): left padding keeps real positions
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)
+        logits = out.logits[:, num_prefix:]  # (B, T, V)
+        if labels is None:
+            return DecoderOutput(loss=None, logits=logits)
+        loss = answer_loss(logits, labels.to(logits.device))
+        return DecoderOutput(loss=loss, logits=logits, step_losses=[loss], parts={"answer_ce": loss.detach()})
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prefix_embeds: Optional[torch.Tensor],
+        prompt_ids: torch.Tensor,
+        prompt_mask: Optional[torch.Tensor] = None,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """New tokens (B, N <= max_new_tokens) after left-padded prompts, via HF generate with a KV cache.
+
+        `generator` is accepted for interface parity; HF sampling draws from the global RNG (seed it).
+        """
+        was_training = self.training
+        self.eval()
+        mask = torch.ones_like(prompt_ids) if prompt_mask is None else prompt_mask
+        embeds, full_mask, _ = self._inputs(prefix_embeds, prompt_ids, mask, None)
+        sampling = {"temperature": temperature, "top_k": top_k or None, "top_p": top_p} if do_sample else {}
+        out = self.model.generate(
+            inputs_embeds=embeds,
+            attention_mask=full_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+            use_cache=True,
+            **sampling,
+        )  # (B, N): with inputs_embeds only, HF returns just the new tokens
+        self.train(was_training)
+        return self._finish_generation(out)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every trainable tensor (LoRA weights and projector): what a checkpoint of this decoder needs."""
+        return {n: p.detach().cpu() for n, p in self.named_parameters() if p.requires_grad}
+
+    def save(self, path: str) -> None:
+        """Write decoder_config.json, the peft adapter (adapter/) and trainable.pt (projector and the rest)."""
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, CONFIG_FILE), "w") as f:
+            json.dump(dataclasses.asdict(self.config), f, indent=2)
+        if isinstance(self.model, PeftModel):
+            self.model.save_pretrained(os.path.join(path, ADAPTER_DIR))
+        # everything trainable that the adapter does not hold (the projector, any unfrozen extra module)
+        others = {n: t for n, t in self.trainable_state_dict().items() if not n.startswith("model.")}
+        torch.save(others, os.path.join(path, TRAINABLE_FILE))
+
+    @classmethod
+    def load(cls, path: str, config: QwenDecoderConfig) -> "QwenDecoder":
+        """Rebuild a decoder written by save(): base model from config.model_name, adapter, projector."""
+        adapter = os.path.join(path, ADAPTER_DIR)
+        decoder = cls(config, adapter_dir=adapter if os.path.isdir(adapter) else None)
+        file = os.path.join(path, TRAINABLE_FILE)
+        if not os.path.isfile(file):
+            raise DecoderError(f"{file} not found; point at a directory written by QwenDecoder.save()")
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        missing = [n for n in state if n not in dict(decoder.named_parameters())]
+        if missing:
+            raise DecoderError(f"{file} holds weights {missing[:3]} this decoder does not have; check its config")
+        params = dict(decoder.named_parameters())
+        for name, tensor in state.items():
+            params[name].data.copy_(tensor)
+        return decoder
+
+
+def count_trainable(module: nn.Module) -> int:
+    """Number of trainable parameters of module."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
