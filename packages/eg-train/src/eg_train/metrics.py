@@ -44,6 +44,8 @@ class MetricsCSV:
                     if name not in self.columns:
                         self.columns.append(name)
                 for raw in reader:
+                    if None in raw.values() or None in raw:
+                        continue  # a line cut short by a kill mid-write
                     row = {k: _parse(v) for k, v in raw.items() if k is not None and v is not None}
                     if row.get("step") is not None and row["step"] <= resume_step:
                         self.rows.append(row)
