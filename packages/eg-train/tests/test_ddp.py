@@ -9,26 +9,50 @@ import subprocess
 import sys
 from pathlib import Path
 
+import eg_train
 import pytest
 import torch
-
-import eg_train
 
 
 @pytest.mark.slow
 def test_two_process_gloo_ddp_matches_one_process(toy, tmp_path):
     config = {"max_steps": 4, "grad_accum_steps": 2, "save_every": 2}
-    toy.run_from_options({"dir": str(tmp_path / "single"), "batch_size": 8, "config": config,
-                          "params_out": str(tmp_path / "single.pt")})
-    opts = {"dir": str(tmp_path / "ddp"), "batch_size": 4, "config": config, "params_out": str(tmp_path / "ddp.pt")}
+    toy.run_from_options(
+        {
+            "dir": str(tmp_path / "single"),
+            "batch_size": 8,
+            "config": config,
+            "params_out": str(tmp_path / "single.pt"),
+        }
+    )
+    opts = {
+        "dir": str(tmp_path / "ddp"),
+        "batch_size": 4,
+        "config": config,
+        "params_out": str(tmp_path / "ddp.pt"),
+    }
     # what torchrun does: one process per rank with RANK/WORLD_SIZE/MASTER_* in the environment
     port = _free_port()
     procs = []
     for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, str(Path(toy.__file__)), json.dumps(opts)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(Path(toy.__file__)), json.dumps(opts)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     for proc in procs:
         out, _ = proc.communicate(timeout=240)
         assert proc.returncode == 0, out[-3000:]

@@ -10,10 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import eg_train
 import pytest
 import torch
-
-import eg_train
 
 COMPARED = ("loss", "mse", "l1", "index_mean", "index_sq_mean", "lr", "samples_seen", "epoch")
 
@@ -28,8 +27,12 @@ def _assert_same_curves(toy, a: Path, b: Path, steps: int) -> None:
 
 
 def _launch(toy, opts: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(Path(toy.__file__)), json.dumps(opts)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(Path(toy.__file__)), json.dumps(opts)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _last_step(csv_path: Path) -> int:
@@ -79,7 +82,9 @@ def test_sigkill_between_and_during_checkpoint_writes_resumes_exactly(toy, tmp_p
     assert "resumed from" in out and "at step 10" in out
     assert not list(ckpt_dir.glob(".checkpoint_*.tmp.*"))  # stale temp files are cleaned up
     assert sorted(p.name for p in ckpt_dir.glob("checkpoint_step_*.pt")) == [
-        "checkpoint_step_00000016.pt", "checkpoint_step_00000020.pt"]
+        "checkpoint_step_00000016.pt",
+        "checkpoint_step_00000020.pt",
+    ]
     _assert_same_curves(toy, tmp_path / "ref/outputs/metrics.csv", csv_path, 20)
 
 

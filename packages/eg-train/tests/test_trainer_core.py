@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 
+import eg_train
 import pytest
 import torch
-
-import eg_train
 from eg_train.schedule import WarmupDecay
 
 
@@ -22,10 +21,12 @@ def _fit(toy, tmp_path, model=None, data=None, **cfg):
 def test_accumulation_4x8_equals_batch_32(toy, tmp_path):
     # grad_clip is active (0.5 < the norms), so a wrong accumulation scale would change the update even
     # though Adam itself is scale-invariant; the logged pre-clip grad norm checks the scale directly.
-    m_acc, _ = _fit(toy, tmp_path / "a", data=toy.ToyData(batch_size=8), grad_accum_steps=4, max_steps=3,
-                    grad_clip=0.5)
-    m_big, _ = _fit(toy, tmp_path / "b", data=toy.ToyData(batch_size=32), grad_accum_steps=1, max_steps=3,
-                    grad_clip=0.5)
+    m_acc, _ = _fit(
+        toy, tmp_path / "a", data=toy.ToyData(batch_size=8), grad_accum_steps=4, max_steps=3, grad_clip=0.5
+    )
+    m_big, _ = _fit(
+        toy, tmp_path / "b", data=toy.ToyData(batch_size=32), grad_accum_steps=1, max_steps=3, grad_clip=0.5
+    )
     for (name, a), (_, b) in zip(m_acc.state_dict().items(), m_big.state_dict().items()):
         if name != "num_forward":
             torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
@@ -42,16 +43,20 @@ def test_accumulation_4x8_equals_batch_32(toy, tmp_path):
 def test_mixed_precision_uses_the_configured_dtype(toy, tmp_path, precision, dtype):
     model, summary = _fit(toy, tmp_path, precision=precision, max_steps=3, val_every=3, lr=0.01)
     model.seen_autocast.clear()
-    trainer = eg_train.Trainer(model, toy.make_config(tmp_path / "again", precision=precision, max_steps=1),
-                               toy.ToyData())
+    trainer = eg_train.Trainer(
+        model, toy.make_config(tmp_path / "again", precision=precision, max_steps=1), toy.ToyData()
+    )
     trainer.fit()
     assert model.seen_autocast, "the model was not called"
     for enabled, autocast_dtype, activation_dtype in model.seen_autocast:
         assert enabled and autocast_dtype == dtype and activation_dtype == dtype
     ckpt = eg_train.load_checkpoint(tmp_path / "checkpoints/checkpoint_latest.pt")
     assert bool(ckpt["scaler"]) == (precision == "fp16")  # GradScaler only for fp16
-    assert math.isfinite(summary["last_validation"]["val/loss"]) if "val/loss" in summary["last_validation"] \
+    assert (
+        math.isfinite(summary["last_validation"]["val/loss"])
+        if "val/loss" in summary["last_validation"]
         else True
+    )
 
 
 def test_fp32_runs_without_autocast(toy, tmp_path):
@@ -60,7 +65,7 @@ def test_fp32_runs_without_autocast(toy, tmp_path):
 
 
 def test_nan_step_is_skipped_without_update(toy, tmp_path):
-    const = dict(schedule="constant", warmup_steps=0)
+    const = {"schedule": "constant", "warmup_steps": 0}
     ref, _ = _fit(toy, tmp_path / "ref", max_steps=2, **const)
     torch.manual_seed(0)
     model = toy.ToyModel()
@@ -112,8 +117,13 @@ def test_validation_without_loss_is_never_zero(toy, tmp_path):
 def test_best_tracking_on_an_evaluate_fn_metric(toy, tmp_path):
     recalls = {2: 0.5, 4: 0.9, 6: 0.7}
     cfg = toy.make_config(tmp_path, max_steps=6, val_every=2, best_metric="recall", best_mode="max")
-    summary = eg_train.Trainer(toy.ToyModel(), cfg, toy.ToyData(), val_data=toy.ToyData(),
-                               evaluate_fn=lambda model, step: {"recall": recalls[step]}).fit()
+    summary = eg_train.Trainer(
+        toy.ToyModel(),
+        cfg,
+        toy.ToyData(),
+        val_data=toy.ToyData(),
+        evaluate_fn=lambda model, step: {"recall": recalls[step]},
+    ).fit()
     assert summary["best_value"] == 0.9 and summary["best_step"] == 4
     best = eg_train.load_checkpoint(tmp_path / "checkpoints/checkpoint_best.pt")
     assert best["step"] == 4 and best["best_value"] == 0.9
@@ -136,8 +146,13 @@ def test_zero_lr_group_stays_frozen_and_schedule_values(toy, tmp_path):
 
 
 def test_bad_config_values_raise_train_error(toy, tmp_path):
-    for bad in ({"precision": "fp8"}, {"schedule": "step"}, {"max_steps": 0, "epochs": 0},
-                {"grad_accum_steps": 0}, {"best_mode": "up"}):
+    for bad in (
+        {"precision": "fp8"},
+        {"schedule": "step"},
+        {"max_steps": 0, "epochs": 0},
+        {"grad_accum_steps": 0},
+        {"best_mode": "up"},
+    ):
         with pytest.raises(eg_train.TrainError, match="train\\."):
             toy.make_config(tmp_path, **bad).validate()
     assert issubclass(eg_train.TrainError, ValueError)

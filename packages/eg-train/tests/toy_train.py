@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 import eg_train
+import torch
 from eg_train import checkpoint as ck
+from torch import nn
 
 
 class ToyData:
@@ -24,8 +23,9 @@ class ToyData:
     Implements set_epoch(epoch, start_batch) and __len__, the trainer's exact-resume contract.
     """
 
-    def __init__(self, n: int = 64, batch_size: int = 8, dim: int = 4, rank: int = 0, world: int = 1,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, n: int = 64, batch_size: int = 8, dim: int = 4, rank: int = 0, world: int = 1, seed: int = 0
+    ) -> None:
         g = torch.Generator().manual_seed(1234)
         self.x = torch.randn(n, dim, generator=g)  # (N, D)
         self.y = self.x @ torch.linspace(-1, 1, dim) + 0.1 * torch.randn(n, generator=g)  # (N,)
@@ -41,7 +41,7 @@ class ToyData:
     def batch_indices(self, epoch: int, b: int) -> torch.Tensor:
         perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
         g = self.batch_size * self.world
-        return perm[b * g + self.rank * self.batch_size: b * g + (self.rank + 1) * self.batch_size]
+        return perm[b * g + self.rank * self.batch_size : b * g + (self.rank + 1) * self.batch_size]
 
     def __iter__(self):
         for b in range(self.start_batch, len(self)):
@@ -76,8 +76,9 @@ class ToyModel(nn.Module):
     def forward(self, batch: dict) -> dict:
         x, y = batch["x"], batch["y"]  # (B, D), (B,)
         h = self.net[0](x)
-        self.seen_autocast.append((torch.is_autocast_enabled(x.device.type),
-                                   torch.get_autocast_dtype(x.device.type), h.dtype))
+        self.seen_autocast.append(
+            (torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type), h.dtype)
+        )
         pred = self.net[3](self.net[2](self.net[1](h))).squeeze(-1).float()  # (B,)
         mse = ((pred - y) ** 2).mean()
         l1 = (pred - y).abs().mean()
@@ -89,14 +90,33 @@ class ToyModel(nn.Module):
                 loss = loss * float("nan")
         idx = batch["index"].double()
         # sample fingerprints: equal per step iff the same samples were consumed
-        return {"loss": loss, "mse": mse, "l1": l1, "index_mean": idx.mean(), "index_sq_mean": (idx**2).mean()}
+        return {
+            "loss": loss,
+            "mse": mse,
+            "l1": l1,
+            "index_mean": idx.mean(),
+            "index_sq_mean": (idx**2).mean(),
+        }
 
 
 def make_config(out: Path, **overrides: Any) -> eg_train.TrainerConfig:
     """A fast CPU config writing under `out`."""
-    base = dict(output_dir=str(out / "outputs"), checkpoint_dir=str(out / "checkpoints"), max_steps=10,
-                lr=0.05, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, log_every=1,
-                device="cpu", progress_bar=False, tensorboard=False, plots=False, seed=7)
+    base: dict[str, Any] = {
+        "output_dir": str(out / "outputs"),
+        "checkpoint_dir": str(out / "checkpoints"),
+        "max_steps": 10,
+        "lr": 0.05,
+        "warmup_steps": 2,
+        "schedule": "cosine",
+        "min_lr_ratio": 0.1,
+        "grad_clip": 1.0,
+        "log_every": 1,
+        "device": "cpu",
+        "progress_bar": False,
+        "tensorboard": False,
+        "plots": False,
+        "seed": 7,
+    }
     base.update(overrides)
     return eg_train.TrainerConfig(**base)
 

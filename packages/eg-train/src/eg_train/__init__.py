@@ -11,9 +11,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DistInfo",
+    "TrainError",
     "Trainer",
     "TrainerConfig",
-    "TrainError",
     "WandbConfig",
     "init_distributed",
     "load_checkpoint",

@@ -81,20 +81,26 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], kind: str
     own = model.state_dict()
     unknown = [k for k in state if k not in own]
     if unknown:
-        raise TrainError(f"{source}: keys not in the rebuilt model (e.g. {unknown[0]}); build the model "
-                         f"from the checkpoint's config before loading")
+        raise TrainError(
+            f"{source}: keys not in the rebuilt model (e.g. {unknown[0]}); build the model "
+            f"from the checkpoint's config before loading"
+        )
     bad_shape = [k for k, v in state.items() if tuple(own[k].shape) != tuple(v.shape)]
     if bad_shape:
         k = bad_shape[0]
-        raise TrainError(f"{source}: {k} has shape {tuple(state[k].shape)} but the model has "
-                         f"{tuple(own[k].shape)}; the model config differs from the checkpoint's")
+        raise TrainError(
+            f"{source}: {k} has shape {tuple(state[k].shape)} but the model has "
+            f"{tuple(own[k].shape)}; the model config differs from the checkpoint's"
+        )
     if kind == "full":
         missing = [k for k in own if k not in state]
     else:
         missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
     if missing:
-        raise TrainError(f"{source}: model key {missing[0]} is missing from the checkpoint "
-                         f"({len(missing)} missing); the trainable modules differ from the saved run's")
+        raise TrainError(
+            f"{source}: model key {missing[0]} is missing from the checkpoint "
+            f"({len(missing)} missing); the trainable modules differ from the saved run's"
+        )
     model.load_state_dict(state, strict=False)
 
 
@@ -133,8 +139,9 @@ def remove_stale_temps(folder: Path) -> None:
 
 def prune_step_files(folder: Path, keep_last_n: int) -> None:
     """Keep only the `keep_last_n` newest checkpoint_step_*.pt files."""
-    steps = sorted((int(m.group(1)), p) for p in folder.glob("checkpoint_step_*.pt")
-                   if (m := _STEP_FILE.match(p.name)))
+    steps = sorted(
+        (int(m.group(1)), p) for p in folder.glob("checkpoint_step_*.pt") if (m := _STEP_FILE.match(p.name))
+    )
     for _, p in steps[: max(0, len(steps) - keep_last_n)]:
         p.unlink(missing_ok=True)
 
@@ -186,5 +193,7 @@ def find_resume_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]] | None:
         except TrainError as e:
             warnings.warn(f"{e}; falling back to the next newest checkpoint", stacklevel=2)
     if candidates:
-        raise TrainError(f"no readable checkpoint in {folder}; delete the broken files or set train.resume=never")
+        raise TrainError(
+            f"no readable checkpoint in {folder}; delete the broken files or set train.resume=never"
+        )
     return None

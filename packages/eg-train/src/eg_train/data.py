@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -23,7 +24,9 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
 def batch_size(batch: Any) -> int:
     """Size of dim 0 of the first tensor in the batch dict (else the length of the first list)."""
     if not isinstance(batch, dict):
-        raise TrainError(f"a train/val batch must be a dict, got {type(batch).__name__}; collate batches to dicts")
+        raise TrainError(
+            f"a train/val batch must be a dict, got {type(batch).__name__}; collate batches to dicts"
+        )
     for v in batch.values():
         if isinstance(v, torch.Tensor) and v.ndim > 0:
             return int(v.shape[0])
@@ -86,8 +89,10 @@ class BatchStream:
         """Consume `count` batches without using them (resume of data that cannot seek)."""
         for i in range(count):
             if next(self.it, _END) is _END:
-                raise TrainError(f"train data ended after {i} batches while skipping to the checkpoint's "
-                                 f"position {count}; the data changed since the checkpoint")
+                raise TrainError(
+                    f"train data ended after {i} batches while skipping to the checkpoint's "
+                    f"position {count}; the data changed since the checkpoint"
+                )
         self.index += count
 
     def prefetch(self) -> None:

@@ -9,8 +9,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-FIXED_COLUMNS = ["step", "epoch", "samples_seen", "lr", "loss", "grad_norm", "samples_per_s",
-                 "data_wait_frac", "skipped_steps"]
+FIXED_COLUMNS = [
+    "step",
+    "epoch",
+    "samples_seen",
+    "lr",
+    "loss",
+    "grad_norm",
+    "samples_per_s",
+    "data_wait_frac",
+    "skipped_steps",
+]
 
 
 def _cell(value: Any) -> str:
@@ -84,8 +93,15 @@ def _as_int(key: str, value: Any) -> Any:
 class RunLoggers:
     """metrics.csv + tensorboard + wandb behind one `log(step, metrics)` call (create on rank 0 only)."""
 
-    def __init__(self, output_dir: Path, resume_step: int | None, tensorboard: bool, wandb_cfg: Any,
-                 run_config: dict[str, Any], wandb_run_id: str | None) -> None:
+    def __init__(
+        self,
+        output_dir: Path,
+        resume_step: int | None,
+        tensorboard: bool,
+        wandb_cfg: Any,
+        run_config: dict[str, Any],
+        wandb_run_id: str | None,
+    ) -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
         self.csv = MetricsCSV(output_dir / "metrics.csv", resume_step)
         self.tb = None
@@ -99,9 +115,15 @@ class RunLoggers:
         if wandb_cfg is not None and wandb_cfg.enabled:
             import wandb  # optional dependency, imported only when enabled
 
-            self.wandb_run = wandb.init(project=wandb_cfg.project, name=wandb_cfg.run_name or None,
-                                        entity=wandb_cfg.entity or None, config=run_config,
-                                        id=wandb_run_id, resume="allow", dir=str(output_dir))
+            self.wandb_run = wandb.init(
+                project=wandb_cfg.project,
+                name=wandb_cfg.run_name or None,
+                entity=wandb_cfg.entity or None,
+                config=run_config,
+                id=wandb_run_id,
+                resume="allow",
+                dir=str(output_dir),
+            )
 
     @property
     def wandb_run_id(self) -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
 
 import torch
 
@@ -25,7 +24,7 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise TrainError("train.precision=bf16 but this GPU has no bf16 support; use fp16 or fp32")
 
 
-def autocast(precision: str, device: torch.device) -> ContextManager:
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """autocast with exactly the configured dtype; a no-op context for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()

@@ -43,7 +43,7 @@ def warmup_steps_for(cfg: TrainerConfig, total_steps: int) -> int:
     """warmup_steps when set, else round(warmup_ratio * total_steps)."""
     if cfg.warmup_steps > 0:
         return cfg.warmup_steps
-    return int(round(cfg.warmup_ratio * total_steps))
+    return round(cfg.warmup_ratio * total_steps)
 
 
 def build_optimizer(
@@ -80,7 +80,9 @@ def build_optimizer(
         groups.append({"params": params, **g})
     if not groups:
         raise TrainError("the model has no trainable parameters (all requires_grad=False)")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
 
 
 def build_scheduler(

@@ -6,8 +6,9 @@ import contextlib
 import math
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,8 +17,15 @@ from torch.nn.parallel import DistributedDataParallel
 from . import checkpoint as ck
 from .config import TrainerConfig
 from .data import BatchStream, batch_size, data_length, has_position, move_to_device, split_output
-from .distributed import all_gather_objects, all_reduce_sum, broadcast_object, init_distributed, \
-    is_distributed, seed_everything, shutdown_distributed
+from .distributed import (
+    all_gather_objects,
+    all_reduce_sum,
+    broadcast_object,
+    init_distributed,
+    is_distributed,
+    seed_everything,
+    shutdown_distributed,
+)
 from .errors import TrainError
 from .metrics import RunLoggers
 from .plots import draw_loss_components, draw_training_curves
@@ -34,9 +42,16 @@ class Trainer:
     `run_config`: the resolved experiment config (plain dict), stored in every checkpoint.
     """
 
-    def __init__(self, model: nn.Module, config: TrainerConfig, train_data: Iterable,
-                 val_data: Iterable | None = None, param_groups: list[dict[str, Any]] | None = None,
-                 evaluate_fn: EvaluateFn | None = None, run_config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainerConfig,
+        train_data: Iterable,
+        val_data: Iterable | None = None,
+        param_groups: list[dict[str, Any]] | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
         config.validate()
         self.cfg = config
         self.dist = init_distributed(config.device)
@@ -79,7 +94,9 @@ class Trainer:
         if cfg.max_steps > 0:
             return min(cfg.max_steps, cfg.epochs * spe) if cfg.epochs > 0 and spe else cfg.max_steps
         if spe is None:
-            raise TrainError("train.epochs needs train data with __len__ to size the schedule; set train.max_steps")
+            raise TrainError(
+                "train.epochs needs train data with __len__ to size the schedule; set train.max_steps"
+            )
         return cfg.epochs * spe
 
     # ---- public -------------------------------------------------------------------------------
@@ -91,15 +108,27 @@ class Trainer:
             if is_distributed():
                 ids = [self.device] if self.device.type == "cuda" else None
                 self.forward_model = DistributedDataParallel(
-                    self.model, device_ids=ids, find_unused_parameters=self.cfg.find_unused_parameters)
+                    self.model, device_ids=ids, find_unused_parameters=self.cfg.find_unused_parameters
+                )
             if self.dist.is_main:
-                self.loggers = RunLoggers(self.output_dir, self.step if resumed else None, self.cfg.tensorboard,
-                                          self.cfg.wandb, self.run_config, self._wandb_run_id)
+                self.loggers = RunLoggers(
+                    self.output_dir,
+                    self.step if resumed else None,
+                    self.cfg.tensorboard,
+                    self.cfg.wandb,
+                    self.run_config,
+                    self._wandb_run_id,
+                )
                 self._wandb_run_id = self.loggers.wandb_run_id
                 from tqdm.auto import tqdm
 
-                self._pbar = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
-                                  disable=not self.cfg.progress_bar)
+                self._pbar = tqdm(
+                    total=self.total_steps,
+                    initial=self.step,
+                    desc="train",
+                    dynamic_ncols=True,
+                    disable=not self.cfg.progress_bar,
+                )
             self.model.train()
             self._reset_window()
             while self.step < self.total_steps and not (self.cfg.epochs and self.epoch >= self.cfg.epochs):
@@ -119,10 +148,18 @@ class Trainer:
 
     def summary(self) -> dict[str, Any]:
         """Where the run stands: steps, samples, best metric, skipped steps, last validation."""
-        return {"step": self.step, "epoch": self.epoch, "samples_seen": self.samples_seen,
-                "best_metric": self.best.metric, "best_value": self.best.value, "best_step": self.best.step,
-                "num_skipped_steps": self.num_skipped_steps, "last_validation": dict(self.last_val),
-                "checkpoint_dir": str(self.checkpoint_dir), "output_dir": str(self.output_dir)}
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "samples_seen": self.samples_seen,
+            "best_metric": self.best.metric,
+            "best_value": self.best.value,
+            "best_step": self.best.step,
+            "num_skipped_steps": self.num_skipped_steps,
+            "last_validation": dict(self.last_val),
+            "checkpoint_dir": str(self.checkpoint_dir),
+            "output_dir": str(self.output_dir),
+        }
 
     # ---- resume -------------------------------------------------------------------------------
     def _resume(self) -> bool:
@@ -153,8 +190,10 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(c["optimizer"])
         except (ValueError, KeyError) as e:
-            raise TrainError(f"{path}: optimizer state does not match the param groups ({e}); "
-                             f"keep the same param groups or set train.resume=never") from None
+            raise TrainError(
+                f"{path}: optimizer state does not match the param groups ({e}); "
+                f"keep the same param groups or set train.resume=never"
+            ) from None
         self.scheduler.load_state_dict(c["scheduler"])
         if c.get("scaler"):
             self.scaler.load_state_dict(c["scaler"])
@@ -169,12 +208,18 @@ class Trainer:
             ck.restore_rng_state(c["rng"][rank], self.device)
             self.epoch_start_rng = c["epoch_start_rng"][rank]
         else:
-            warnings.warn(f"{path} was written by {c['world_size']} ranks, this run has {self.dist.world_size}: "
-                          f"model and optimizer resume exactly, data order and RNG do not", stacklevel=2)
+            warnings.warn(
+                f"{path} was written by {c['world_size']} ranks, this run has {self.dist.world_size}: "
+                f"model and optimizer resume exactly, data order and RNG do not",
+                stacklevel=2,
+            )
             seed_everything(self.cfg.seed + rank + self.step)
         if self.dist.is_main:
-            print(f"eg-train: resumed from {path} at step {self.step} (epoch {self.epoch}, "
-                  f"batch {self.batch_in_epoch})", flush=True)
+            print(
+                f"eg-train: resumed from {path} at step {self.step} (epoch {self.epoch}, "
+                f"batch {self.batch_in_epoch})",
+                flush=True,
+            )
 
     # ---- epoch and step -----------------------------------------------------------------------
     def _open_epoch(self) -> BatchStream:
@@ -284,11 +329,26 @@ class Trainer:
 
     # ---- logging, validation, saving ----------------------------------------------------------
     def _reset_window(self) -> None:
-        self._window = {"t0": time.perf_counter(), "wait": 0.0, "samples": 0, "loss": [], "parts": {},
-                        "grad_norm": []}
+        self._window = {
+            "t0": time.perf_counter(),
+            "wait": 0.0,
+            "samples": 0,
+            "loss": [],
+            "parts": {},
+            "grad_norm": [],
+        }
 
-    def _after_step(self, loss: float, parts: dict[str, float], grad_norm: float, lr: float, samples: int,
-                    epoch_ended: bool, nonfinite: bool, step_epoch: int) -> None:
+    def _after_step(
+        self,
+        loss: float,
+        parts: dict[str, float],
+        grad_norm: float,
+        lr: float,
+        samples: int,
+        epoch_ended: bool,
+        nonfinite: bool,
+        step_epoch: int,
+    ) -> None:
         cfg, w = self.cfg, self._window
         w["samples"] += samples
         if math.isfinite(loss):
@@ -301,28 +361,45 @@ class Trainer:
         row: dict[str, float | None] = {}
         if self.step % cfg.log_every == 0 or final or nonfinite:
             elapsed = max(time.perf_counter() - w["t0"], 1e-9)
-            row = {"epoch": step_epoch, "samples_seen": self.samples_seen, "lr": lr,
-                   "loss": _mean(w["loss"]) if not nonfinite else loss, "grad_norm": _mean(w["grad_norm"]),
-                   "samples_per_s": w["samples"] / elapsed, "data_wait_frac": min(1.0, w["wait"] / elapsed),
-                   "skipped_steps": self.num_skipped_steps}
+            row = {
+                "epoch": step_epoch,
+                "samples_seen": self.samples_seen,
+                "lr": lr,
+                "loss": _mean(w["loss"]) if not nonfinite else loss,
+                "grad_norm": _mean(w["grad_norm"]),
+                "samples_per_s": w["samples"] / elapsed,
+                "data_wait_frac": min(1.0, w["wait"] / elapsed),
+                "skipped_steps": self.num_skipped_steps,
+            }
             row.update({k: _mean(v) for k, v in w["parts"].items()})
             if self._pbar is not None:
-                self._pbar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}",
-                                       sps=f"{row['samples_per_s']:.1f}", refresh=False)
+                self._pbar.set_postfix(
+                    loss=f"{row['loss']:.4f}",
+                    lr=f"{lr:.2e}",
+                    sps=f"{row['samples_per_s']:.1f}",
+                    refresh=False,
+                )
             self._reset_window()
         has_val = self.val_data is not None or self.evaluate_fn is not None
         improved = False
-        if has_val and ((cfg.val_every and self.step % cfg.val_every == 0)
-                        or (epoch_ended and cfg.val_at_epoch_end) or final):
-            self.last_val = run_validation(self.model, self.val_data, self.evaluate_fn, self.step,
-                                           cfg.precision, self.device)
+        if has_val and (
+            (cfg.val_every and self.step % cfg.val_every == 0)
+            or (epoch_ended and cfg.val_at_epoch_end)
+            or final
+        ):
+            self.last_val = run_validation(
+                self.model, self.val_data, self.evaluate_fn, self.step, cfg.precision, self.device
+            )
             self._last_val_step = self.step
             row.update(self.last_val)
             improved = bool(broadcast_object(self.best.update(self.last_val, self.step)))
             if self.best.lookup(self.last_val) is None and not self._warned_best and self.dist.is_main:
                 self._warned_best = True
-                warnings.warn(f"train.best_metric={cfg.best_metric!r} is not among the validation metrics "
-                              f"{sorted(self.last_val)}; checkpoint_best.pt is not written", stacklevel=2)
+                warnings.warn(
+                    f"train.best_metric={cfg.best_metric!r} is not among the validation metrics "
+                    f"{sorted(self.last_val)}; checkpoint_best.pt is not written",
+                    stacklevel=2,
+                )
         if row and self.loggers is not None:
             self.loggers.log(self.step, row)
         if self._pbar is not None:
@@ -330,9 +407,11 @@ class Trainer:
         if self.consecutive_nonfinite >= cfg.max_consecutive_nonfinite:
             # stop before saving, so checkpoint_latest.pt stays the last state written by a good run
             kept = self.checkpoint_dir / ck.LATEST if self._last_save_step >= 0 else "(none yet)"
-            raise TrainError(f"training stopped at step {self.step}: {self.consecutive_nonfinite} consecutive "
-                             f"non-finite steps (loss={loss}, grad_norm={grad_norm}); last good checkpoint "
-                             f"{kept} kept; lower train.lr or check the data")
+            raise TrainError(
+                f"training stopped at step {self.step}: {self.consecutive_nonfinite} consecutive "
+                f"non-finite steps (loss={loss}, grad_norm={grad_norm}); last good checkpoint "
+                f"{kept} kept; lower train.lr or check the data"
+            )
         if (cfg.save_every and self.step % cfg.save_every == 0) or epoch_ended or final or improved:
             save_latest = bool((cfg.save_every and self.step % cfg.save_every == 0) or epoch_ended or final)
             self._save(best=improved, latest=save_latest)
@@ -349,14 +428,25 @@ class Trainer:
         sched = self.scheduler.state_dict()
         sched["lr_lambdas"] = [None] * len(sched["lr_lambdas"])  # the schedule is rebuilt from the config
         state = {
-            "format": ck.FORMAT, "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "samples_seen": self.samples_seen, "num_skipped_steps": self.num_skipped_steps,
-            "consecutive_nonfinite": self.consecutive_nonfinite, "world_size": self.dist.world_size,
+            "format": ck.FORMAT,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "samples_seen": self.samples_seen,
+            "num_skipped_steps": self.num_skipped_steps,
+            "consecutive_nonfinite": self.consecutive_nonfinite,
+            "world_size": self.dist.world_size,
             "model": ck.model_state(self.model, self.cfg.save_trainable_only),
             "model_state_kind": "trainable" if self.cfg.save_trainable_only else "full",
-            "optimizer": self.optimizer.state_dict(), "scheduler": sched, "scaler": self.scaler.state_dict(),
-            "rng": rng, "epoch_start_rng": epoch_rng, **self.best.state(),
-            "config": self.cfg.to_dict(), "run_config": self.run_config, "wandb_run_id": self._wandb_run_id,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": sched,
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "epoch_start_rng": epoch_rng,
+            **self.best.state(),
+            "config": self.cfg.to_dict(),
+            "run_config": self.run_config,
+            "wandb_run_id": self._wandb_run_id,
         }
         data = ck.serialize(state)
         targets = [ck.LATEST] if latest else []

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,8 +17,14 @@ EvaluateFn = Callable[[nn.Module, int], dict[str, float]]
 
 
 @torch.no_grad()
-def run_validation(model: nn.Module, val_data: Iterable | None, evaluate_fn: EvaluateFn | None, step: int,
-                   precision: str, device: torch.device) -> dict[str, float]:
+def run_validation(
+    model: nn.Module,
+    val_data: Iterable | None,
+    evaluate_fn: EvaluateFn | None,
+    step: int,
+    precision: str,
+    device: torch.device,
+) -> dict[str, float]:
     """`val/loss`, `val/<part>` and the evaluate_fn metrics (prefixed `val/`).
 
     A metric no batch produced is absent from the result: a validation without loss never reads 0.0.
@@ -47,8 +54,9 @@ def run_validation(model: nn.Module, val_data: Iterable | None, evaluate_fn: Eva
             for k, v in rank_sums.items():
                 merged_sums[k] = merged_sums.get(k, 0.0) + v
                 merged_counts[k] = merged_counts.get(k, 0) + rank_counts[k]
-        metrics = {f"val/{k}": merged_sums[k] / merged_counts[k] for k in sorted(merged_sums)
-                   if merged_counts[k] > 0}
+        metrics = {
+            f"val/{k}": merged_sums[k] / merged_counts[k] for k in sorted(merged_sums) if merged_counts[k] > 0
+        }
         if evaluate_fn is not None:
             for k, v in evaluate_fn(model, step).items():
                 metrics[k if k.startswith("val/") else f"val/{k}"] = float(v)
