@@ -146,6 +146,21 @@ def prune_step_files(folder: Path, keep_last_n: int) -> None:
         p.unlink(missing_ok=True)
 
 
+def write_checkpoint(
+    folder: Path, data: bytes, step: int, latest: bool, best: bool, keep_last_n: int
+) -> None:
+    """Write serialized state as checkpoint_latest.pt (+ a step file when keep_last_n > 0) and/or best."""
+    names = [LATEST] if latest else []
+    if latest and keep_last_n > 0:
+        names.append(step_file_name(step))
+    if best:
+        names.append(BEST)
+    for name in names:
+        atomic_write(folder / name, data)
+    if latest and keep_last_n > 0:
+        prune_step_files(folder, keep_last_n)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with torch.load(weights_only=True); TrainError names the file if unreadable."""
     path = Path(path)
@@ -197,3 +212,16 @@ def find_resume_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]] | None:
             f"no readable checkpoint in {folder}; delete the broken files or set train.resume=never"
         )
     return None
+
+
+def select_resume_path(target: Path, explicit: bool) -> str | None:
+    """The checkpoint to resume from: a given file must be readable; in a folder, the newest readable one.
+
+    Also removes temp files a killed run left in that folder.
+    """
+    if explicit and not target.is_dir():
+        load_checkpoint(target)  # a named file gets no silent fallback
+        return str(target)
+    hit = find_resume_checkpoint(target)
+    remove_stale_temps(target)
+    return str(hit[0]) if hit else None

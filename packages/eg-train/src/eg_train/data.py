@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .checkpoint import capture_rng_state, restore_rng_state
 from .errors import TrainError
 
 _END = object()
@@ -117,3 +118,30 @@ class BatchStream:
         self.index += 1
         self.prefetch()
         return batch, self._ahead is _END
+
+
+def open_epoch(
+    data: Iterable, epoch: int, start: int, epoch_start_rng: dict[str, Any] | None, device: torch.device
+) -> BatchStream:
+    """A BatchStream for `epoch` positioned after `start` consumed batches.
+
+    Data with set_epoch(epoch, start_batch) + __len__ seeks directly. Other data is replayed: RNG set to
+    its state at the epoch's start (e.g. DataLoader(shuffle=True) draws its permutation at iter()), the
+    consumed batches skipped, then the current RNG state put back. Data whose randomness comes from the
+    global RNG in the middle of an epoch cannot be replayed exactly; give it its own seeded generator.
+    """
+    if has_position(data):
+        data.set_epoch(epoch, start_batch=start)
+        return BatchStream(data, start, data_length(data))
+    if callable(getattr(data, "set_epoch", None)):
+        data.set_epoch(epoch)
+    if start == 0:
+        return BatchStream(data, 0, data_length(data))
+    resume_rng = capture_rng_state(device)
+    if epoch_start_rng is not None:
+        restore_rng_state(epoch_start_rng, device)
+    stream = BatchStream(data, 0, data_length(data))
+    stream.skip(start)
+    stream.prefetch()
+    restore_rng_state(resume_rng, device)
+    return stream

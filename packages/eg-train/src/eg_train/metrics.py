@@ -6,6 +6,7 @@ import csv
 import io
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,44 @@ class RunLoggers:
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
+
+
+class LogWindow:
+    """Averages over the steps since the last logged row, with throughput and the data-wait fraction."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new window now."""
+        self.t0, self.wait, self.samples = time.perf_counter(), 0.0, 0
+        self.losses: list[float] = []
+        self.grad_norms: list[float] = []
+        self.parts: dict[str, list[float]] = {}
+
+    def add_step(self, loss: float, parts: dict[str, float], grad_norm: float, samples: int) -> None:
+        """Record one optimizer step; non-finite values are left out of the averages."""
+        self.samples += samples
+        if math.isfinite(loss):
+            self.losses.append(loss)
+            for k, v in parts.items():
+                self.parts.setdefault(k, []).append(v)
+        if math.isfinite(grad_norm):
+            self.grad_norms.append(grad_norm)
+
+    def row(self) -> dict[str, float]:
+        """loss, grad_norm, samples_per_s, data_wait_frac and each part's mean; then reset."""
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        row = {
+            "loss": _mean(self.losses),
+            "grad_norm": _mean(self.grad_norms),
+            "samples_per_s": self.samples / elapsed,
+            "data_wait_frac": min(1.0, self.wait / elapsed),
+        }
+        row.update({k: _mean(v) for k, v in self.parts.items()})
+        self.reset()
+        return row
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ck
 from .config import TrainerConfig
-from .data import BatchStream, batch_size, data_length, has_position, move_to_device, split_output
+from .data import BatchStream, batch_size, data_length, move_to_device, open_epoch, split_output
 from .distributed import (
     all_gather_objects,
     all_reduce_sum,
@@ -27,7 +27,7 @@ from .distributed import (
     shutdown_distributed,
 )
 from .errors import TrainError
-from .metrics import RunLoggers
+from .metrics import LogWindow, RunLoggers
 from .plots import draw_loss_components, draw_training_curves
 from .precision import autocast, check_precision, make_grad_scaler
 from .schedule import build_optimizer, build_scheduler
@@ -77,7 +77,7 @@ class Trainer:
         self._wandb_run_id: str | None = None
         self._last_val_step = self._last_save_step = -1
         self._warned_best = False
-        self._window: dict[str, Any] = {}
+        self._window = LogWindow()
         self._pbar: Any = None
 
     # ---- sizing -------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ class Trainer:
                     disable=not self.cfg.progress_bar,
                 )
             self.model.train()
-            self._reset_window()
+            self._window.reset()
             while self.step < self.total_steps and not (self.cfg.epochs and self.epoch >= self.cfg.epochs):
                 self._run_epoch()
             if self._last_save_step != self.step:
@@ -167,15 +167,7 @@ class Trainer:
         found: tuple[Path, dict[str, Any]] | None = None
         if mode != "never":
             folder = self.checkpoint_dir if mode == "auto" else Path(mode)
-            path = None
-            if self.dist.is_main:
-                if folder.is_dir() or mode == "auto":
-                    hit = ck.find_resume_checkpoint(folder)
-                    path = str(hit[0]) if hit else None
-                    ck.remove_stale_temps(folder)
-                else:
-                    ck.load_checkpoint(folder)  # an explicit path must be readable: no silent fallback
-                    path = str(folder)
+            path = ck.select_resume_path(folder, explicit=mode != "auto") if self.dist.is_main else None
             path = broadcast_object(path)
             if path is not None:
                 found = (Path(path), ck.load_checkpoint(path))
@@ -223,26 +215,9 @@ class Trainer:
 
     # ---- epoch and step -----------------------------------------------------------------------
     def _open_epoch(self) -> BatchStream:
-        data, start = self.train_data, self.batch_in_epoch
-        if start == 0:
+        if self.batch_in_epoch == 0:
             self.epoch_start_rng = ck.capture_rng_state(self.device)
-        if has_position(data):
-            data.set_epoch(self.epoch, start_batch=start)
-            return BatchStream(data, start, data_length(data))
-        if callable(getattr(data, "set_epoch", None)):
-            data.set_epoch(self.epoch)
-        if start == 0:
-            return BatchStream(data, 0, data_length(data))
-        # Data that cannot seek: replay the epoch from its start RNG state (e.g. DataLoader(shuffle=True)
-        # draws its permutation at iter()), skip consumed batches, then return to the checkpoint's RNG.
-        resume_rng = ck.capture_rng_state(self.device)
-        if self.epoch_start_rng is not None:
-            ck.restore_rng_state(self.epoch_start_rng, self.device)
-        stream = BatchStream(data, 0, data_length(data))
-        stream.skip(start)
-        stream.prefetch()
-        ck.restore_rng_state(resume_rng, self.device)
-        return stream
+        return open_epoch(self.train_data, self.epoch, self.batch_in_epoch, self.epoch_start_rng, self.device)
 
     def _run_epoch(self) -> None:
         stream = self._open_epoch()
@@ -251,7 +226,7 @@ class Trainer:
         while self.step < self.total_steps:
             t0 = time.perf_counter()
             item = stream.next()
-            self._window["wait"] += time.perf_counter() - t0
+            self._window.wait += time.perf_counter() - t0
             if item is None:
                 if micro == 0 and self.batch_in_epoch == started and started == 0:
                     raise TrainError(f"train data yielded no batch in epoch {self.epoch}; check the dataset")
@@ -328,16 +303,6 @@ class Trainer:
         self._after_step(loss, parts, grad_norm_f, lr, acc["n"] * world, epoch_ended, nonfinite, step_epoch)
 
     # ---- logging, validation, saving ----------------------------------------------------------
-    def _reset_window(self) -> None:
-        self._window = {
-            "t0": time.perf_counter(),
-            "wait": 0.0,
-            "samples": 0,
-            "loss": [],
-            "parts": {},
-            "grad_norm": [],
-        }
-
     def _after_step(
         self,
         loss: float,
@@ -349,29 +314,20 @@ class Trainer:
         nonfinite: bool,
         step_epoch: int,
     ) -> None:
-        cfg, w = self.cfg, self._window
-        w["samples"] += samples
-        if math.isfinite(loss):
-            w["loss"].append(loss)
-            for k, v in parts.items():
-                w["parts"].setdefault(k, []).append(v)
-        if math.isfinite(grad_norm):
-            w["grad_norm"].append(grad_norm)
+        cfg = self.cfg
+        self._window.add_step(loss, parts, grad_norm, samples)
         final = self.step >= self.total_steps or (cfg.epochs > 0 and epoch_ended and self.epoch >= cfg.epochs)
         row: dict[str, float | None] = {}
         if self.step % cfg.log_every == 0 or final or nonfinite:
-            elapsed = max(time.perf_counter() - w["t0"], 1e-9)
             row = {
                 "epoch": step_epoch,
                 "samples_seen": self.samples_seen,
                 "lr": lr,
-                "loss": _mean(w["loss"]) if not nonfinite else loss,
-                "grad_norm": _mean(w["grad_norm"]),
-                "samples_per_s": w["samples"] / elapsed,
-                "data_wait_frac": min(1.0, w["wait"] / elapsed),
                 "skipped_steps": self.num_skipped_steps,
+                **self._window.row(),
             }
-            row.update({k: _mean(v) for k, v in w["parts"].items()})
+            if nonfinite:
+                row["loss"] = loss  # show the bad value on the skipped step's row
             if self._pbar is not None:
                 self._pbar.set_postfix(
                     loss=f"{row['loss']:.4f}",
@@ -379,7 +335,6 @@ class Trainer:
                     sps=f"{row['samples_per_s']:.1f}",
                     refresh=False,
                 )
-            self._reset_window()
         has_val = self.val_data is not None or self.evaluate_fn is not None
         improved = False
         if has_val and (
@@ -448,16 +403,9 @@ class Trainer:
             "run_config": self.run_config,
             "wandb_run_id": self._wandb_run_id,
         }
-        data = ck.serialize(state)
-        targets = [ck.LATEST] if latest else []
-        if latest and self.cfg.keep_last_n > 0:
-            targets.append(ck.step_file_name(self.step))
-        if best:
-            targets.append(ck.BEST)
-        for name in targets:
-            ck.atomic_write(self.checkpoint_dir / name, data)
-        if latest and self.cfg.keep_last_n > 0:
-            ck.prune_step_files(self.checkpoint_dir, self.cfg.keep_last_n)
+        ck.write_checkpoint(
+            self.checkpoint_dir, ck.serialize(state), self.step, latest, best, self.cfg.keep_last_n
+        )
 
     def _draw_plots(self) -> None:
         if self.loggers is None or not self.cfg.plots:
@@ -465,7 +413,3 @@ class Trainer:
         rows = self.loggers.csv.rows
         draw_training_curves(rows, self.output_dir / "training_curves.png")
         draw_loss_components(rows, self.output_dir / "loss_components.png")
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
