@@ -138,15 +138,26 @@ def decode_sample(raw: dict[str, Any], cfg: LoaderConfig, epoch: int) -> tuple[d
     return out, ""
 
 
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack; inside a loader worker straight into shared memory, saving the copy made when the
+    batch is sent to the main process (as torch's default_collate does)."""
+    if get_worker_info() is None:
+        return torch.stack(tensors)
+    numel = sum(t.numel() for t in tensors)
+    storage = tensors[0]._typed_storage()._new_shared(numel, device=tensors[0].device)
+    out = tensors[0].new(storage).resize_(len(tensors), *tensors[0].shape)
+    return torch.stack(tensors, out=out)
+
+
 def collate(samples: list[dict[str, Any]], cfg: LoaderConfig) -> dict[str, Any]:
     """Stack decoded samples into the contract batch dict; absent modalities are zeros, present=False."""
     size, n_mels, n_frames = cfg.image.size, cfg.audio.n_mels, cfg.audio.n_frames
     zero_image = torch.zeros(3, size, size)
     zero_mel, zero_mask = torch.zeros(n_mels, n_frames), torch.zeros(n_frames, dtype=torch.bool)
     return {
-        "image": torch.stack([s.get("image", zero_image) for s in samples]),  # (B, 3, H, W)
-        "audio": torch.stack([s.get("audio", zero_mel) for s in samples]),  # (B, n_mels, n_frames)
-        "audio_mask": torch.stack([s.get("audio_mask", zero_mask) for s in samples]),  # (B, n_frames)
+        "image": _stack([s.get("image", zero_image) for s in samples]),  # (B, 3, H, W)
+        "audio": _stack([s.get("audio", zero_mel) for s in samples]),  # (B, n_mels, n_frames)
+        "audio_mask": _stack([s.get("audio_mask", zero_mask) for s in samples]),  # (B, n_frames)
         "text": [s.get("text", "") for s in samples],
         "question": [s.get("question", "") for s in samples],
         "answer": [s.get("answer", "") for s in samples],
