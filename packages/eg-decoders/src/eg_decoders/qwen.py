@@ -64,7 +64,11 @@ class QwenDecoder(Decoder):
                 f"not in the Hugging Face cache, or offline): {str(err).splitlines()[0]}"
             ) from err
         if quantization is not None:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+            model = prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=config.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
         else:
             model.requires_grad_(False)
             if config.gradient_checkpointing:

@@ -1,0 +1,179 @@
+"""QwenDecoder on a tiny random-init Qwen2 and a locally trained BPE tokenizer with a chat template, saved to
+disk and loaded through the same path as a hub id: LoRA, 8/4-bit on CPU, prefix use, eos, save/load."""
+
+import os
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+from eg_decoders import DecoderError, QwenDecoder, QwenDecoderConfig, count_trainable, load_decoder  # noqa: E402
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS = 64, 128, 2, 4, 2
+QUESTIONS = ["what is shown?", "what is shown?"]
+ANSWERS = ["a red cat", "two dogs"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny Qwen2 + byte-level BPE tokenizer (chat template, Qwen's special tokens) in HF format."""
+    path = str(tmp_path_factory.mktemp("tiny-qwen"))
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(["what is shown? a red cat, two dogs, user assistant system"] * 20, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE
+    )
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=256,
+        tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def config(model_dir, **overrides):
+    values = dict(model_name=model_dir, dtype="float32", lora_r=4, lora_alpha=8, lora_dropout=0.0, prefix_dim=16)
+    values.update(overrides)
+    return QwenDecoderConfig(**values)
+
+
+def lora_count(r, shapes):
+    return sum(r * (fan_in + fan_out) for fan_in, fan_out in shapes) * LAYERS
+
+
+HEAD_DIM = HIDDEN // HEADS
+ALL_LINEAR = [  # (in, out) of q, k, v, o, gate, up, down in one layer
+    (HIDDEN, HIDDEN), (HIDDEN, KV_HEADS * HEAD_DIM), (HIDDEN, KV_HEADS * HEAD_DIM), (HIDDEN, HIDDEN),
+    (HIDDEN, INTERMEDIATE), (HIDDEN, INTERMEDIATE), (INTERMEDIATE, HIDDEN),
+]
+PROJECTOR = 16 * HIDDEN + HIDDEN + HIDDEN * HIDDEN + HIDDEN
+
+
+def test_lora_trainable_count_matches_r_and_targets(model_dir):
+    decoder = QwenDecoder(config(model_dir))
+    assert count_trainable(decoder.model) == lora_count(4, ALL_LINEAR)
+    assert count_trainable(decoder) == lora_count(4, ALL_LINEAR) + PROJECTOR
+    narrow = QwenDecoder(config(model_dir, lora_r=2, lora_target_modules=["q_proj", "v_proj"]))
+    assert count_trainable(narrow.model) == lora_count(2, [ALL_LINEAR[0], ALL_LINEAR[2]])
+    assert narrow.hidden_size == HIDDEN
+
+
+def test_chat_template_wraps_the_question(model_dir):
+    decoder = QwenDecoder(config(model_dir))
+    text = decoder.tokenizer.decode(decoder.prompt_ids("what is shown?"))
+    assert text == "<|im_start|>user\nwhat is shown?<|im_end|>\n<|im_start|>assistant\n"
+    plain = QwenDecoder(config(model_dir, use_chat_template=False))
+    assert plain.tokenizer.decode(plain.prompt_ids("hi")) == "hi\n"
+    assert decoder.answer_ids("two dogs")[-1] == decoder.eos_id
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_quantized_forward_backward_on_cpu(model_dir, quantization):
+    decoder = QwenDecoder(config(model_dir, quantization=quantization, gradient_checkpointing=True)).train()
+    linear = decoder.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    assert type(linear).__name__ == ("Linear8bitLt" if quantization == "8bit" else "Linear4bit")
+    assert decoder.projector.net[0].weight.dtype == torch.float32  # never quantized
+    batch = decoder.encode_qa(QUESTIONS, ANSWERS)
+    out = decoder(torch.randn(2, 3, 16), **batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    trainable = {n for n, p in decoder.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("projector.") for n in trainable)
+    assert any(n.startswith("projector.") for n in trainable)
+    assert all(p.grad is not None for n, p in decoder.named_parameters() if n.startswith("projector."))
+    assert count_trainable(decoder) == lora_count(4, ALL_LINEAR) + PROJECTOR
+
+
+@pytest.fixture(scope="module")
+def trained(model_dir):
+    """LoRA + projector trained until two prefixes give two different answers to the same question."""
+    torch.manual_seed(0)
+    decoder = QwenDecoder(config(model_dir, lora_r=8, lora_alpha=16, gradient_checkpointing=True)).train()
+    prefixes = torch.randn(2, 2, 16, generator=torch.Generator().manual_seed(3))
+    batch = decoder.encode_qa(QUESTIONS, ANSWERS)
+    opt = torch.optim.AdamW([p for p in decoder.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(40):
+        loss = decoder(prefixes, **batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return decoder.eval(), prefixes
+
+
+def generate_text(decoder, prefixes, questions, max_new_tokens=12):
+    prompts = decoder.encode_prompts(questions)
+    ids = decoder.generate(prefixes, prompts["input_ids"], prompts["attention_mask"], max_new_tokens=max_new_tokens)
+    return ids, decoder.batch_decode(ids)
+
+
+def test_trained_toy_uses_prefix_and_stops_at_eos(trained):
+    decoder, prefixes = trained
+    ids, texts = generate_text(decoder, prefixes, QUESTIONS)
+    assert texts == ANSWERS
+    assert ids.shape[1] < 12  # both rows emitted eos, so generation stopped early
+    assert all(decoder.eos_id in row.tolist() for row in ids)
+    assert torch.equal(ids, generate_text(decoder, prefixes, QUESTIONS)[0])  # greedy is deterministic
+    _, swapped = generate_text(decoder, prefixes.flip(0), QUESTIONS)
+    assert swapped == ANSWERS[::-1]
+
+
+def test_kv_cache_generation_matches_a_full_recompute(trained):
+    decoder, prefixes = trained
+    questions = ["what is shown?", "shown?"]  # different lengths: left padding in the batch
+    ids, _ = generate_text(decoder, prefixes, questions, max_new_tokens=5)
+    prompts = decoder.encode_prompts(questions)
+    seq, mask = prompts["input_ids"], prompts["attention_mask"]
+    with torch.no_grad():
+        for step in range(ids.shape[1]):
+            nxt = decoder(prefixes, seq, mask).logits[:, -1].argmax(-1)
+            finished = (ids[:, :step] == decoder.eos_id).any(-1)
+            assert torch.equal(nxt[~finished], ids[~finished, step])
+            seq = torch.cat([seq, nxt[:, None]], 1)
+            mask = torch.cat([mask, torch.ones_like(nxt[:, None])], 1)
+
+
+def test_save_then_load_gives_identical_generations(trained, tmp_path):
+    decoder, prefixes = trained
+    decoder.save(str(tmp_path))
+    assert os.path.isfile(tmp_path / "adapter" / "adapter_model.safetensors")
+    loaded = load_decoder(str(tmp_path)).eval()
+    assert isinstance(loaded, QwenDecoder)
+    assert torch.equal(generate_text(decoder, prefixes, QUESTIONS)[0], generate_text(loaded, prefixes, QUESTIONS)[0])
+    batch = decoder.encode_qa(QUESTIONS, ANSWERS)
+    with torch.no_grad():
+        assert torch.equal(decoder(prefixes, **batch).logits, loaded(prefixes, **batch).logits)
+    assert count_trainable(loaded) == count_trainable(decoder)  # reloaded adapter and projector stay trainable
+
+
+def test_bad_model_name_and_settings_are_decoder_errors(model_dir, tmp_path):
+    with pytest.raises(DecoderError, match="model_name"):
+        QwenDecoder(config(str(tmp_path / "missing")))
+    with pytest.raises(DecoderError, match="quantization"):
+        QwenDecoder(config(model_dir, quantization="3bit"))
+    with pytest.raises(DecoderError, match="dtype"):
+        QwenDecoder(config(model_dir, dtype="float8"))
