@@ -1,0 +1,168 @@
+"""The stage-1 alignment model: per modality encoder -> (resampler) -> pooling -> Matryoshka projection,
+and per modality pair a contrastive loss plus a Matryoshka (MRL) loss.
+
+`forward(batch)` follows eg-train's contract: it returns `loss` and the named parts
+`"<pair>/contrastive"` and `"<pair>/mrl"` (unweighted), plus `"<pair>/logit_scale"`. A pair is trained on
+the samples that have both modalities: `text_present` is False for captions removed by text dropout, so
+those rows are neither positives nor negatives (several empty captions would otherwise be false negatives).
+
+In eval mode the MRL term averages every dim with its weight instead of drawing dims, so validation never
+advances the training-time dim generator (which keeps resumed runs exact) and is comparable across steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from apps.config import ConfigError
+from apps.experiment import BATCH_KEY, ExperimentConfig
+from eg_encoders import MatryoshkaProjection, MeanPooling, build_pooling
+from eg_losses import ContrastiveLoss, MatryoshkaLoss, MatryoshkaLossConfig, resolve_mrl_dims
+from eg_resampler import PerceiverResampler, PerceiverResamplerConfig
+
+
+class ModalityTower(nn.Module):
+    """One modality's path into the shared space: (B, ...) inputs -> (B, max_dim) projections (not normalized).
+
+    With a resampler, the encoder's tokens become a fixed number of latents which the tower pools with the
+    encoder's pooling settings; the encoder's own pooling over raw tokens is then replaced by a parameter-free
+    mean, whose output is unused (its learnable queries would otherwise sit idle and stall DDP).
+    """
+
+    def __init__(self, name: str, encoder: nn.Module, projection_cfg: Any,
+                 resampler_cfg: PerceiverResamplerConfig | None = None) -> None:
+        super().__init__()
+        self.name = name
+        self.encoder = encoder
+        self.resampler: nn.Module | None = None
+        self.pooling: nn.Module | None = None
+        width = encoder.output_dim
+        if resampler_cfg is not None:
+            if not hasattr(encoder, "pooling"):
+                raise ConfigError(f"model.{name}.resampler is not supported: the {name} encoder pools by itself")
+            if resampler_cfg.input_dim not in (None, width):
+                raise ConfigError(f"model.{name}.resampler.input_dim={resampler_cfg.input_dim} differs from the "
+                                  f"{name} encoder's width {width}; leave it unset")
+            self.resampler = PerceiverResampler.from_config(dataclasses.replace(resampler_cfg, input_dim=width))
+            width = resampler_cfg.dim
+            self.pooling = build_pooling(encoder.config.pooling, width, f"model.{name}.encoder.pooling")
+            encoder.pooling = MeanPooling()
+        self.projection = MatryoshkaProjection.from_config(projection_cfg, width)
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The modality's inputs from `batch` -> (B, max_dim)."""
+        key = BATCH_KEY[self.name]
+        if self.name == "audio":
+            out = self.encoder(batch["audio"], batch.get("audio_mask"))
+        else:
+            out = self.encoder(batch[key])
+        if self.resampler is None:
+            pooled = out.pooled  # (B, D)
+        else:
+            latents = self.resampler(out.tokens, out.mask)  # (B, L, D_r)
+            all_valid = torch.ones(latents.shape[:2], dtype=torch.bool, device=latents.device)  # (B, L)
+            pooled = self.pooling(latents, all_valid)  # (B, D_r)
+        return self.projection(pooled.float())  # (B, max_dim)
+
+
+class AlignmentModel(nn.Module):
+    """Towers for the configured modalities and, per pair, ContrastiveLoss + MatryoshkaLoss (sharing a temperature)."""
+
+    def __init__(self, cfg: ExperimentConfig, towers: nn.ModuleDict) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.towers = towers  # {modality: ModalityTower}, built by apps.stage1.prepare
+        self.max_dim = cfg.model.projection.max_dim
+        losses = cfg.losses
+        self.mrl_dims = resolve_mrl_dims(losses.mrl_dims, self.max_dim)
+        self.pairs = list(cfg.model.pairs)
+        self.pair_weights = {pair: float(losses.pair_weights.get(pair, 1.0)) for pair in self.pairs}
+        self.contrastive = nn.ModuleDict()
+        self.mrl = nn.ModuleDict()
+        for index, pair in enumerate(self.pairs):
+            self.contrastive[pair] = ContrastiveLoss(losses.infonce)
+            mrl_cfg = MatryoshkaLossConfig(
+                dims=list(self.mrl_dims),
+                weights=None if losses.mrl_weights is None else list(losses.mrl_weights),
+                sample_single_mrl_dim=losses.sample_single_mrl_dim,
+                num_sampled_dims=losses.num_sampled_mrl_dims,
+                seed=cfg.seed + index,
+            )
+            self.mrl[pair] = MatryoshkaLoss(self.contrastive[pair], self.max_dim, mrl_cfg)
+
+    def embed(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Projections of every configured modality present in the batch: {modality: (B, max_dim)}."""
+        return {name: tower(batch) for name, tower in self.towers.items()}
+
+    @staticmethod
+    def present(batch: dict[str, Any], modality: str, size: int, device: torch.device) -> torch.Tensor:
+        """(B,) bool: which samples have `modality` (all of them when the batch has no presence mask)."""
+        mask = batch.get(f"{BATCH_KEY[modality]}_present")
+        if mask is None:
+            return torch.ones(size, dtype=torch.bool, device=device)
+        return mask.to(device=device, dtype=torch.bool)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The batch dict -> {"loss", "<pair>/contrastive", "<pair>/mrl", "<pair>/logit_scale"}."""
+        z = self.embed(batch)
+        any_z = next(iter(z.values()))
+        size, device = any_z.shape[0], any_z.device
+        out: dict[str, torch.Tensor] = {}
+        total = any_z.new_zeros(())
+        w_con, w_mrl = self.cfg.losses.contrastive, self.cfg.losses.mrl
+        for pair in self.pairs:
+            first, second = pair.split("_")
+            valid = self.present(batch, first, size, device) & self.present(batch, second, size, device)
+            a, b = z[first], z[second]  # (B, max_dim) each
+            pair_loss = any_z.new_zeros(())
+            if w_con > 0:
+                con = self.contrastive[pair](a, b, valid=valid)
+                out[f"{pair}/contrastive"] = con
+                pair_loss = pair_loss + w_con * con
+            if w_mrl > 0:
+                mrl = self.mrl[pair](a, b, valid=valid) if self.training else self._mrl_all_dims(pair, a, b, valid)
+                out[f"{pair}/mrl"] = mrl
+                pair_loss = pair_loss + w_mrl * mrl
+            out[f"{pair}/logit_scale"] = self.contrastive[pair].logit_scale.detach()
+            total = total + self.pair_weights[pair] * pair_loss
+        out["loss"] = total
+        return out
+
+    def _mrl_all_dims(self, pair: str, a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The MRL loss over every dim with its weight, drawing nothing (eval mode)."""
+        mrl = self.mrl[pair]
+        total = a.new_zeros(())
+        for dim, weight in zip(mrl.dims, mrl.weights):
+            total = total + weight * mrl.loss(F.normalize(a[:, :dim], dim=-1), F.normalize(b[:, :dim], dim=-1),
+                                              valid=valid)
+        return total
+
+    def param_groups(self, default_lr: float) -> list[dict[str, Any]]:
+        """AdamW groups: each tower's trainable encoder weights at its `lr` (-1 = default), the rest at default.
+
+        Biases and norms (1-D tensors) and the temperatures get no weight decay, as in CLIP.
+        """
+        groups: list[dict[str, Any]] = []
+        seen: set[int] = set()
+        for name, tower in self.towers.items():
+            tower_lr = getattr(self.cfg.model, name).lr
+            lr = default_lr if tower_lr < 0 else tower_lr
+            params = [p for p in tower.encoder.parameters() if p.requires_grad]
+            seen.update(id(p) for p in params)
+            groups += _split_decay(params, lr, f"{name}.encoder")
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
+        groups += _split_decay(rest, default_lr, "heads")
+        return [g for g in groups if g["params"]]
+
+
+def _split_decay(params: list[nn.Parameter], lr: float, name: str) -> list[dict[str, Any]]:
+    """Two groups: matrices with weight decay, and 1-D/0-D tensors (biases, norms, temperatures) without."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return [{"params": decay, "lr": lr, "name": f"{name}"},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}.no_decay"}]

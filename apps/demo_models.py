@@ -1,0 +1,78 @@
+"""Tiny random-init backbones of the real kinds (open_clip ViT, Whisper, sentence-transformers) for the demo.
+
+eg-encoders' debug flavours write them in the on-disk formats the pretrained models come in, so the demo
+loads them through the same public paths as real weights. They are written once into
+`demo_models.dir` (a manifest records the settings; changed settings rewrite them). The text model's
+WordPiece vocabulary is built from the training captions, so it needs the data first.
+
+Written files (with the defaults): `<dir>/vision/eg-debug-vit-i32-p8-w64-l2.{json,pt}`,
+`<dir>/audio/eg-debug-whisper.pt`, `<dir>/text/` (a sentence-transformers directory).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from eg_encoders.debug import write_open_clip_vit, write_sentence_transformer, write_whisper
+
+MANIFEST = "demo_models.json"
+
+
+@dataclass
+class DemoModelsConfig:
+    """Sizes of the demo's tiny backbones; `dir` is where they are written ("" = none)."""
+
+    dir: str = "data/demo_models"
+    seed: int = 0
+    image_size: int = 32
+    patch_size: int = 8
+    vision_width: int = 64
+    vision_layers: int = 2
+    n_mels: int = 80
+    n_audio_ctx: int = 200  # 20 ms tokens: 200 = 4 s of audio
+    audio_width: int = 64
+    audio_layers: int = 2
+    text_width: int = 64
+    text_layers: int = 2
+
+
+def _fresh(folder: Path, cfg: DemoModelsConfig, part: str) -> bool:
+    """True when `folder` holds `part` written with these exact settings."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()) == {"part": part, **asdict(cfg)}
+    except ValueError:
+        return False
+
+
+def _stamp(folder: Path, cfg: DemoModelsConfig, part: str) -> None:
+    (folder / MANIFEST).write_text(json.dumps({"part": part, **asdict(cfg)}, indent=2))
+
+
+def write_vision_audio(cfg: DemoModelsConfig) -> None:
+    """Write the ViT and the Whisper checkpoints unless already there with these settings."""
+    root = Path(cfg.dir)
+    vision = root / "vision"
+    if not _fresh(vision, cfg, "vision"):
+        write_open_clip_vit(str(vision), seed=cfg.seed, image_size=cfg.image_size, patch_size=cfg.patch_size,
+                            width=cfg.vision_width, layers=cfg.vision_layers)
+        _stamp(vision, cfg, "vision")
+    audio = root / "audio"
+    if not _fresh(audio, cfg, "audio"):
+        write_whisper(str(audio), seed=cfg.seed, n_mels=cfg.n_mels, n_audio_ctx=cfg.n_audio_ctx,
+                      width=cfg.audio_width, layers=cfg.audio_layers)
+        _stamp(audio, cfg, "audio")
+
+
+def write_text(cfg: DemoModelsConfig, captions: list[str]) -> None:
+    """Write the sentence-transformers model, its vocabulary built from `captions`, unless already there."""
+    text = Path(cfg.dir) / "text"
+    if not _fresh(text, cfg, "text"):
+        write_sentence_transformer(str(text), seed=cfg.seed, texts=sorted(set(captions)),
+                                   width=cfg.text_width, layers=cfg.text_layers)
+        _stamp(text, cfg, "text")
+

@@ -1,0 +1,197 @@
+"""The typed config tree of a stage-1 (alignment) experiment, loaded from YAML by `apps.config.load_config`.
+
+Each package's own config dataclass is nested as it is (eg-encoders' encoder and projection configs,
+eg-resampler's, eg-losses' contrastive config, eg-data's loader config, eg-train's TrainerConfig); the
+small dataclasses here only say how the apps compose them. Plain types only (no Literal/Union), so
+OmegaConf structured configs hold the whole tree. Every key is read somewhere: values the apps derive
+themselves (image size and normalization from the vision encoder, audio context from the audio
+encoder) are checked against the file instead of being overwritten silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from apps.demo_models import DemoModelsConfig
+from eg_data import LoaderConfig
+from eg_encoders import AudioEncoderConfig, MatryoshkaConfig, TextEncoderConfig, VisionEncoderConfig
+from eg_losses import ContrastiveLossConfig
+from eg_resampler import PerceiverResamplerConfig
+from eg_train import TrainerConfig
+
+MODALITIES = ("vision", "audio", "text")
+# The eg-data batch key (and presence mask prefix) that feeds each modality's encoder.
+BATCH_KEY = {"vision": "image", "audio": "audio", "text": "text"}
+
+
+@dataclass
+class VisionTowerConfig:
+    """Vision: a CLIP encoder (its `pooling` pools tokens, or the resampler's latents when one is set)."""
+
+    encoder: VisionEncoderConfig = field(default_factory=VisionEncoderConfig)
+    resampler: Optional[PerceiverResamplerConfig] = None
+    lr: float = -1.0  # learning rate of this tower's trainable encoder weights; -1 = train.lr
+
+
+@dataclass
+class AudioTowerConfig:
+    """Audio: a Whisper encoder, optionally followed by a Perceiver Resampler."""
+
+    encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    resampler: Optional[PerceiverResamplerConfig] = None
+    lr: float = -1.0
+
+
+@dataclass
+class TextTowerConfig:
+    """Text: a sentence-transformers encoder; its sentence embedding is the pooled vector."""
+
+    encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    lr: float = -1.0
+
+
+@dataclass
+class ModelConfig:
+    """The alignment model: the modalities present (null = absent), the pairs aligned, the shared projection.
+
+    pairs: any of "vision_text", "audio_text", "vision_audio"; each names two present modalities.
+    projection: one MatryoshkaProjection per modality, all to the same `max_dim` (the shared space).
+    """
+
+    vision: Optional[VisionTowerConfig] = None
+    audio: Optional[AudioTowerConfig] = None
+    text: Optional[TextTowerConfig] = None
+    pairs: list[str] = field(default_factory=lambda: ["vision_text"])
+    projection: MatryoshkaConfig = field(default_factory=MatryoshkaConfig)
+
+
+@dataclass
+class LossesConfig:
+    """Per pair: contrastive * InfoNCE(full width) + mrl * Matryoshka(InfoNCE at nested dims), times the pair weight.
+
+    contrastive / mrl: the two weights (0 switches a term off; not both).
+    mrl_dims: nested dims, increasing, the last <= model.projection.max_dim (null = 128, 256, ... capped).
+    mrl_weights: one per dim (null = 1.0 each).
+    sample_single_mrl_dim: one random dim per step instead of all of them.
+    num_sampled_mrl_dims: k > 0 draws k random dims per step (0 = all, or one with the switch above).
+    pair_weights: weight per pair name; pairs not listed weigh 1.0.
+    infonce: eg-losses' ContrastiveLoss settings (temperature, learnable, distributed gathering).
+    """
+
+    contrastive: float = 1.0
+    mrl: float = 1.0
+    mrl_dims: Optional[list[int]] = None
+    mrl_weights: Optional[list[float]] = None
+    sample_single_mrl_dim: bool = False
+    num_sampled_mrl_dims: int = 0
+    pair_weights: dict[str, float] = field(default_factory=dict)
+    infonce: ContrastiveLossConfig = field(default_factory=ContrastiveLossConfig)
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how they are read.
+
+    train: eg-data's loader settings for training (shard_dir, batch size, workers, text dropout, ...);
+        `image.size/mean/std` and `audio.n_mels/n_samples` come from the encoders and need not be set.
+    val_dir / test_dir: shard folders for validation during training and the final held-out evaluation;
+        they are read with train's settings minus shuffling, augmentation and text dropout.
+    build_demo: a folder; when the shards are missing there, eg-data's demo dataset is built into it first
+        ("" = never build).
+    """
+
+    train: LoaderConfig = field(default_factory=LoaderConfig)
+    val_dir: str = "data/demo/val"
+    test_dir: str = "data/demo/test"
+    build_demo: str = ""
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval evaluation on val (during training) and test (at the end, and by apps/evaluate).
+
+    batch_size: batch size of the evaluation loaders. chunk_size: queries per similarity block.
+    dims: the Matryoshka dims evaluated (null = the MRL dims of `losses`).
+    max_val_samples: cap on validation samples per evaluation (0 = all).
+    plot_max_points: points per modality in embedding_space.png (0 = no plot).
+    """
+
+    batch_size: int = 128
+    chunk_size: int = 1024
+    dims: Optional[list[int]] = None
+    max_val_samples: int = 0
+    plot_max_points: int = 400
+
+
+@dataclass
+class ExperimentConfig:
+    """A stage-1 alignment experiment: everything `uv run apps/train --config FILE` needs.
+
+    num_threads: on a busy or small CPU machine 1 is far faster than oversubscribed threads.
+    demo_models: when set, the tiny demo backbones are written (once) before the encoders load them.
+    Outputs go to `train.output_dir` and `train.checkpoint_dir`, which default to
+    outputs/<experiment_name> and checkpoints/<experiment_name>. `seed` seeds the model's initialization,
+    the data order and the Matryoshka dim draws; `train.seed` seeds the trainer's per-rank RNG.
+    """
+
+    experiment_name: str = "alignment"
+    seed: int = 0
+    num_threads: int = 0  # torch intra-op threads per process; 0 = torch's default
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    losses: LossesConfig = field(default_factory=LossesConfig)
+    train: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    demo_models: Optional[DemoModelsConfig] = None  # write tiny random-init backbones first (the demo)
+
+    def __post_init__(self) -> None:
+        if not self.experiment_name or "/" in self.experiment_name:
+            raise ValueError(f"experiment_name={self.experiment_name!r} must be a non-empty name without '/'")
+        defaults = TrainerConfig()
+        if self.train.output_dir == defaults.output_dir:
+            self.train.output_dir = f"outputs/{self.experiment_name}"
+        if self.train.checkpoint_dir == defaults.checkpoint_dir:
+            self.train.checkpoint_dir = f"checkpoints/{self.experiment_name}"
+        present = self.modalities()
+        if not present:
+            raise ValueError("model: no modality configured; set at least two of model.vision, model.audio, model.text")
+        for pair in self.model.pairs:
+            first, _, second = pair.partition("_")
+            if first not in MODALITIES or second not in MODALITIES or first == second:
+                raise ValueError(f"model.pairs: {pair!r} is not one of vision_text, audio_text, vision_audio")
+            for name in (first, second):
+                if name not in present:
+                    raise ValueError(f"model.pairs: {pair!r} needs model.{name}, which is not configured")
+        if not self.model.pairs:
+            raise ValueError("model.pairs is empty; list at least one pair, e.g. [vision_text]")
+        if len(set(self.model.pairs)) != len(self.model.pairs):
+            raise ValueError(f"model.pairs lists a pair twice: {list(self.model.pairs)}")
+        for name in present:
+            if not any(name in pair.split("_") for pair in self.model.pairs):
+                raise ValueError(f"model.{name} is configured but no pair in model.pairs uses it")
+        for pair, weight in self.losses.pair_weights.items():
+            if pair not in self.model.pairs:
+                raise ValueError(f"losses.pair_weights: {pair!r} is not in model.pairs {list(self.model.pairs)}")
+            if weight < 0:
+                raise ValueError(f"losses.pair_weights.{pair}={weight} must be >= 0")
+        if self.losses.contrastive < 0 or self.losses.mrl < 0:
+            raise ValueError("losses.contrastive and losses.mrl are weights and must be >= 0")
+        if self.losses.contrastive == 0 and self.losses.mrl == 0:
+            raise ValueError("losses.contrastive and losses.mrl are both 0: nothing would be trained")
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads={self.num_threads} must be >= 0 (0 = torch's default)")
+        for key in ("batch_size", "chunk_size"):
+            if getattr(self.eval, key) < 1:
+                raise ValueError(f"eval.{key}={getattr(self.eval, key)} must be >= 1")
+        if self.eval.max_val_samples < 0 or self.eval.plot_max_points < 0:
+            raise ValueError("eval.max_val_samples and eval.plot_max_points must be >= 0")
+        batch_keys = {BATCH_KEY[m] for m in present}
+        wanted = set(self.data.train.modalities)
+        if not batch_keys <= wanted:
+            missing = sorted(batch_keys - wanted)
+            raise ValueError(f"data.train.modalities {sorted(wanted)} lacks {missing}, which model.* needs")
+
+    def modalities(self) -> list[str]:
+        """The configured modalities, in the fixed order vision, audio, text."""
+        return [m for m in MODALITIES if getattr(self.model, m) is not None]
