@@ -72,7 +72,12 @@ class QwenDecoder(Decoder):
         else:
             model.requires_grad_(False)
             if config.gradient_checkpointing:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                # transformers 5 renamed gradient checkpointing to activation checkpointing
+                enable = getattr(model, "activation_checkpointing_enable", None)
+                if enable is not None:
+                    enable({"use_reentrant": False})
+                else:
+                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
                 model.enable_input_require_grads()
         if adapter_dir is not None:
             model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
