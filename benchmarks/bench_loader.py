@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from eg_data import AudioTransformConfig, ImageTransformConfig, LoaderConfig, ShardLoader, build_demo_dataset
 from eg_data.loader import decode_sample
 from eg_data.shards import read_all
@@ -32,8 +31,12 @@ def main() -> None:
     shard_dir = str(Path(args.data) / "train")
     modalities = ["image", "text", "qa"] + (["audio"] if args.audio else [])
     cfg = LoaderConfig(
-        shard_dir=shard_dir, batch_size=args.batch_size, num_workers=args.workers, modalities=modalities,
-        image=ImageTransformConfig(size=args.image_size), audio=AudioTransformConfig(n_samples=64000),
+        shard_dir=shard_dir,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        modalities=modalities,
+        image=ImageTransformConfig(size=args.image_size),
+        audio=AudioTransformConfig(n_samples=64000),
     )
     raw = read_all(shard_dir)
     loader = ShardLoader(cfg)

@@ -16,12 +16,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_app(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "apps" / "data"), *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "apps" / "data"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        cwd=ROOT,
+    )
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):
         if self.path != "/good.png":
             self.send_error(404)
             return
@@ -53,10 +59,21 @@ def test_help_lists_both_commands():
 
 def test_urls_command_writes_shards(tmp_path, server):
     listing = tmp_path / "list.csv"
-    listing.write_text(f"image_url,caption\n{server}/good.png,a green square\n{server}/gone.png,lost\n"
-                       f"{server}/good.png,third\n")
-    result = run_app("urls", "--input", str(listing), "--out", str(tmp_path / "out"), "--num-samples", "2",
-                     "--timeout", "5")
+    listing.write_text(
+        f"image_url,caption\n{server}/good.png,a green square\n{server}/gone.png,lost\n"
+        f"{server}/good.png,third\n"
+    )
+    result = run_app(
+        "urls",
+        "--input",
+        str(listing),
+        "--out",
+        str(tmp_path / "out"),
+        "--num-samples",
+        "2",
+        "--timeout",
+        "5",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] == 1 and report["failed"] == {"http_404": 1}

@@ -42,9 +42,15 @@ def main(argv: list[str] | None = None) -> int:
             report = build_demo_dataset(args.out, image_size=args.image_size)
         else:
             cfg = DownloadConfig(
-                url_col=args.url_col, caption_col=args.caption_col, num_samples=args.num_samples,
-                samples_per_shard=args.samples_per_shard, num_threads=args.threads, timeout_s=args.timeout,
-                retries=args.retries, max_bytes=args.max_bytes, resize_max_side=args.resize_max_side,
+                url_col=args.url_col,
+                caption_col=args.caption_col,
+                num_samples=args.num_samples,
+                samples_per_shard=args.samples_per_shard,
+                num_threads=args.threads,
+                timeout_s=args.timeout,
+                retries=args.retries,
+                max_bytes=args.max_bytes,
+                resize_max_side=args.resize_max_side,
             )
             report = download_urls(args.input, args.out, cfg)
     except DataError as exn:

@@ -1,6 +1,7 @@
 """Shared fixtures for eg-data tests: tiny synthetic samples and shard sets written to tmp dirs."""
 
 import io
+
 import numpy as np
 import pytest
 import soundfile
@@ -36,8 +37,10 @@ def make_sample(i: int, **overrides) -> dict:
         "text": f"caption number {i}",
         "audio": flac_bytes(0.1 + 0.01 * (i % 10)),
         "audio_ext": "flac",
-        "json": {"label": i % 10, "qa": [{"question": f"q{i}a", "answer": f"a{i}a"},
-                                         {"question": f"q{i}b", "answer": f"a{i}b"}]},
+        "json": {
+            "label": i % 10,
+            "qa": [{"question": f"q{i}a", "answer": f"a{i}a"}, {"question": f"q{i}b", "answer": f"a{i}b"}],
+        },
     }
     sample.update(overrides)
     return sample

@@ -9,10 +9,17 @@ from collections import Counter
 import numpy as np
 import pytest
 import soundfile
-from PIL import Image
-
-from eg_data import ImageTransformConfig, LoaderConfig, ShardLoader, Speaker, Voice, build_demo_dataset, read_all
+from eg_data import (
+    ImageTransformConfig,
+    LoaderConfig,
+    ShardLoader,
+    Speaker,
+    Voice,
+    build_demo_dataset,
+    read_all,
+)
 from eg_data.demo import WORDS, measure_digits
+from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +99,11 @@ def test_measured_properties_follow_the_pixels():
 
 def test_loader_reads_the_demo(demo):
     out, _, _ = demo
-    cfg = LoaderConfig(shard_dir=str(out / "val"), batch_size=60,
-                       image=ImageTransformConfig(size=32, mean=[0.5] * 3, std=[0.5] * 3))
+    cfg = LoaderConfig(
+        shard_dir=str(out / "val"),
+        batch_size=60,
+        image=ImageTransformConfig(size=32, mean=[0.5] * 3, std=[0.5] * 3),
+    )
     cfg.audio.n_samples = 64000  # 4 s context: 400 mel frames
     loader = ShardLoader(cfg)
     loader.set_epoch(0)

@@ -6,13 +6,13 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from eg_data import DataError, DownloadConfig, download_urls, load_index, read_all, read_url_list
+from PIL import Image
 
 
 def _png(color: int, size: int = 40) -> bytes:
@@ -25,9 +25,9 @@ BIG = _png(7, size=300) + b"\0" * 50_000
 
 
 class Handler(BaseHTTPRequestHandler):
-    hits: list[str] = []
+    hits: ClassVar[list[str]] = []
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):
         Handler.hits.append(self.path)
         if self.path.startswith("/img"):
             body, ctype = _png(int(self.path[4:7])), "image/png"
@@ -67,12 +67,24 @@ def server():
 
 
 def test_download_good_bad_and_resume(tmp_path, server):
-    urls = [f"{server}/img010", f"{server}/missing", f"{server}/img020", f"{server}/slow", f"{server}/text",
-            f"{server}/big", "ftp://127.0.0.1/x.png", f"{server}/img030", "file:///etc/hostname"]
+    urls = [
+        f"{server}/img010",
+        f"{server}/missing",
+        f"{server}/img020",
+        f"{server}/slow",
+        f"{server}/text",
+        f"{server}/big",
+        "ftp://127.0.0.1/x.png",
+        f"{server}/img030",
+        "file:///etc/hostname",
+    ]
     listing = tmp_path / "list.jsonl"
-    listing.write_text("\n".join(json.dumps({"image_url": u, "caption": f"cap {i}"}) for i, u in enumerate(urls)))
-    cfg = DownloadConfig(samples_per_shard=4, num_threads=4, timeout_s=0.3, retries=1, backoff_s=0.05,
-                         max_bytes=20_000)
+    listing.write_text(
+        "\n".join(json.dumps({"image_url": u, "caption": f"cap {i}"}) for i, u in enumerate(urls))
+    )
+    cfg = DownloadConfig(
+        samples_per_shard=4, num_threads=4, timeout_s=0.3, retries=1, backoff_s=0.05, max_bytes=20_000
+    )
     out = tmp_path / "out"
     report = download_urls(listing, out, cfg)
     assert report["ok"] == 3
@@ -93,8 +105,14 @@ def test_download_good_bad_and_resume(tmp_path, server):
 def test_csv_parquet_columns_and_resize(tmp_path, server):
     table = pa.table({"url": [f"{server}/img100", f"{server}/img200"], "text": ["a", "b"], "src": ["x", "y"]})
     pq.write_table(table, tmp_path / "l.parquet")
-    cfg = DownloadConfig(url_col="url", caption_col="text", extra_cols=["src"], resize_max_side=16,
-                         num_samples=1, timeout_s=2.0)
+    cfg = DownloadConfig(
+        url_col="url",
+        caption_col="text",
+        extra_cols=["src"],
+        resize_max_side=16,
+        num_samples=1,
+        timeout_s=2.0,
+    )
     report = download_urls(tmp_path / "l.parquet", tmp_path / "o", cfg)
     assert report["ok"] == 1
     (sample,) = read_all(tmp_path / "o")

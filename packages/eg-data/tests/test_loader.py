@@ -4,7 +4,6 @@ with 0 and 2 workers, rank/worker splitting without duplicates, text dropout."""
 import numpy as np
 import pytest
 import torch
-
 from eg_data import (
     AudioTransformConfig,
     DataError,
@@ -96,8 +95,12 @@ def test_order_is_deterministic_per_epoch(shard_set):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resume_yields_exactly_the_rest(shard_set, num_workers):
     root = shard_set(3, 12)
-    cfg = make_cfg(root, num_workers=num_workers, text_dropout=0.3,
-                   image=ImageTransformConfig(size=8, augment=True, crop_scale_min=0.5))
+    cfg = make_cfg(
+        root,
+        num_workers=num_workers,
+        text_dropout=0.3,
+        image=ImageTransformConfig(size=8, augment=True, crop_scale_min=0.5),
+    )
     loader = ShardLoader(cfg)
     full = epoch_batches(loader, 2)
     assert len(full) == len(loader) == 12  # 36 samples / (1 rank x max(1, workers) streams) / batch 3

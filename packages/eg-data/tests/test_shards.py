@@ -33,7 +33,7 @@ def test_index_rebuilt_by_scanning_and_from_img2dataset_stats(tmp_path, make_sam
     assert (tmp_path / "shards.json").exists()
     (tmp_path / "shards.json").unlink()
     (tmp_path / "shard-00000_stats.json").write_text(json.dumps({"successes": 2}))
-    assert [s.num_samples for s in load_index(tmp_path)][0] == 2  # img2dataset's count wins over a scan
+    assert load_index(tmp_path)[0].num_samples == 2  # img2dataset's count wins over a scan
 
 
 def test_shards_are_img2dataset_layout(tmp_path, make_sample):

@@ -12,8 +12,8 @@ from .transforms import AudioTransformConfig, ImageTransformConfig, transform_au
 __version__ = "0.1.0"
 
 __all__ = [
-    "AudioTransformConfig",
     "BAD_REASONS",
+    "AudioTransformConfig",
     "DataError",
     "DownloadConfig",
     "ImageTransformConfig",

@@ -23,8 +23,19 @@ DEMO_VERSION = 1
 MANIFEST = "demo.json"
 SPLITS = ("train", "val", "test")
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-VOICES = ("en-us", "en-gb-x-rp", "en-us+f3", "en+m3", "en-029", "en-gb-scotland", "en-us+f2", "en+f4",
-          "en-us-nyc", "en+Annie", "en+Alex")
+VOICES = (
+    "en-us",
+    "en-gb-x-rp",
+    "en-us+f3",
+    "en+m3",
+    "en-029",
+    "en-gb-scotland",
+    "en-us+f2",
+    "en+f4",
+    "en-us-nyc",
+    "en+Annie",
+    "en+Alex",
+)
 TEMPLATES = (
     "a {thick} handwritten {word}",
     "the digit {word}, {slant}",
@@ -114,8 +125,10 @@ def is_demo_complete(out_dir: str | Path, image_size: int = 32) -> bool:
         meta = json.loads(manifest.read_text())
     except ValueError:
         return False
-    return meta.get("version") == DEMO_VERSION and meta.get("image_size") == image_size and all(
-        (Path(out_dir) / split / "shards.json").exists() for split in SPLITS
+    return (
+        meta.get("version") == DEMO_VERSION
+        and meta.get("image_size") == image_size
+        and all((Path(out_dir) / split / "shards.json").exists() for split in SPLITS)
     )
 
 
@@ -158,17 +171,34 @@ def build_demo_dataset(
                 voice = Voice(VOICES[voice_ids[i]], int(rates[i]), int(pitches[i]))
                 wave = speaker.say(caption, voice)
                 meta = {
-                    "label": digit, "thickness": thick, "slant": slant, "size": size,
-                    "voice": voice.name, "rate": voice.rate, "pitch": voice.pitch,
-                    "qa": demo_qa(digit, thick, slant), "source": f"sklearn.datasets.load_digits[{i}]",
+                    "label": digit,
+                    "thickness": thick,
+                    "slant": slant,
+                    "size": size,
+                    "voice": voice.name,
+                    "rate": voice.rate,
+                    "pitch": voice.pitch,
+                    "qa": demo_qa(digit, thick, slant),
+                    "source": f"sklearn.datasets.load_digits[{i}]",
                 }
-                writer.write({
-                    "key": f"digit-{i:04d}", "image": _png(images[i], image_size), "image_ext": "png",
-                    "text": caption, "audio": _flac(wave, speaker.sample_rate), "audio_ext": "flac",
-                    "json": meta,
-                })
+                writer.write(
+                    {
+                        "key": f"digit-{i:04d}",
+                        "image": _png(images[i], image_size),
+                        "image_ext": "png",
+                        "text": caption,
+                        "audio": _flac(wave, speaker.sample_rate),
+                        "audio_ext": "flac",
+                        "json": meta,
+                    }
+                )
         counts[split] = len(splits[split])
-    manifest = {"version": DEMO_VERSION, "image_size": image_size, "num_samples": counts,
-                "audio_sample_rate": speaker.sample_rate, "seed": seed}
+    manifest = {
+        "version": DEMO_VERSION,
+        "image_size": image_size,
+        "num_samples": counts,
+        "audio_sample_rate": speaker.sample_rate,
+        "seed": seed,
+    }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest

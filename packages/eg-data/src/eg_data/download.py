@@ -69,7 +69,9 @@ def read_url_list(path: str | Path, cfg: DownloadConfig) -> list[dict[str, Any]]
     if rows:
         missing = [c for c in needed if c not in rows[0]]
         if missing:
-            raise DataError(f"{src} lacks column(s) {missing}; found {sorted(rows[0])}; set url_col/caption_col")
+            raise DataError(
+                f"{src} lacks column(s) {missing}; found {sorted(rows[0])}; set url_col/caption_col"
+            )
     return rows[: cfg.num_samples] if cfg.num_samples > 0 else rows
 
 
@@ -124,11 +126,13 @@ def _process(client: httpx.Client, row: dict[str, Any], cfg: DownloadConfig) -> 
         return None, reason
     try:
         return verify_image(data, cfg.resize_max_side), ""
-    except Exception:  # PIL raises many types on non-image bytes
+    except Exception:  # noqa: BLE001 (PIL raises many types on non-image bytes)
         return None, "not_image"
 
 
-def download_urls(input_path: str | Path, out_dir: str | Path, cfg: DownloadConfig | None = None) -> dict[str, Any]:
+def download_urls(
+    input_path: str | Path, out_dir: str | Path, cfg: DownloadConfig | None = None
+) -> dict[str, Any]:
     """Download a URL list into shards under `out_dir`; returns and writes `stats.json`.
 
     Stats: `ok`, `failed` (reason -> count) over all shards, and `shards_fetched` / `shards_skipped`
@@ -143,7 +147,10 @@ def download_urls(input_path: str | Path, out_dir: str | Path, cfg: DownloadConf
     num_shards = -(-len(rows) // cfg.samples_per_shard)
     fetched = skipped = 0
     headers = {"user-agent": cfg.user_agent}
-    with httpx.Client(follow_redirects=True, headers=headers) as client, ThreadPoolExecutor(cfg.num_threads) as pool:
+    with (
+        httpx.Client(follow_redirects=True, headers=headers) as client,
+        ThreadPoolExecutor(cfg.num_threads) as pool,
+    ):
         bar = tqdm(total=len(rows), desc="download", unit="url")
         for shard in range(num_shards):
             chunk = rows[shard * cfg.samples_per_shard : (shard + 1) * cfg.samples_per_shard]
@@ -166,15 +173,24 @@ def download_urls(input_path: str | Path, out_dir: str | Path, cfg: DownloadConf
                     meta = {"key": key, "url": str(row[cfg.url_col]), **{c: row[c] for c in cfg.extra_cols}}
                     caption = str(row[cfg.caption_col]) if cfg.caption_col and row[cfg.caption_col] else ""
                     meta["caption"] = caption
-                    writer.write({"key": key, "image": result[0], "image_ext": result[1],
-                                  "text": caption, "json": meta})
+                    writer.write(
+                        {
+                            "key": key,
+                            "image": result[0],
+                            "image_ext": result[1],
+                            "text": caption,
+                            "json": meta,
+                        }
+                    )
             successes = writer.shards[0].num_samples if writer.shards else 0
             if writer.shards:
                 (tmp_dir / writer.shards[0].path).replace(out / f"{shard:05d}.tar")
             for leftover in tmp_dir.iterdir():
                 leftover.unlink()
             tmp_dir.rmdir()
-            stats_path.write_text(json.dumps({"successes": successes, "count": len(chunk), "failed": dict(failed)}))
+            stats_path.write_text(
+                json.dumps({"successes": successes, "count": len(chunk), "failed": dict(failed)})
+            )
             fetched += 1
         bar.close()
     return _summarize(out, num_shards, fetched, skipped)
@@ -189,6 +205,11 @@ def _summarize(out: Path, num_shards: int, fetched: int, skipped: int) -> dict[s
         if stats["successes"] and (out / f"{shard:05d}.tar").exists():
             shards.append(ShardInfo(f"{shard:05d}.tar", int(stats["successes"])))
     write_index(out, shards)
-    report = {"ok": ok, "failed": dict(sorted(failed.items())), "shards_fetched": fetched, "shards_skipped": skipped}
+    report = {
+        "ok": ok,
+        "failed": dict(sorted(failed.items())),
+        "shards_fetched": fetched,
+        "shards_skipped": skipped,
+    }
     (out / "stats.json").write_text(json.dumps(report, indent=1))
     return report

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .errors import DataError
 from .order import StreamPlan, plan_stream, slots_per_stream
-from .shards import AUDIO_EXTS, IMAGE_EXTS, load_index, iter_raw_samples
+from .shards import AUDIO_EXTS, IMAGE_EXTS, iter_raw_samples, load_index
 from .transforms import (
     AudioTransformConfig,
     ImageTransformConfig,
@@ -73,7 +73,9 @@ class LoaderConfig:
             raise DataError(f"data.text_dropout must be in [0, 1), got {self.text_dropout}")
         for name in list(self.modalities) + list(self.required):
             if name not in MODALITIES:
-                raise DataError(f"data.modalities/required: unknown modality {name!r}; use {list(MODALITIES)}")
+                raise DataError(
+                    f"data.modalities/required: unknown modality {name!r}; use {list(MODALITIES)}"
+                )
         for name in self.required:
             if name not in self.modalities:
                 raise DataError(f"data.required has {name!r} which is not in data.modalities")
@@ -103,7 +105,7 @@ def decode_sample(raw: dict[str, Any], cfg: LoaderConfig, epoch: int) -> tuple[d
         else:
             try:
                 img = decode_image(raw[ext])
-            except Exception:  # PIL raises many types on garbage bytes
+            except Exception:  # noqa: BLE001 (PIL raises many types on garbage bytes)
                 return None, "image_decode"
             rng = sample_rng(cfg.seed, epoch, key, "image") if cfg.image.augment else None
             out["image"] = transform_image(img, cfg.image, rng)  # (3, H, W)
@@ -115,7 +117,7 @@ def decode_sample(raw: dict[str, Any], cfg: LoaderConfig, epoch: int) -> tuple[d
         else:
             try:
                 wave = decode_audio(raw[ext])
-            except Exception:  # soundfile/soxr raise several types on corrupt audio
+            except Exception:  # noqa: BLE001 (soundfile/soxr raise several types on corrupt audio)
                 return None, "audio_decode"
             out["audio"], out["audio_mask"] = transform_audio(wave, cfg.audio)  # (M, F), (F,)
     if "text" in mods:
@@ -202,10 +204,17 @@ class ShardDataset(IterableDataset):
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(plan.shard_ids)]):
             if not needed[lo:hi].any():
                 continue  # nothing of this shard is wanted: never opened
-            first, last_needed = int(plan.ordinals[lo]), int(plan.ordinals[lo] + np.flatnonzero(needed[lo:hi])[-1])
+            first, last_needed = (
+                int(plan.ordinals[lo]),
+                int(plan.ordinals[lo] + np.flatnonzero(needed[lo:hi])[-1]),
+            )
             seen = np.zeros(hi - lo, dtype=bool)
             path = self.shards[int(plan.shard_ids[lo])].path
-            wanted = lambda o: first <= o <= last_needed and bool(needed[lo + o - first])  # noqa: E731
+
+            def wanted(o: int, first: int = first, last: int = last_needed, lo: int = int(lo)) -> bool:
+                return first <= o <= last and bool(needed[lo + o - first])
+
+            # Read errors need no report here: the slots they lose come back as missing below.
             for ordinal, raw in iter_raw_samples(path, on_error=lambda exn: None, wanted=wanted):
                 seen[ordinal - first] = True
                 yield lo + ordinal - first, raw
@@ -224,8 +233,13 @@ class ShardDataset(IterableDataset):
         skip = len(range(logical, self.start_batch, wpr))
         cfg, bs = self.cfg, self.cfg.batch_size
         plan = plan_stream(
-            self.counts, cfg.seed, self.epoch, self.rank * wpr + logical, self.num_streams,
-            cfg.shuffle, cfg.shuffle_buffer,
+            self.counts,
+            cfg.seed,
+            self.epoch,
+            self.rank * wpr + logical,
+            self.num_streams,
+            cfg.shuffle,
+            cfg.shuffle_buffer,
         )
         emit = plan.emit_order[skip * bs : self.batches_per_stream * bs]
         needed = np.zeros(len(plan.emit_order), dtype=bool)

@@ -87,5 +87,7 @@ def plan_stream(
     which = np.searchsorted(ends, slots, side="right")  # (L,) index into shard_order
     ordinals = slots - (ends[which] - ordered_counts[which])
     shard_ids = shard_order[which]
-    order = buffer_order(length, buffer_size, plan_rng(seed, epoch, 1 + stream)) if shuffle else np.arange(length)
+    order = (
+        buffer_order(length, buffer_size, plan_rng(seed, epoch, 1 + stream)) if shuffle else np.arange(length)
+    )
     return StreamPlan(shard_ids=shard_ids, ordinals=ordinals, emit_order=order)

@@ -10,7 +10,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import webdataset as wds
 from webdataset import tariterators
@@ -92,7 +92,7 @@ class ShardWriter:
         write_index(self.out_dir, self.shards)
         return self.shards
 
-    def __enter__(self) -> ShardWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -152,7 +152,9 @@ def load_index(shard_dir: str | Path, build_if_missing: bool = True) -> list[Sha
                 count = None
         if count is None:
             if not build_if_missing:
-                raise DataError(f"{root} has no {INDEX_NAME}; run the data app or load_index(build_if_missing=True)")
+                raise DataError(
+                    f"{root} has no {INDEX_NAME}; run the data app or load_index(build_if_missing=True)"
+                )
             count = _count_tar_samples(tar)
         shards.append(ShardInfo(tar.name, count))
     write_index(root, shards)
@@ -173,16 +175,14 @@ def iter_raw_samples(
         return False
 
     try:
-        stream = open(path, "rb")
+        with open(path, "rb") as stream:
+            files = tariterators.tar_file_expander([{"url": path, "stream": stream}], handler=handler)
+            samples = tariterators.group_by_keys(files, handler=handler)
+            for ordinal, sample in enumerate(samples):
+                if wanted is None or wanted(ordinal):
+                    yield ordinal, sample
     except OSError as exn:
         on_error(exn)
-        return
-    with stream:
-        files = tariterators.tar_file_expander([{"url": path, "stream": stream}], handler=handler)
-        samples = tariterators.group_by_keys(files, handler=handler)
-        for ordinal, sample in enumerate(samples):
-            if wanted is None or wanted(ordinal):
-                yield ordinal, sample
 
 
 def encode_json(payload: dict[str, Any]) -> bytes:
@@ -199,4 +199,12 @@ def read_all(shard_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["ShardInfo", "ShardWriter", "load_index", "write_index", "iter_raw_samples", "read_all", "encode_json"]
+__all__ = [
+    "ShardInfo",
+    "ShardWriter",
+    "encode_json",
+    "iter_raw_samples",
+    "load_index",
+    "read_all",
+    "write_index",
+]
