@@ -88,11 +88,14 @@ def test_sigkill_between_and_during_checkpoint_writes_resumes_exactly(toy, tmp_p
     _assert_same_curves(toy, tmp_path / "ref/outputs/metrics.csv", csv_path, 20)
 
 
-def test_crash_resume_with_a_plain_shuffled_dataloader(toy, tmp_path):
-    # DataLoader has __len__ but no set_epoch: resume replays the epoch from its saved start RNG state
+@pytest.mark.parametrize("data", ["loader", "positioned"])
+def test_crash_resume_mid_epoch_is_exact(toy, tmp_path, data):
+    # "loader": DataLoader(shuffle=True) has __len__ but no set_epoch: resume replays the epoch from its
+    # saved start RNG state. "positioned": set_epoch(epoch, start_batch) seeks; its iter() draws from the
+    # global RNG like a DataLoader, which must not shift the model's dropout draws after resume.
     config = {"max_steps": 12, "save_every": 3}
-    toy.run_from_options({"dir": str(tmp_path / "ref"), "data": "loader", "dropout": 0.2, "config": config})
-    opts = {"dir": str(tmp_path / "run"), "data": "loader", "dropout": 0.2, "config": config}
+    toy.run_from_options({"dir": str(tmp_path / "ref"), "data": data, "dropout": 0.2, "config": config})
+    opts = {"dir": str(tmp_path / "run"), "data": data, "dropout": 0.2, "config": config}
     original_forward = toy.ToyModel.forward
 
     def crashing_forward(self, batch):

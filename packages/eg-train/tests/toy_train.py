@@ -44,6 +44,7 @@ class ToyData:
         return perm[b * g + self.rank * self.batch_size : b * g + (self.rank + 1) * self.batch_size]
 
     def __iter__(self):
+        torch.empty((), dtype=torch.int64).random_()  # what a DataLoader does at iter(): one global RNG draw
         for b in range(self.start_batch, len(self)):
             idx = self.batch_indices(self.epoch, b)
             yield {"x": self.x[idx], "y": self.y[idx], "index": idx, "key": [f"s{i}" for i in idx.tolist()]}

@@ -80,8 +80,17 @@ class BatchStream:
     ahead, because DDP must sync gradients on the epoch's last micro-batch and cannot learn it later.
     """
 
-    def __init__(self, data: Iterable, index: int, length: int | None) -> None:
+    def __init__(
+        self, data: Iterable, index: int, length: int | None, isolate_start: torch.device | None = None
+    ) -> None:
+        # isolate_start: run iterator creation and the first fetch with the global RNG saved and put back.
+        # A DataLoader draws its base seed from the global RNG there; a seeking loader would draw it at
+        # the resume point instead of the epoch start, shifting every later random draw of the model.
+        saved = capture_rng_state(isolate_start) if isolate_start is not None else None
         self.it: Iterator = iter(data)
+        self._isolate = isolate_start
+        if saved is not None:
+            restore_rng_state(saved, isolate_start)
         self.index = index
         self.length = length
         self._ahead: Any = None
@@ -106,7 +115,13 @@ class BatchStream:
         if self.length is not None:
             if self.index >= self.length:
                 return None
-            batch = next(self.it, _END)
+            if self._isolate is not None:
+                saved = capture_rng_state(self._isolate)
+                batch = next(self.it, _END)
+                restore_rng_state(saved, self._isolate)
+                self._isolate = None
+            else:
+                batch = next(self.it, _END)
             if batch is _END:
                 return None
             self.index += 1
@@ -132,7 +147,7 @@ def open_epoch(
     """
     if has_position(data):
         data.set_epoch(epoch, start_batch=start)
-        return BatchStream(data, start, data_length(data))
+        return BatchStream(data, start, data_length(data), isolate_start=device)
     if callable(getattr(data, "set_epoch", None)):
         data.set_epoch(epoch)
     if start == 0:
