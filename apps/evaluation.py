@@ -205,3 +205,34 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"\nheld-out retrieval ({report['split']}, {report['num_samples']} samples, "
           f"pairs: {report['pair_samples']}):")
     print(format_table(report["retrieval"]))
+
+
+def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str, split_dir: str = "") -> dict[str, Any]:
+    """Rebuild the model from `cfg`, load `checkpoint`'s weights, evaluate the test split (or `split_dir`).
+
+    Rewrites outputs/<experiment_name>/eval.json and embedding_space.png; returns the eval dict.
+    """
+    from apps.alignment import AlignmentModel
+    from apps.stage1 import prepare
+    from eg_train import init_distributed, load_model_weights
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    info = init_distributed(cfg.train.device)
+    torch.manual_seed(cfg.seed)
+    towers = prepare(cfg, info.is_main)
+    model = AlignmentModel(cfg, towers)
+    meta = load_model_weights(model, checkpoint)
+    model.to(info.device)
+    loader_cfg = train_loader_config(cfg, towers)
+    shard_dir = split_dir or cfg.data.test_dir
+    loader = eval_loader(loader_cfg, shard_dir, cfg.eval.batch_size, "--split-dir" if split_dir else "data.test_dir")
+    collected = collect_embeddings(model, loader, info.device, cfg.train.precision)
+    report: dict[str, Any] = {}
+    if info.is_main:
+        report = write_evaluation(collected, cfg, eval_dims(cfg, model.mrl_dims), cfg.train.output_dir,
+                                  split=Path(shard_dir).name, checkpoint=str(checkpoint))
+        report["checkpoint_step"] = meta.get("step")
+        (Path(cfg.train.output_dir) / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        print_report(report)
+    return report
