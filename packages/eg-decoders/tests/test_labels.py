@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from eg_decoders import (
     IGNORE_INDEX,
     ByteTokenizer,

@@ -8,10 +8,9 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
-
-from eg_decoders import DecoderError, QwenDecoder, QwenDecoderConfig, count_trainable, load_decoder  # noqa: E402
+from eg_decoders import DecoderError, QwenDecoder, QwenDecoderConfig, count_trainable, load_decoder
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -48,18 +47,24 @@ def model_dir(tmp_path_factory):
     tokenizer.save_pretrained(path)
     torch.manual_seed(0)
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=256,
-        tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     Qwen2ForCausalLM(config).save_pretrained(path)
     return path
 
 
 def config(model_dir, **overrides):
-    values = dict(model_name=model_dir, dtype="float32", lora_r=4, lora_alpha=8, lora_dropout=0.0, prefix_dim=16)
-    values.update(overrides)
-    return QwenDecoderConfig(**values)
+    values = {"model_name": model_dir, "dtype": "float32", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
+    return QwenDecoderConfig(**{**values, "prefix_dim": 16, **overrides})
 
 
 def lora_count(r, shapes):
@@ -68,8 +73,13 @@ def lora_count(r, shapes):
 
 HEAD_DIM = HIDDEN // HEADS
 ALL_LINEAR = [  # (in, out) of q, k, v, o, gate, up, down in one layer
-    (HIDDEN, HIDDEN), (HIDDEN, KV_HEADS * HEAD_DIM), (HIDDEN, KV_HEADS * HEAD_DIM), (HIDDEN, HIDDEN),
-    (HIDDEN, INTERMEDIATE), (HIDDEN, INTERMEDIATE), (INTERMEDIATE, HIDDEN),
+    (HIDDEN, HIDDEN),
+    (HIDDEN, KV_HEADS * HEAD_DIM),
+    (HIDDEN, KV_HEADS * HEAD_DIM),
+    (HIDDEN, HIDDEN),
+    (HIDDEN, INTERMEDIATE),
+    (HIDDEN, INTERMEDIATE),
+    (INTERMEDIATE, HIDDEN),
 ]
 PROJECTOR = 16 * HIDDEN + HIDDEN + HIDDEN * HIDDEN + HIDDEN
 
@@ -127,7 +137,9 @@ def trained(model_dir):
 
 def generate_text(decoder, prefixes, questions, max_new_tokens=12):
     prompts = decoder.encode_prompts(questions)
-    ids = decoder.generate(prefixes, prompts["input_ids"], prompts["attention_mask"], max_new_tokens=max_new_tokens)
+    ids = decoder.generate(
+        prefixes, prompts["input_ids"], prompts["attention_mask"], max_new_tokens=max_new_tokens
+    )
     return ids, decoder.batch_decode(ids)
 
 
@@ -163,11 +175,15 @@ def test_save_then_load_gives_identical_generations(trained, tmp_path):
     assert os.path.isfile(tmp_path / "adapter" / "adapter_model.safetensors")
     loaded = load_decoder(str(tmp_path)).eval()
     assert isinstance(loaded, QwenDecoder)
-    assert torch.equal(generate_text(decoder, prefixes, QUESTIONS)[0], generate_text(loaded, prefixes, QUESTIONS)[0])
+    assert torch.equal(
+        generate_text(decoder, prefixes, QUESTIONS)[0], generate_text(loaded, prefixes, QUESTIONS)[0]
+    )
     batch = decoder.encode_qa(QUESTIONS, ANSWERS)
     with torch.no_grad():
         assert torch.equal(decoder(prefixes, **batch).logits, loaded(prefixes, **batch).logits)
-    assert count_trainable(loaded) == count_trainable(decoder)  # reloaded adapter and projector stay trainable
+    assert count_trainable(loaded) == count_trainable(
+        decoder
+    )  # reloaded adapter and projector stay trainable
 
 
 def test_bad_model_name_and_settings_are_decoder_errors(model_dir, tmp_path):

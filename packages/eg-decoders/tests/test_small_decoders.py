@@ -4,7 +4,6 @@ save/load, and a real learning check (overfitting prefix-dependent QA pairs to e
 import pytest
 import torch
 import torch.nn.functional as F
-
 from eg_decoders import (
     DecoderError,
     TinyDecoder,
@@ -32,7 +31,13 @@ def tiny_config(kind):
     if kind == "tiny":
         return TinyDecoderConfig(hidden_size=64, num_heads=4, prefix_dim=16, max_seq_len=48)
     return TRMConfig(
-        hidden_size=64, num_heads=4, prefix_dim=16, max_seq_len=48, n_latent_steps=2, n_cycles=2, num_supervision_steps=2
+        hidden_size=64,
+        num_heads=4,
+        prefix_dim=16,
+        max_seq_len=48,
+        n_latent_steps=2,
+        n_cycles=2,
+        num_supervision_steps=2,
     )
 
 
@@ -59,7 +64,9 @@ def trained(request, one_thread):
 
 def generate_text(model, prefixes, questions, **kwargs):
     prompts = model.encode_prompts(questions)
-    return model.batch_decode(model.generate(prefixes, prompts["input_ids"], prompts["attention_mask"], **kwargs))
+    return model.batch_decode(
+        model.generate(prefixes, prompts["input_ids"], prompts["attention_mask"], **kwargs)
+    )
 
 
 def test_overfits_to_exact_match_and_uses_the_prefix(trained):
@@ -85,14 +92,21 @@ def test_batched_left_padding_matches_single_rows(trained):
     model, prefixes = trained
     questions = ["what color?", "x", "what color? really", "y"]
     batched = generate_text(model, prefixes, questions, max_new_tokens=8)
-    single = [generate_text(model, prefixes[i : i + 1], [q], max_new_tokens=8)[0] for i, q in enumerate(questions)]
+    single = [
+        generate_text(model, prefixes[i : i + 1], [q], max_new_tokens=8)[0] for i, q in enumerate(questions)
+    ]
     assert batched == single
 
 
 def test_sampling_respects_generator_seed(trained):
     model, prefixes = trained
-    run = lambda seed: generate_text(  # noqa: E731
-        model, prefixes, QUESTIONS, max_new_tokens=6, do_sample=True, temperature=5.0,
+    run = lambda seed: generate_text(
+        model,
+        prefixes,
+        QUESTIONS,
+        max_new_tokens=6,
+        do_sample=True,
+        temperature=5.0,
         generator=torch.Generator().manual_seed(seed),
     )
     assert run(3) == run(3)

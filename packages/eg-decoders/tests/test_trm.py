@@ -3,7 +3,6 @@ gives one loss per step, and the halting head decides how many steps generation 
 
 import pytest
 import torch
-
 from eg_decoders import TRMConfig, TRMDecoder, answer_loss
 
 
@@ -17,9 +16,8 @@ def one_thread():
 
 def make(**overrides):
     torch.manual_seed(0)
-    values = dict(hidden_size=32, num_heads=2, prefix_dim=8, max_seq_len=32, n_latent_steps=3, n_cycles=2)
-    values.update(overrides)
-    return TRMDecoder(TRMConfig(**values)).eval()
+    values = {"hidden_size": 32, "num_heads": 2, "prefix_dim": 8, "max_seq_len": 32, "n_latent_steps": 3}
+    return TRMDecoder(TRMConfig(**{**values, "n_cycles": 2, **overrides})).eval()
 
 
 def inputs(model):
@@ -67,9 +65,9 @@ def test_network_calls_with_and_without_grad():
 def test_gradient_reaches_the_starting_state_only_without_earlier_cycles(cycles, reaches_start):
     model = make()
     prefix, batch = inputs(model)
-    x, mask, num_prefix = model._embed(model.project_prefix(prefix), batch["input_ids"], batch["attention_mask"], None)
+    x, mask, _ = model._embed(model.project_prefix(prefix), batch["input_ids"], batch["attention_mask"], None)
     y0, z0 = (t.clone().requires_grad_(True) for t in model.initial_state(x))
-    y, z = model.recurse(x, y0, z0, mask, n_cycles=cycles)
+    y, _ = model.recurse(x, y0, z0, mask, n_cycles=cycles)
     grads = torch.autograd.grad(model.lm_head(y).sum(), [y0, z0, x], allow_unused=True)
     assert (grads[0] is not None and grads[1] is not None) == reaches_start
     assert grads[2] is not None and grads[2].abs().sum() > 0  # the input always gets a gradient
@@ -86,7 +84,9 @@ def test_deep_supervision_gives_a_loss_per_step_with_detached_state():
     # gradient of a single step started from the detached state the first two steps left behind
     params = [p for p in model.parameters() if p.requires_grad]
     full = torch.autograd.grad(out.step_losses[-1], params, allow_unused=True)
-    x, mask, num_prefix = model._embed(model.project_prefix(prefix), batch["input_ids"], batch["attention_mask"], None)
+    x, mask, num_prefix = model._embed(
+        model.project_prefix(prefix), batch["input_ids"], batch["attention_mask"], None
+    )
     with torch.no_grad():
         y, z = model.initial_state(x)
         for _ in range(2):
@@ -128,7 +128,9 @@ def test_halting_head_learns_when_answers_are_right():
         out.loss.backward()
         opt.step()
     model.eval()
-    x, mask, num_prefix = model._embed(model.project_prefix(prefix), batch["input_ids"], batch["attention_mask"], None)
+    x, mask, num_prefix = model._embed(
+        model.project_prefix(prefix), batch["input_ids"], batch["attention_mask"], None
+    )
     with torch.no_grad():
         y, z = model.initial_state(x)
         for _ in range(2):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 from torch import nn
@@ -22,7 +21,7 @@ from eg_decoders.projector import PrefixProjector
 class DecoderOutput:
     """What forward returns: loss (None without labels), text logits (B, T, V), per-step losses, named parts."""
 
-    loss: Optional[torch.Tensor]
+    loss: torch.Tensor | None
     logits: torch.Tensor
     step_losses: list[torch.Tensor] = field(default_factory=list)
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -34,7 +33,7 @@ def select_next_token(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Pick one token per row from logits (B, V): argmax, or sampling with temperature / top-k / top-p."""
     if not do_sample:
@@ -58,9 +57,9 @@ def select_next_token(
 class Decoder(nn.Module, abc.ABC):
     """A causal decoder conditioned on prefix embeddings, with its own tokenizer and answer-only loss."""
 
-    projector: Optional[PrefixProjector]
+    projector: PrefixProjector | None
 
-    def _build_projector(self, prefix_dim: int, kind: str) -> Optional[PrefixProjector]:
+    def _build_projector(self, prefix_dim: int, kind: str) -> PrefixProjector | None:
         """A PrefixProjector from prefix_dim to hidden_size, or None when prefix_dim is 0 (already projected)."""
         return PrefixProjector(prefix_dim, self.hidden_size, kind) if prefix_dim > 0 else None
 
@@ -100,7 +99,7 @@ class Decoder(nn.Module, abc.ABC):
         """Longest text (question + answer tokens) a training batch keeps."""
         return 512
 
-    def project_prefix(self, prefix_embeds: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def project_prefix(self, prefix_embeds: torch.Tensor | None) -> torch.Tensor | None:
         """(B, P, prefix_dim) -> (B, P, hidden_size) through the projector; None passes through."""
         if prefix_embeds is None:
             return None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from eg_decoders.errors import DecoderError
 
@@ -67,8 +67,8 @@ class QwenDecoderConfig:
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     gradient_checkpointing: bool = False
     use_chat_template: bool = True
-    system_prompt: Optional[str] = None
-    device: Optional[str] = None  # where a quantized model is loaded; default cuda:<current> or cpu
+    system_prompt: str | None = None
+    device: str | None = None  # where a quantized model is loaded; default cuda:<current> or cpu
     max_length: int = 512
     prefix_dim: int = 0
     projector: str = "mlp"

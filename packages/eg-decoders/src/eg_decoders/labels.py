@@ -23,7 +23,9 @@ def build_answer_only_batch(
     then the end of its answer. Returns input_ids (B, T), attention_mask (B, T) long, labels (B, T).
     """
     if len(prompts) != len(answers):
-        raise DecoderError(f"got {len(prompts)} questions but {len(answers)} answers; pass one answer per question")
+        raise DecoderError(
+            f"got {len(prompts)} questions but {len(answers)} answers; pass one answer per question"
+        )
     if max_length < 2:
         raise DecoderError(f"max_length must be at least 2, got {max_length}")
     rows = []
@@ -46,7 +48,9 @@ def build_answer_only_batch(
 def build_prompt_batch(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Left-padded prompts for generation, so every row's next token is appended at the same column."""
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise DecoderError("every prompt needs at least one token; got an empty prompt list or an empty prompt")
+        raise DecoderError(
+            "every prompt needs at least one token; got an empty prompt list or an empty prompt"
+        )
     length = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Optional
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -29,14 +28,19 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 QUANTIZATIONS = ("none", "8bit", "4bit")
 
 
-def _quantization_config(config: QwenDecoderConfig, dtype: torch.dtype) -> Optional[BitsAndBytesConfig]:
+def _quantization_config(config: QwenDecoderConfig, dtype: torch.dtype) -> BitsAndBytesConfig | None:
     if config.quantization not in QUANTIZATIONS:
-        raise DecoderError(f"decoder.quantization '{config.quantization}' is unknown; use one of {list(QUANTIZATIONS)}")
+        raise DecoderError(
+            f"decoder.quantization '{config.quantization}' is unknown; use one of {list(QUANTIZATIONS)}"
+        )
     if config.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     if config.quantization == "4bit":
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
         )
     return None
 
@@ -44,7 +48,7 @@ def _quantization_config(config: QwenDecoderConfig, dtype: torch.dtype) -> Optio
 class QwenDecoder(Decoder):
     """Prefix-conditioned causal LM; `adapter_dir` reloads a LoRA adapter written by save()."""
 
-    def __init__(self, config: QwenDecoderConfig, adapter_dir: Optional[str] = None) -> None:
+    def __init__(self, config: QwenDecoderConfig, adapter_dir: str | None = None) -> None:
         super().__init__()
         self.config = config
         if config.dtype not in DTYPES:
@@ -55,7 +59,9 @@ class QwenDecoder(Decoder):
             self.tokenizer = AutoTokenizer.from_pretrained(config.model_name)
             kwargs: dict = {"dtype": dtype}
             if quantization is not None:
-                device = config.device or (f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+                device = config.device or (
+                    f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+                )
                 kwargs.update(quantization_config=quantization, device_map={"": device})
             model = AutoModelForCausalLM.from_pretrained(config.model_name, **kwargs)
         except OSError as err:
@@ -77,7 +83,9 @@ class QwenDecoder(Decoder):
                 if enable is not None:
                     enable({"use_reentrant": False})
                 else:
-                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                    model.gradient_checkpointing_enable(
+                        gradient_checkpointing_kwargs={"use_reentrant": False}
+                    )
                 model.enable_input_require_grads()
         if adapter_dir is not None:
             model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
@@ -142,10 +150,10 @@ class QwenDecoder(Decoder):
 
     def _inputs(
         self,
-        prefix_embeds: Optional[torch.Tensor],
+        prefix_embeds: torch.Tensor | None,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        prefix_mask: Optional[torch.Tensor],
+        prefix_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """inputs_embeds (B, P + T, D) and attention_mask (B, P + T) of [projected prefix | text], and P."""
         device = self._device()
@@ -161,16 +169,18 @@ class QwenDecoder(Decoder):
 
     def forward(
         self,
-        prefix_embeds: Optional[torch.Tensor],
+        prefix_embeds: torch.Tensor | None,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        labels: Optional[torch.Tensor] = None,
-        prefix_mask: Optional[torch.Tensor] = None,
+        labels: torch.Tensor | None = None,
+        prefix_mask: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """prefix_embeds (B, P, prefix_dim) or None, input_ids/attention_mask/labels (B, T) -> DecoderOutput."""
         embeds, mask, num_prefix = self._inputs(prefix_embeds, input_ids, attention_mask, prefix_mask)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L): left padding keeps real positions
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)
+        out = self.model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False
+        )
         logits = out.logits[:, num_prefix:]  # (B, T, V)
         if labels is None:
             return DecoderOutput(loss=None, logits=logits)
@@ -180,15 +190,15 @@ class QwenDecoder(Decoder):
     @torch.no_grad()
     def generate(
         self,
-        prefix_embeds: Optional[torch.Tensor],
+        prefix_embeds: torch.Tensor | None,
         prompt_ids: torch.Tensor,
-        prompt_mask: Optional[torch.Tensor] = None,
+        prompt_mask: torch.Tensor | None = None,
         max_new_tokens: int = 32,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """New tokens (B, N <= max_new_tokens) after left-padded prompts, via HF generate with a KV cache.
 
@@ -228,7 +238,7 @@ class QwenDecoder(Decoder):
         torch.save(others, os.path.join(path, TRAINABLE_FILE))
 
     @classmethod
-    def load(cls, path: str, config: QwenDecoderConfig) -> "QwenDecoder":
+    def load(cls, path: str, config: QwenDecoderConfig) -> QwenDecoder:
         """Rebuild a decoder written by save(): base model from config.model_name, adapter, projector."""
         adapter = os.path.join(path, ADAPTER_DIR)
         decoder = cls(config, adapter_dir=adapter if os.path.isdir(adapter) else None)
@@ -238,7 +248,9 @@ class QwenDecoder(Decoder):
         state = torch.load(file, map_location="cpu", weights_only=True)
         missing = [n for n in state if n not in dict(decoder.named_parameters())]
         if missing:
-            raise DecoderError(f"{file} holds weights {missing[:3]} this decoder does not have; check its config")
+            raise DecoderError(
+                f"{file} holds weights {missing[:3]} this decoder does not have; check its config"
+            )
         params = dict(decoder.named_parameters())
         for name, tensor in state.items():
             params[name].data.copy_(tensor)
@@ -248,4 +260,3 @@ class QwenDecoder(Decoder):
 def count_trainable(module: nn.Module) -> int:
     """Number of trainable parameters of module."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-

@@ -6,7 +6,7 @@ import abc
 import dataclasses
 import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,10 +67,10 @@ class SmallDecoder(Decoder):
 
     def _embed(
         self,
-        prefix: Optional[torch.Tensor],
+        prefix: torch.Tensor | None,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        prefix_mask: Optional[torch.Tensor],
+        prefix_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Token + position embeddings of [prefix | text]: x (B, L, D), attention mask (B, 1, L, L), P."""
         x = self.tok_emb(input_ids)  # (B, T, D)
@@ -93,7 +93,7 @@ class SmallDecoder(Decoder):
 
     @abc.abstractmethod
     def _run(
-        self, x: torch.Tensor, mask: torch.Tensor, num_prefix: int, labels: Optional[torch.Tensor]
+        self, x: torch.Tensor, mask: torch.Tensor, num_prefix: int, labels: torch.Tensor | None
     ) -> DecoderOutput:
         """The trunk: embedded sequence (B, L, D) -> text logits (and losses when labels are given)."""
 
@@ -103,28 +103,30 @@ class SmallDecoder(Decoder):
 
     def forward(
         self,
-        prefix_embeds: Optional[torch.Tensor],
+        prefix_embeds: torch.Tensor | None,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        labels: Optional[torch.Tensor] = None,
-        prefix_mask: Optional[torch.Tensor] = None,
+        labels: torch.Tensor | None = None,
+        prefix_mask: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """prefix_embeds (B, P, prefix_dim) or None, input_ids/attention_mask/labels (B, T) -> DecoderOutput."""
-        x, mask, num_prefix = self._embed(self.project_prefix(prefix_embeds), input_ids, attention_mask, prefix_mask)
+        x, mask, num_prefix = self._embed(
+            self.project_prefix(prefix_embeds), input_ids, attention_mask, prefix_mask
+        )
         return self._run(x, mask, num_prefix, labels)
 
     @torch.no_grad()
     def generate(
         self,
-        prefix_embeds: Optional[torch.Tensor],
+        prefix_embeds: torch.Tensor | None,
         prompt_ids: torch.Tensor,
-        prompt_mask: Optional[torch.Tensor] = None,
+        prompt_mask: torch.Tensor | None = None,
         max_new_tokens: int = 32,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """New tokens (B, N <= max_new_tokens) after left-padded prompts; pad after each row's eos.
 
@@ -162,7 +164,7 @@ class SmallDecoder(Decoder):
         torch.save(self.state_dict(), os.path.join(path, WEIGHTS_FILE))
 
     @classmethod
-    def load(cls, path: str, config: Any) -> "SmallDecoder":
+    def load(cls, path: str, config: Any) -> SmallDecoder:
         """Rebuild a decoder from config and the model.pt that save() wrote into directory path."""
         file = os.path.join(path, WEIGHTS_FILE)
         if not os.path.isfile(file):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -31,7 +29,7 @@ class TinyDecoder(SmallDecoder):
         return self.norm(x)  # (B, L, D)
 
     def _run(
-        self, x: torch.Tensor, mask: torch.Tensor, num_prefix: int, labels: Optional[torch.Tensor]
+        self, x: torch.Tensor, mask: torch.Tensor, num_prefix: int, labels: torch.Tensor | None
     ) -> DecoderOutput:
         logits = self.lm_head(self._hidden(x, mask)[:, num_prefix:])  # (B, T, V)
         if labels is None:

@@ -19,8 +19,6 @@ halt_threshold (the paper's ACT-style early stop, per generated token).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,7 +46,7 @@ class TRMDecoder(SmallDecoder):
         # fixed random starting states, as in the paper's code (truncated normal buffers, not learned)
         self.register_buffer("y_init", nn.init.trunc_normal_(torch.empty(config.hidden_size), std=1.0))
         self.register_buffer("z_init", nn.init.trunc_normal_(torch.empty(config.hidden_size), std=1.0))
-        self.halt_head: Optional[nn.Linear] = None
+        self.halt_head: nn.Linear | None = None
         if config.halting:
             self.halt_head = nn.Linear(config.hidden_size, 1)
             nn.init.zeros_(self.halt_head.weight)
@@ -71,7 +69,12 @@ class TRMDecoder(SmallDecoder):
         return y, z
 
     def recurse(
-        self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, mask: torch.Tensor, n_cycles: Optional[int] = None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        z: torch.Tensor,
+        mask: torch.Tensor,
+        n_cycles: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One supervision step: T cycles, the first T-1 without gradients (the paper's deep recursion)."""
         n_cycles = self.config.n_cycles if n_cycles is None else n_cycles
@@ -98,8 +101,8 @@ class TRMDecoder(SmallDecoder):
         x: torch.Tensor,
         mask: torch.Tensor,
         num_prefix: int,
-        labels: Optional[torch.Tensor],
-        n_cycles: Optional[int] = None,
+        labels: torch.Tensor | None,
+        n_cycles: int | None = None,
     ) -> DecoderOutput:
         y, z = self.initial_state(x)
         step_losses: list[torch.Tensor] = []
@@ -129,11 +132,11 @@ class TRMDecoder(SmallDecoder):
 
     def forward_with_cycles(
         self,
-        prefix_embeds: Optional[torch.Tensor],
+        prefix_embeds: torch.Tensor | None,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         n_cycles: int,
-        labels: Optional[torch.Tensor] = None,
+        labels: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """forward() with T overridden (more or fewer cycles than trained, e.g. for test-time scaling)."""
         x, mask, num_prefix = self._embed(self.project_prefix(prefix_embeds), input_ids, attention_mask, None)
@@ -141,7 +144,7 @@ class TRMDecoder(SmallDecoder):
 
     def _last_logits(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         y, z = self.initial_state(x)
-        result: Optional[torch.Tensor] = None
+        result: torch.Tensor | None = None
         done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(self.config.num_supervision_steps):
             y, z = self.recurse(x, y, z, mask)
