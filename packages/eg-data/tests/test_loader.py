@@ -81,6 +81,19 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, make_sample, flac_bytes):
     assert not batch["audio_present"].any()
 
 
+def test_wholly_bad_batches_keep_the_batch_count(tmp_path, make_sample):
+    with ShardWriter(tmp_path / "d", 9) as writer:
+        for i in range(9):
+            writer.write(make_sample(i, **({"image": b"junk"} if i < 3 or i >= 6 else {})))
+    loader = ShardLoader(make_cfg(tmp_path / "d", shuffle=False))
+    batches = epoch_batches(loader, 0)
+    assert len(batches) == len(loader) == 3
+    assert batches[0]["key"] == [""] and not batches[0]["image_present"].any()  # nothing good yet
+    assert batches[1]["key"] == ["s0003", "s0004", "s0005"]
+    assert batches[2]["key"] == ["s0005"]  # the last good sample stands in
+    assert loader.bad_counts()["image_decode"] == 6
+
+
 def test_order_is_deterministic_per_epoch(shard_set):
     root = shard_set()
     a, b = ShardLoader(make_cfg(root)), ShardLoader(make_cfg(root))

@@ -140,9 +140,12 @@ def decode_sample(raw: dict[str, Any], cfg: LoaderConfig, epoch: int) -> tuple[d
     return out, ""
 
 
-def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """torch.stack; inside a loader worker straight into shared memory, saving the copy made when the
-    batch is sent to the main process (as torch's default_collate does)."""
+def _stack(samples: list[dict[str, Any]], name: str, zero: torch.Tensor) -> torch.Tensor:
+    """Stack `name` over samples (`zero` where absent); inside a loader worker straight into shared
+    memory, saving the copy made when the batch is sent to the main process (as default_collate does)."""
+    if not any(name in s for s in samples):
+        return zero.new_zeros(len(samples), *zero.shape)
+    tensors = [s.get(name, zero) for s in samples]
     if get_worker_info() is None:
         return torch.stack(tensors)
     numel = sum(t.numel() for t in tensors)
@@ -157,9 +160,9 @@ def collate(samples: list[dict[str, Any]], cfg: LoaderConfig) -> dict[str, Any]:
     zero_image = torch.zeros(3, size, size)
     zero_mel, zero_mask = torch.zeros(n_mels, n_frames), torch.zeros(n_frames, dtype=torch.bool)
     return {
-        "image": _stack([s.get("image", zero_image) for s in samples]),  # (B, 3, H, W)
-        "audio": _stack([s.get("audio", zero_mel) for s in samples]),  # (B, n_mels, n_frames)
-        "audio_mask": _stack([s.get("audio_mask", zero_mask) for s in samples]),  # (B, n_frames)
+        "image": _stack(samples, "image", zero_image),  # (B, 3, H, W)
+        "audio": _stack(samples, "audio", zero_mel),  # (B, n_mels, n_frames)
+        "audio_mask": _stack(samples, "audio_mask", zero_mask),  # (B, n_frames)
         "text": [s.get("text", "") for s in samples],
         "question": [s.get("question", "") for s in samples],
         "answer": [s.get("answer", "") for s in samples],
@@ -262,11 +265,11 @@ class ShardDataset(IterableDataset):
                 batch.append(sample)
                 last_good = sample
             if (i + 1) % bs == 0:
-                if not batch and last_good is not None:
-                    # A wholly bad batch would desynchronize ranks; repeat one good sample instead.
-                    batch = [last_good]
-                if batch:
-                    yield collate(batch, cfg)
+                if not batch:
+                    # Skipping a wholly bad batch would desynchronize ranks: repeat one good sample, or
+                    # before any, send one sample with every modality absent (all present flags False).
+                    batch = [last_good or {"key": "", "label": -1}]
+                yield collate(batch, cfg)
                 batch = []
 
 

@@ -87,11 +87,9 @@ def transform_image(
         w, h = img.size
         left, top = (w - cfg.size) // 2, (h - cfg.size) // 2
         img = img.crop((left, top, left + cfg.size, top + cfg.size))
-    arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
-    x = torch.from_numpy(arr).permute(2, 0, 1)  # (3, H, W)
-    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(cfg.std, dtype=torch.float32).view(3, 1, 1)
-    return (x - mean) / std
+    arr = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)  # (H, W, 3)
+    arr = (arr - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))  # (3, H, W)
 
 
 def decode_audio(data: bytes) -> np.ndarray:
