@@ -157,3 +157,16 @@ def test_trainable_only_checkpoint_and_reload_rule(toy, tmp_path):
         eg_train.load_model_weights(toy.ToyModel(hidden=8), path)
     with pytest.raises(eg_train.TrainError, match="missing from the checkpoint"):
         eg_train.load_model_weights(toy.ToyModel(), path)  # net.0 trainable here, but not saved
+
+
+def test_resume_never_and_explicit_paths(toy, tmp_path):
+    toy.run_from_options({"dir": str(tmp_path), "config": {"max_steps": 4}})
+    fresh = toy.run_from_options({"dir": str(tmp_path), "config": {"max_steps": 2, "resume": "never"}})
+    assert fresh["step"] == 2
+    with pytest.raises(eg_train.TrainError, match="does not exist"):
+        toy.run_from_options(
+            {"dir": str(tmp_path), "config": {"max_steps": 4, "resume": str(tmp_path / "no.pt")}}
+        )
+    latest = str(tmp_path / "checkpoints/checkpoint_latest.pt")
+    resumed = toy.run_from_options({"dir": str(tmp_path), "config": {"max_steps": 3, "resume": latest}})
+    assert resumed["step"] == 3  # continued from step 2 (the never-run overwrote latest)

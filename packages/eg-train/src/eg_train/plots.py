@@ -49,33 +49,37 @@ def draw_training_curves(rows: list[dict], path: Path) -> None:
 
 
 def draw_loss_components(rows: list[dict], path: Path) -> None:
-    """One line per named loss part (train solid, validation dashed)."""
+    """One panel per named loss part (own y scale, since parts differ by orders of magnitude);
+    train solid, validation dashed with markers."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    train_parts: list[str] = []
+    parts: list[str] = []
     for row in rows:
         for k in row:
-            if k not in FIXED_COLUMNS and not k.startswith("val/") and k not in train_parts:
-                train_parts.append(k)
-    fig = Figure(figsize=(9, 5), dpi=110)
+            if k not in FIXED_COLUMNS and not k.startswith("val/") and k not in parts:
+                parts.append(k)
+    ncols = min(3, max(1, len(parts)))
+    nrows = max(1, math.ceil(len(parts) / ncols))
+    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows + 0.6), dpi=110)
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    for i, key in enumerate(train_parts):
-        color = f"C{i % 10}"
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, key in zip(axes, parts):
         xs, ys = _series(rows, key)
-        if xs:
-            ax.plot(xs, ys, "-", color=color, label=key)
+        ax.plot(xs, ys, "-", color="C0", label="train")
         vx, vy = _series(rows, f"val/{key}")
         if vx:
-            ax.plot(vx, vy, "o--", color=color, label=f"val/{key}", markersize=4)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss component")
-    ax.set_title("Loss components")
-    ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
+            ax.plot(vx, vy, "o--", color="C1", label="validation", markersize=4)
+        ax.set_title(key, fontsize="medium")
+        ax.set_xlabel("optimizer step")
+        ax.grid(True, alpha=0.3)
         ax.legend(loc="upper right", fontsize="small")
-    else:
-        ax.text(0.5, 0.5, "the model reported no named loss parts", ha="center", transform=ax.transAxes)
+    for ax in axes[len(parts) :]:
+        ax.axis("off")
+    if not parts:
+        axes[0].text(
+            0.5, 0.5, "the model reported no named loss parts", ha="center", transform=axes[0].transAxes
+        )
+    fig.suptitle("Loss components")
     fig.tight_layout()
     fig.savefig(path)
