@@ -193,3 +193,31 @@ def test_bad_model_name_and_settings_are_decoder_errors(model_dir, tmp_path):
         QwenDecoder(config(model_dir, quantization="3bit"))
     with pytest.raises(DecoderError, match="dtype"):
         QwenDecoder(config(model_dir, dtype="float8"))
+
+
+def test_sampling_is_seeded_and_stays_within_top_k(trained):
+    decoder, prefixes = trained
+    prompts = decoder.encode_prompts(QUESTIONS)
+
+    def sample(seed, **kwargs):
+        torch.manual_seed(seed)
+        return decoder.generate(
+            prefixes,
+            prompts["input_ids"],
+            prompts["attention_mask"],
+            max_new_tokens=6,
+            do_sample=True,
+            **kwargs,
+        )
+
+    assert torch.equal(sample(0, temperature=3.0), sample(0, temperature=3.0))
+    greedy = generate_text(decoder, prefixes, QUESTIONS, max_new_tokens=6)[0]
+    assert torch.equal(sample(1, temperature=3.0, top_k=1), greedy)  # top-k 1 is greedy whatever the seed
+
+
+def test_without_lora_only_the_projector_trains(model_dir):
+    decoder = QwenDecoder(config(model_dir, use_lora=False))
+    assert count_trainable(decoder) == PROJECTOR
+    batch = decoder.encode_qa(QUESTIONS, ANSWERS)
+    decoder(torch.randn(2, 3, 16), **batch).loss.backward()
+    assert all(p.grad is None for p in decoder.model.parameters())
