@@ -109,8 +109,9 @@ class RunLoggers:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops events a killed run wrote after the checkpoint we resume from
-            purge = resume_step + 1 if resume_step is not None else None
+            # purge_step hides events a killed run wrote after the checkpoint we resume from (or, for a
+            # fresh run, everything an earlier run left in the same folder)
+            purge = resume_step + 1 if resume_step is not None else 0
             self.tb = SummaryWriter(log_dir=str(output_dir / "tensorboard"), purge_step=purge)
         self.wandb_run = None
         if wandb_cfg is not None and wandb_cfg.enabled:
