@@ -191,6 +191,8 @@ def test_bad_model_name_and_settings_are_decoder_errors(model_dir, tmp_path):
         QwenDecoder(config(str(tmp_path / "missing")))
     with pytest.raises(DecoderError, match="quantization"):
         QwenDecoder(config(model_dir, quantization="3bit"))
+    with pytest.raises(DecoderError, match="lora_target_modules"):
+        QwenDecoder(config(model_dir, lora_target_modules=["no_such_proj"]))
     with pytest.raises(DecoderError, match="dtype"):
         QwenDecoder(config(model_dir, dtype="float8"))
 

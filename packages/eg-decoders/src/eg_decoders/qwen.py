@@ -90,7 +90,12 @@ class QwenDecoder(Decoder):
         if adapter_dir is not None:
             model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
         elif config.use_lora:
-            model = get_peft_model(model, self._lora_config())
+            try:
+                model = get_peft_model(model, self._lora_config())
+            except ValueError as err:  # peft: a target module name matches nothing in the model
+                raise DecoderError(
+                    f"decoder.lora_target_modules {config.lora_target_modules}: {str(err).splitlines()[0]}"
+                ) from err
         self.model = model
         self._hidden = model.config.get_text_config().hidden_size
         self.projector = self._build_projector(config.prefix_dim, config.projector)
