@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -80,6 +81,14 @@ def build_optimizer(
         groups.append({"params": params, **g})
     if not groups:
         raise TrainError("the model has no trainable parameters (all requires_grad=False)")
+    orphans = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if orphans:
+        # they would still receive (never cleared) gradients; freeze them or give them a group with lr 0
+        warnings.warn(
+            f"{len(orphans)} parameters require grad but are in no param group (e.g. {orphans[0]}); "
+            f"they are not trained",
+            stacklevel=3,
+        )
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
     )

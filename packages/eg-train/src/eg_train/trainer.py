@@ -38,7 +38,8 @@ class Trainer:
     """Trains `model` (forward(batch dict) -> dict with `loss` and named scalar parts) on `train_data`.
 
     `param_groups`: AdamW groups (dicts with `params`, optional `lr`/`weight_decay`; lr 0 freezes).
-    `evaluate_fn(model, step) -> {name: value}` runs at each validation on every rank.
+    `evaluate_fn(model, step) -> {name: value}` runs at each validation on every rank, with the unwrapped
+    model in eval mode under torch.no_grad(); its metrics are logged as `val/<name>` (rank 0's values).
     `run_config`: the resolved experiment config (plain dict), stored in every checkpoint.
     """
 
@@ -292,7 +293,7 @@ class Trainer:
             self.consecutive_nonfinite = 0
             if not math.isfinite(grad_norm_f):
                 self.num_skipped_steps += 1
-        self.optimizer.zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=True)  # also params outside the optimizer (warned about)
         lr = max(g["lr"] for g in self.optimizer.param_groups)
         self.scheduler.step()
         self.step += 1
