@@ -78,6 +78,9 @@ class Speaker:
             self._lib.espeak_SetParameter(_PITCH, int(voice.pitch), 0)
             self._lib.espeak_SetParameter(_RANGE, int(voice.pitch_range), 0)
             self._chunks = []
+            # eSpeak draws noise and flutter from its own generator: reseed so a text and voice
+            # always give the same samples, whatever was spoken before.
+            self._lib.espeak_ng_SetRandSeed(ctypes.c_long(0))
             data = text.encode("utf-8") + b"\0"
             self._lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8 | _ENDPAUSE, None, None)
             self._lib.espeak_Synchronize()
