@@ -17,7 +17,8 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import EVALUATE_SCRIPT, TRAIN_SCRIPT, app_env, run_app, tiny_config, write_config
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: make conftest's helpers importable
+from conftest import EVALUATE_SCRIPT, TRAIN_SCRIPT, app_env, run_app, tiny_config, write_config  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
