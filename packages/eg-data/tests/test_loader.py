@@ -11,8 +11,10 @@ from eg_data import (
     LoaderConfig,
     ShardLoader,
     ShardWriter,
+    transform_image,
 )
 from eg_data.order import buffer_order, plan_rng
+from eg_data.transforms import decode_image
 
 IMAGE = ImageTransformConfig(size=8, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
 AUDIO = AudioTransformConfig(n_mels=80, n_samples=4000)  # 0.25 s: 25 mel frames
@@ -66,6 +68,10 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, make_sample, flac_bytes):
     tar.write_bytes(data[: cut - 100])
     loader = ShardLoader(make_cfg(root, batch_size=15, required=["image", "text", "audio"]))
     (batch,) = epoch_batches(loader, 0)
+    # images land in the batch buffer in order even when bad samples wrote a slot first
+    for key, image in zip(batch["key"], batch["image"]):
+        want = transform_image(decode_image(make_sample(int(key[1:]))["image"]), IMAGE)
+        assert torch.equal(image, want)
     good = {f"s{i:04d}" for i in (0, 2, 4, 5, 6, 8, 9, 10, 11, 12)}
     assert sorted(batch["key"]) == sorted(good)  # every good sample exactly once
     counts = loader.bad_counts()
@@ -125,7 +131,7 @@ def test_resume_yields_exactly_the_rest(shard_set, num_workers):
     assert epoch_batches(loader, 2, start_batch=len(loader)) == []
 
 
-def test_two_ranks_two_workers_three_shards(shard_set):
+def test_two_ranks_two_workers_three_shards(shard_set, make_sample):
     root = shard_set(3, 11)  # 33 samples over 4 streams: 8 each, 1 dropped
     per_rank = []
     for rank in range(2):
@@ -133,6 +139,9 @@ def test_two_ranks_two_workers_three_shards(shard_set):
         batches = epoch_batches(loader, 0)
         assert len(batches) == len(loader) == 8
         assert all(len(b["key"]) == 2 for b in batches)
+        last = batches[-1]  # crossed the worker boundary in shared memory; same pixels as in-process
+        want = transform_image(decode_image(make_sample(int(last["key"][1][1:]))["image"]), IMAGE)
+        assert torch.equal(last["image"][1], want)
         per_rank.append(keys_of(batches))
     together = per_rank[0] + per_rank[1]
     assert len(together) == len(set(together)) == 32  # nobody sees a sample twice

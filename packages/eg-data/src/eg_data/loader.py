@@ -85,8 +85,13 @@ def _first_ext(raw: dict[str, Any], exts: tuple[str, ...]) -> str | None:
     return next((ext for ext in exts if ext in raw), None)
 
 
-def decode_sample(raw: dict[str, Any], cfg: LoaderConfig, epoch: int) -> tuple[dict[str, Any] | None, str]:
-    """Decode and transform one raw sample; returns (sample, "") or (None, bad reason)."""
+def decode_sample(
+    raw: dict[str, Any], cfg: LoaderConfig, epoch: int, image_out: torch.Tensor | None = None
+) -> tuple[dict[str, Any] | None, str]:
+    """Decode and transform one raw sample; returns (sample, "") or (None, bad reason).
+
+    `image_out` (3, size, size), when given, receives the image (a slot of the batch buffer).
+    """
     key = str(raw["__key__"])
     meta: dict[str, Any] = {}
     if "json" in raw:
@@ -108,7 +113,7 @@ def decode_sample(raw: dict[str, Any], cfg: LoaderConfig, epoch: int) -> tuple[d
             except Exception:  # noqa: BLE001 (PIL raises many types on garbage bytes)
                 return None, "image_decode"
             rng = sample_rng(cfg.seed, epoch, key, "image") if cfg.image.augment else None
-            out["image"] = transform_image(img, cfg.image, rng)  # (3, H, W)
+            out["image"] = transform_image(img, cfg.image, rng, out=image_out)  # (3, H, W)
     if "audio" in mods:
         ext = _first_ext(raw, AUDIO_EXTS)
         if ext is None:
@@ -140,18 +145,33 @@ def decode_sample(raw: dict[str, Any], cfg: LoaderConfig, epoch: int) -> tuple[d
     return out, ""
 
 
+def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialized tensor; in a loader worker placed in shared memory, which saves the copy made
+    when the batch is sent to the main process (as torch's default_collate does)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = int(np.prod(shape))
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel, device="cpu")
+    return torch.empty(0, dtype=dtype).new(storage).view(shape)
+
+
 def _stack(samples: list[dict[str, Any]], name: str, zero: torch.Tensor) -> torch.Tensor:
-    """Stack `name` over samples (`zero` where absent); inside a loader worker straight into shared
-    memory, saving the copy made when the batch is sent to the main process (as default_collate does)."""
+    """Stack `name` over samples (`zero` where absent). Images already written in order into one batch
+    buffer are returned as a view of it, without copying."""
     if not any(name in s for s in samples):
         return zero.new_zeros(len(samples), *zero.shape)
     tensors = [s.get(name, zero) for s in samples]
-    if get_worker_info() is None:
-        return torch.stack(tensors)
-    numel = sum(t.numel() for t in tensors)
-    storage = tensors[0]._typed_storage()._new_shared(numel, device=tensors[0].device)
-    out = tensors[0].new(storage).resize_(len(tensors), *tensors[0].shape)
-    return torch.stack(tensors, out=out)
+    first = tensors[0]
+    base = first._base
+    in_one_buffer = (
+        base is not None
+        and base.dim() == first.dim() + 1
+        and base.shape[1:] == first.shape
+        and all(t._base is base and t.data_ptr() == base[i].data_ptr() for i, t in enumerate(tensors))
+    )
+    if in_one_buffer:
+        return base[: len(tensors)]
+    return torch.stack(tensors, out=_shared_empty((len(tensors), *first.shape), first.dtype))
 
 
 def collate(samples: list[dict[str, Any]], cfg: LoaderConfig) -> dict[str, Any]:
@@ -252,12 +272,20 @@ class ShardDataset(IterableDataset):
         row = self.counters[physical]
         last_good: dict[str, Any] | None = None
         batch: list[dict[str, Any]] = []
+        size = cfg.image.size
+        images: torch.Tensor | None = None  # (bs, 3, size, size) buffer the batch's images land in
         for i, pos in enumerate(emit.tolist()):
+            if images is None and "image" in cfg.modalities:
+                images = _shared_empty((bs, 3, size, size))
             while pos not in pending:
                 got, raw = next(reader)
                 pending[got] = raw
             raw = pending.pop(pos)
-            sample, reason = (None, "truncated_shard") if raw is None else decode_sample(raw, cfg, self.epoch)
+            slot = images[len(batch)] if images is not None else None
+            if raw is None:
+                sample, reason = None, "truncated_shard"
+            else:
+                sample, reason = decode_sample(raw, cfg, self.epoch, image_out=slot)
             if sample is None:
                 row[BAD_REASONS.index(reason)] += 1
             else:
@@ -270,7 +298,7 @@ class ShardDataset(IterableDataset):
                     # before any, send one sample with every modality absent (all present flags False).
                     batch = [last_good or {"key": "", "label": -1}]
                 yield collate(batch, cfg)
-                batch = []
+                batch, images = [], None
 
 
 class ShardLoader:

@@ -65,11 +65,15 @@ def _resize_shorter(img: Image.Image, size: int) -> Image.Image:
 
 
 def transform_image(
-    img: Image.Image, cfg: ImageTransformConfig, rng: np.random.Generator | None = None
+    img: Image.Image,
+    cfg: ImageTransformConfig,
+    rng: np.random.Generator | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Resize/crop to `cfg.size` and normalize; a random resized crop when `cfg.augment` and rng given.
 
-    Returns float (3, size, size).
+    Returns float (3, size, size), written into `out` (a contiguous float32 (3, size, size)) when given,
+    so the loader can fill a batch buffer without a later stacking copy.
     """
     if cfg.augment and rng is not None:
         w, h = img.size
@@ -89,7 +93,10 @@ def transform_image(
         img = img.crop((left, top, left + cfg.size, top + cfg.size))
     arr = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)  # (H, W, 3)
     arr = (arr - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))  # (3, H, W)
+    if out is None:
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))  # (3, H, W)
+    np.copyto(out.numpy(), arr.transpose(2, 0, 1))
+    return out
 
 
 def decode_audio(data: bytes) -> np.ndarray:
