@@ -47,3 +47,15 @@ def test_bad_text_inputs_and_names(sbert_files):
         TextEncoder(TextEncoderConfig(model_name="/no/such/model"))
     with pytest.raises(EncoderError, match="could not be loaded"):
         TextEncoder(TextEncoderConfig(model_name="no-such-org/no-such-model-eg"))
+
+
+def test_debug_vocabulary_covers_its_texts(sbert_files):
+    """Words of the texts the debug model was built from tokenize to themselves, never to [UNK]."""
+    encoder = TextEncoder(TextEncoderConfig(model_name=sbert_files["model_name"]))
+    tokenizer = encoder.model.tokenizer
+    ids = encoder.tokenize(["a red square", "the sound of a dog barking"])["input_ids"]
+    tokens = [tokenizer.convert_ids_to_tokens(row.tolist()) for row in ids]
+    assert tokens[0][:4] == ["[CLS]", "a", "red", "square"]
+    assert "[UNK]" not in tokens[1]
+    unseen = tokenizer.tokenize("zebra")
+    assert unseen and "[UNK]" not in unseen  # an unseen word falls back to its characters

@@ -172,7 +172,11 @@ def _write_tiny_bert(bert_dir: str, vocab: list[str], seed: int, width: int, lay
     vocab_file = os.path.join(bert_dir, "vocab.txt")
     with open(vocab_file, "w", encoding="utf-8") as f:
         f.write("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=vocab_file, do_lower_case=True, model_max_length=64)
+    # transformers 5 takes the WordPiece vocabulary as `vocab` (a `vocab_file=` keyword is silently ignored
+    # and leaves only the special tokens, so every word would become [UNK]).
+    tokenizer = BertTokenizerFast(vocab=vocab_file, do_lower_case=True, model_max_length=64)
+    if len(tokenizer) != len(vocab):
+        raise RuntimeError(f"tokenizer holds {len(tokenizer)} tokens, expected {len(vocab)}")
     config = BertConfig(
         vocab_size=len(vocab),
         hidden_size=width,
