@@ -19,7 +19,7 @@ from .errors import DataError
 from .shards import ShardWriter
 from .speech import Speaker, Voice
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 MANIFEST = "demo.json"
 SPLITS = ("train", "val", "test")
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -59,7 +59,7 @@ class ShardWriter:
         self._close_current()
         name = f"{self.prefix}-{len(self.shards):05d}.tar"
         # A fixed mtime makes shards byte-identical across rebuilds (deterministic demo data).
-        self._writer = wds.TarWriter(str(self.out_dir / name), encoder=False, mtime=0.0)
+        self._writer = wds.TarWriter(str(self.out_dir / name), encoder=False, mtime=0)
         self.shards.append(ShardInfo(path=name, num_samples=0))
         self._count = 0
 
