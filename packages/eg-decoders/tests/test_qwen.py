@@ -21,14 +21,6 @@ QUESTIONS = ["what is shown?", "what is shown?"]
 ANSWERS = ["a red cat", "two dogs"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny Qwen2 + byte-level BPE tokenizer (chat template, Qwen's special tokens) in HF format."""

@@ -18,15 +18,6 @@ QUESTIONS = ["what color?"] * 4  # one question: only the prefix tells the answe
 ANSWERS = ["red", "blue", "green", "cyan"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a shared CPU, more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(kind):
     if kind == "tiny":
         return TinyDecoderConfig(hidden_size=64, num_heads=4, prefix_dim=16, max_seq_len=48)

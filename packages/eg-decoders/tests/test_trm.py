@@ -6,14 +6,6 @@ import torch
 from eg_decoders import TRMConfig, TRMDecoder, answer_loss
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(**overrides):
     torch.manual_seed(0)
     values = {"hidden_size": 32, "num_heads": 2, "prefix_dim": 8, "max_seq_len": 32, "n_latent_steps": 3}
