@@ -5,6 +5,7 @@ import tarfile
 
 import pytest
 from eg_data import DataError, ShardWriter, load_index, read_all
+from eg_data.shards import _tarfile_samples, iter_raw_samples
 
 
 def test_round_trip_and_index(tmp_path, make_sample):
@@ -48,3 +49,49 @@ def test_missing_dir_is_a_data_error(tmp_path):
         load_index(tmp_path / "nope")
     with pytest.raises(DataError, match="no .tar shards"):
         load_index(tmp_path)
+
+
+def _read(path, **kw):
+    errors = []
+    return [(o, s) for o, s in iter_raw_samples(str(path), errors.append, **kw)], errors
+
+
+def _write(root, samples):
+    with ShardWriter(root, len(samples)) as writer:
+        for s in samples:
+            writer.write(s)
+    return root / "shard-00000.tar"
+
+
+def test_fast_reader_matches_webdataset(tmp_path, make_sample):
+    tar = _write(tmp_path, [make_sample(i) for i in range(6)])
+    wanted = {1, 2, 5}.__contains__
+    fast, errors = _read(tar, wanted=wanted, suffixes={"png", "json"})
+    general = list(_tarfile_samples(str(tar), errors.append, wanted, {"png", "json"}))
+    assert not errors and fast == general
+    assert [o for o, _ in fast] == [1, 2, 5]
+    assert sorted(fast[0][1]) == ["__key__", "__url__", "json", "png"]  # flac and txt never read
+
+
+def test_pax_and_long_names_fall_back_to_tarfile_mid_shard(tmp_path, make_sample):
+    keys = ["s0", "s1", "x" * 150, "s3", "k\u00e9y"]  # a 150-char key needs a pax header, so does "é"
+    samples = [make_sample(i, key=k) for i, k in enumerate(keys)]
+    got, errors = _read(_write(tmp_path, samples))
+    assert not errors
+    assert [o for o, _ in got] == [0, 1, 2, 3, 4]
+    assert [s["__key__"] for _, s in got] == keys
+    assert [s["png"] for _, s in got] == [s["image"] for s in samples]
+
+
+def test_truncated_and_corrupt_tars_keep_what_arrived_whole(tmp_path, make_sample):
+    tar = _write(tmp_path, [make_sample(i) for i in range(4)])
+    data = tar.read_bytes()
+    tar.write_bytes(data[: data.index(b"s0002.png") + 512 + 100])  # inside s0002.png's data
+    got, errors = _read(tar)
+    assert [o for o, _ in got] == [0, 1, 2] and len(errors) == 1
+    assert sorted(got[2][1]) == ["__key__", "__url__", "flac", "json"]  # the cut png is not kept
+    assert got[1][1]["png"] == make_sample(1)["image"]
+    garbage = data[: data.index(b"s0002.flac")] + b"\x07" * 2048 + data[data.index(b"s0003.flac") :]
+    tar.write_bytes(garbage)
+    got, errors = _read(tar)
+    assert [s["__key__"] for _, s in got] == ["s0000", "s0001"] and len(errors) == 1

