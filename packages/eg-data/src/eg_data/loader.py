@@ -149,6 +149,7 @@ def decode_sample(
     return out, ""
 
 
+MODALITY_TENSORS = ("image", "audio", "audio_mask")  # (B, ...) each, zeros where a sample has none
 PRESENCE = ("image_present", "audio_present", "text_present", "qa_present")  # bool (B,) each
 
 
@@ -286,7 +287,7 @@ class ShardDataset(IterableDataset):
         pending: dict[int, dict[str, Any] | None] = {}
         counts = self.counters.numpy()[physical]  # shared memory: the main process reads it
         fields = tensor_fields(cfg)
-        stand_in: dict[str, Any] = {"key": "", "label": -1}
+        last_good: dict[str, Any] | None = None  # raw bytes of the last good sample
         batch: list[dict[str, Any]] = []
         buffers: tuple[int | None, dict[str, torch.Tensor]] | None = None
         for i, pos in enumerate(emit.tolist()):
@@ -308,14 +309,16 @@ class ShardDataset(IterableDataset):
                 counts[-1] += 1
                 _place(sample, rows, len(batch))
                 batch.append(sample)
+                last_good = raw
             if (i + 1) % bs == 0:
-                if batch:
-                    last = batch[-1]
-                    # its tensors are views of this batch's buffers: keep copies
-                    stand_in = {k: v.clone() if torch.is_tensor(v) else v for k, v in last.items()}
-                else:
+                if not batch:
                     # Skipping a wholly bad batch would desynchronize ranks: repeat the last good sample,
                     # or before any, send one sample with every modality absent (all present flags False).
+                    stand_in: dict[str, Any] | None = {"key": "", "label": -1}
+                    if last_good is not None:
+                        image_out = rows["image"][0] if "image" in rows else None
+                        stand_in, _ = decode_sample(last_good, cfg, self.epoch, image_out=image_out)
+                    assert stand_in is not None
                     _place(stand_in, rows, 0)
                     batch = [stand_in]
                 yield self._emit(batch, physical, buffers)
@@ -349,14 +352,14 @@ class ShardDataset(IterableDataset):
 def _place(sample: dict[str, Any], rows: dict[str, torch.Tensor], index: int) -> None:
     """Put a sample's tensors into row `index` of the batch buffers (zeros where it has none); the image
     usually is there already (decoded in place)."""
-    for name, buffer in rows.items():
-        if buffer.dim() == 1:
-            continue  # flags and labels: written per batch by `_emit`
-        value = sample.get(name)
+    for name in MODALITY_TENSORS:  # flags and labels are written per batch by `_emit`
+        if name not in rows:
+            continue
+        value, row = sample.get(name), rows[name][index]
         if value is None:
-            buffer[index].zero_()
-        elif value.data_ptr() != buffer[index].data_ptr():
-            buffer[index].copy_(value)
+            row.zero_()
+        elif value.data_ptr() != row.data_ptr():
+            row.copy_(value)
 
 
 def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -185,14 +185,16 @@ def _signed_checksum(header: bytes) -> int:
 
 def _plain_members(stream: BinaryIO, file_size: int) -> Iterator[tuple[str, int]]:
     """Yield `(name, size)` of each regular member of a plain ustar/GNU/v7 tar, leaving the stream at its
-    data; the caller reads or seeks past those `size` bytes before asking for the next member.
+    data; the caller may read those `size` bytes (else they are skipped unread).
 
     Raises `_NotPlainUstar` for headers it does not parse (tarfile takes over), EOFError when the archive
     ends inside a member or without its end block, and tarfile.ReadError on a corrupt header (tarfile
     itself would silently end the archive there).
     """
+    position = stream.tell()  # tracked here: a tell() per member cost more than the parsing
     while True:
         header = stream.read(_BLOCK)
+        position += len(header)
         if header == _ZERO_BLOCK:
             return  # the end-of-archive block
         if len(header) < _BLOCK:  # a writer that died leaves no end block: its last sample may be cut
@@ -205,27 +207,25 @@ def _plain_members(stream: BinaryIO, file_size: int) -> Iterator[tuple[str, int]
         except ValueError:
             checksum = size = -1
         if checksum != sum(header[:148]) + 256 + sum(header[156:]) and checksum != _signed_checksum(header):
-            raise tarfile.ReadError(f"corrupt member header at byte {stream.tell() - _BLOCK}")
-        kind = header[156:157]
-        if stream.tell() + size > file_size:
+            raise tarfile.ReadError(f"corrupt member header at byte {position - _BLOCK}")
+        if position + size > file_size:
             raise EOFError("the tar ends inside a member")
-        if kind == b"5":
-            stream.seek(-(-size // _BLOCK) * _BLOCK, os.SEEK_CUR)
-            continue
-        if kind not in _REGULAR:
+        kind = header[156:157]
+        if kind in _REGULAR:
+            name = header[:100].split(b"\0", 1)[0]
+            prefix = header[345:500].split(b"\0", 1)[0]  # as tarfile: the ustar prefix when set
+            yield (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape"), size
+        elif kind != b"5":  # directories are skipped; links, pax and GNU long-name headers are not ours
             raise _NotPlainUstar
-        name = header[:100].split(b"\0", 1)[0]
-        prefix = header[345:500].split(b"\0", 1)[0]  # as tarfile: the ustar prefix when set
-        yield (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape"), size
-        if stream.tell() % _BLOCK:
-            stream.seek(-stream.tell() % _BLOCK, os.SEEK_CUR)
+        position += -(-size // _BLOCK) * _BLOCK
+        stream.seek(position)
 
 
 def _fast_samples(
     path: str, wanted: Callable[[int], bool], keep: Callable[[str], bool]
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Group the members of a plain tar into samples like webdataset's `group_by_keys`, reading only the
-    bytes of wanted samples' kept suffixes (the rest is seeked past). When the file ends early, the
+    bytes of wanted samples' kept suffixes (the rest is skipped). When the file ends early, the
     sample in progress is yielded with the members that arrived whole, then the EOFError is raised."""
     with open(path, "rb") as stream:
         file_size = os.fstat(stream.fileno()).st_size
@@ -234,8 +234,7 @@ def _fast_samples(
         try:
             for fname, size in _plain_members(stream, file_size):
                 prefix, suffix = tariterators.base_plus_ext(fname)
-                if prefix is None or _is_meta(fname):
-                    stream.seek(size, os.SEEK_CUR)
+                if prefix is None or ("__" in fname and _is_meta(fname)):
                     continue
                 suffix = suffix.lower()
                 if prefix != key:
@@ -245,10 +244,8 @@ def _fast_samples(
                     current = {"__key__": prefix, "__url__": path} if wanted(ordinal) else None
                 if current is not None and suffix in current:
                     raise DataError(f"{path}: duplicate file {fname} in one sample")
-                if current is None or not keep(suffix):
-                    stream.seek(size, os.SEEK_CUR)
-                    continue
-                current[suffix] = stream.read(size)
+                if current is not None and keep(suffix):
+                    current[suffix] = stream.read(size)
         except (EOFError, tarfile.ReadError):
             if current is not None:
                 yield ordinal, current
