@@ -1,21 +1,32 @@
 """Loader throughput against a bare decode+transform loop over the same images, as a ratio per worker.
 
 `uv run python benchmarks/bench_loader.py [--data data/demo] [--workers 1] [--image-size 224] [--audio]`
-builds the demo dataset if needed. The bare loop holds the raw bytes in memory and only decodes and
+builds the demo dataset if needed; `--photos` instead writes (once) and reads 1,024 photo-sized
+640 x 480 JPEGs (smooth random scenes with grain), the shape of a real web-image dataset. The bare loop holds the raw bytes in memory and only decodes and
 transforms (one thread); the loader also reads tars, follows the epoch plan, collates and crosses
 process boundaries. Target: ratio >= 0.9 per worker.
 """
 
 import argparse
 import gc
+import io
 import resource
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from eg_data import AudioTransformConfig, ImageTransformConfig, LoaderConfig, ShardLoader, build_demo_dataset
+from eg_data import (
+    AudioTransformConfig,
+    ImageTransformConfig,
+    LoaderConfig,
+    ShardLoader,
+    ShardWriter,
+    build_demo_dataset,
+)
 from eg_data.loader import decode_sample
 from eg_data.shards import read_all
+from PIL import Image
 
 
 def main() -> None:
@@ -27,10 +38,14 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--audio", action="store_true", help="also decode audio to log-mel (4 s context)")
+    parser.add_argument("--photos", action="store_true", help="640x480 JPEGs instead of the demo digits")
     args = parser.parse_args()
     torch.set_num_threads(1)  # loader workers run single-threaded; compare like with like
-    build_demo_dataset(args.data)
-    shard_dir = str(Path(args.data) / "train")
+    if args.photos:
+        shard_dir = str(write_photo_shards(Path(args.data).parent / "bench_photos"))
+    else:
+        build_demo_dataset(args.data)
+        shard_dir = str(Path(args.data) / "train")
     modalities = ["image", "text", "qa"] + (["audio"] if args.audio else [])
     cfg = LoaderConfig(
         shard_dir=shard_dir,
@@ -72,6 +87,32 @@ def main() -> None:
             f"CPU per sample: bare {bare_cpu:.2f} ms, in workers {worker_cpu:.2f} ms "
             f"(ratio {bare_cpu / worker_cpu:.2f})"
         )
+
+
+def write_photo_shards(root: Path, count: int = 1024) -> Path:
+    """Shards of `count` deterministic 640x480 JPEG photos with captions (written once, then reused)."""
+    if (root / "shards.json").exists():
+        return root
+    rng = np.random.default_rng(0)
+    with ShardWriter(root, max_samples_per_shard=256) as writer:
+        for i in range(count):
+            scene = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(
+                (640, 480), Image.BICUBIC
+            )
+            grain = rng.normal(0, 12, (480, 640, 3))
+            pixels = np.clip(np.asarray(scene, dtype=np.float64) + grain, 0, 255).astype(np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+            writer.write(
+                {
+                    "key": f"photo-{i:05d}",
+                    "image": buf.getvalue(),
+                    "image_ext": "jpg",
+                    "text": f"photo {i}",
+                    "json": {"label": i % 10},
+                }
+            )
+    return root
 
 
 def _children_cpu() -> float:
