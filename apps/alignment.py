@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from eg_encoders import MatryoshkaProjection, MeanPooling, build_pooling
+from eg_losses import ContrastiveLoss, MatryoshkaLoss, MatryoshkaLossConfig, resolve_mrl_dims
+from eg_resampler import PerceiverResampler, PerceiverResamplerConfig
 from torch import nn
 
 from apps.config import ConfigError
 from apps.experiment import BATCH_KEY, ExperimentConfig
-from eg_encoders import MatryoshkaProjection, MeanPooling, build_pooling
-from eg_losses import ContrastiveLoss, MatryoshkaLoss, MatryoshkaLossConfig, resolve_mrl_dims
-from eg_resampler import PerceiverResampler, PerceiverResamplerConfig
 
 
 class ModalityTower(nn.Module):
@@ -34,8 +34,13 @@ class ModalityTower(nn.Module):
     mean, whose output is unused (its learnable queries would otherwise sit idle and stall DDP).
     """
 
-    def __init__(self, name: str, encoder: nn.Module, projection_cfg: Any,
-                 resampler_cfg: PerceiverResamplerConfig | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        encoder: nn.Module,
+        projection_cfg: Any,
+        resampler_cfg: PerceiverResamplerConfig | None = None,
+    ) -> None:
         super().__init__()
         self.name = name
         self.encoder = encoder
@@ -44,11 +49,17 @@ class ModalityTower(nn.Module):
         width = encoder.output_dim
         if resampler_cfg is not None:
             if not hasattr(encoder, "pooling"):
-                raise ConfigError(f"model.{name}.resampler is not supported: the {name} encoder pools by itself")
+                raise ConfigError(
+                    f"model.{name}.resampler is not supported: the {name} encoder pools by itself"
+                )
             if resampler_cfg.input_dim not in (None, width):
-                raise ConfigError(f"model.{name}.resampler.input_dim={resampler_cfg.input_dim} differs from the "
-                                  f"{name} encoder's width {width}; leave it unset")
-            self.resampler = PerceiverResampler.from_config(dataclasses.replace(resampler_cfg, input_dim=width))
+                raise ConfigError(
+                    f"model.{name}.resampler.input_dim={resampler_cfg.input_dim} differs from the "
+                    f"{name} encoder's width {width}; leave it unset"
+                )
+            self.resampler = PerceiverResampler.from_config(
+                dataclasses.replace(resampler_cfg, input_dim=width)
+            )
             width = resampler_cfg.dim
             self.pooling = build_pooling(encoder.config.pooling, width, f"model.{name}.encoder.pooling")
             encoder.pooling = MeanPooling()
@@ -125,7 +136,11 @@ class AlignmentModel(nn.Module):
                 out[f"{pair}/contrastive"] = con
                 pair_loss = pair_loss + w_con * con
             if w_mrl > 0:
-                mrl = self.mrl[pair](a, b, valid=valid) if self.training else self._mrl_all_dims(pair, a, b, valid)
+                mrl = (
+                    self.mrl[pair](a, b, valid=valid)
+                    if self.training
+                    else self._mrl_all_dims(pair, a, b, valid)
+                )
                 out[f"{pair}/mrl"] = mrl
                 pair_loss = pair_loss + w_mrl * mrl
             out[f"{pair}/logit_scale"] = self.contrastive[pair].logit_scale.detach()
@@ -138,8 +153,9 @@ class AlignmentModel(nn.Module):
         mrl = self.mrl[pair]
         total = a.new_zeros(())
         for dim, weight in zip(mrl.dims, mrl.weights):
-            total = total + weight * mrl.loss(F.normalize(a[:, :dim], dim=-1), F.normalize(b[:, :dim], dim=-1),
-                                              valid=valid)
+            total = total + weight * mrl.loss(
+                F.normalize(a[:, :dim], dim=-1), F.normalize(b[:, :dim], dim=-1), valid=valid
+            )
         return total
 
     def param_groups(self, default_lr: float) -> list[dict[str, Any]]:
@@ -164,5 +180,7 @@ def _split_decay(params: list[nn.Parameter], lr: float, name: str) -> list[dict[
     """Two groups: matrices with weight decay, and 1-D/0-D tensors (biases, norms, temperatures) without."""
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    return [{"params": decay, "lr": lr, "name": f"{name}"},
-            {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}.no_decay"}]
+    return [
+        {"params": decay, "lr": lr, "name": f"{name}"},
+        {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}.no_decay"},
+    ]

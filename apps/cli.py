@@ -59,7 +59,9 @@ def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
         epilog=_config_listing(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", required=True, metavar="FILE", help="experiment YAML, e.g. configs/demo.yaml")
+    parser.add_argument(
+        "--config", required=True, metavar="FILE", help="experiment YAML, e.g. configs/demo.yaml"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",

@@ -91,12 +91,16 @@ def load_config(schema: type[T], path: str | Path, overrides: Sequence[str] = ()
         cfg = OmegaConf.merge(cfg, OmegaConf.create(raw))
     except OmegaConfBaseException as exc:
         key = _key_of(exc)
-        raise ConfigError(f"{path}: key '{key}': {_describe(exc)}" if key else f"{path}: {_describe(exc)}") from None
+        raise ConfigError(
+            f"{path}: key '{key}': {_describe(exc)}" if key else f"{path}: {_describe(exc)}"
+        ) from None
     for item in overrides:
         _apply_override(cfg, *_parse_override(item), item)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        raise ConfigError(f"{path}: required key '{missing[0]}' has no value (set it in the file or with --set)")
+        raise ConfigError(
+            f"{path}: required key '{missing[0]}' has no value (set it in the file or with --set)"
+        )
     try:
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:

@@ -58,13 +58,25 @@ def write_vision_audio(cfg: DemoModelsConfig) -> None:
     root = Path(cfg.dir)
     vision = root / "vision"
     if not _fresh(vision, cfg, "vision"):
-        write_open_clip_vit(str(vision), seed=cfg.seed, image_size=cfg.image_size, patch_size=cfg.patch_size,
-                            width=cfg.vision_width, layers=cfg.vision_layers)
+        write_open_clip_vit(
+            str(vision),
+            seed=cfg.seed,
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            width=cfg.vision_width,
+            layers=cfg.vision_layers,
+        )
         _stamp(vision, cfg, "vision")
     audio = root / "audio"
     if not _fresh(audio, cfg, "audio"):
-        write_whisper(str(audio), seed=cfg.seed, n_mels=cfg.n_mels, n_audio_ctx=cfg.n_audio_ctx,
-                      width=cfg.audio_width, layers=cfg.audio_layers)
+        write_whisper(
+            str(audio),
+            seed=cfg.seed,
+            n_mels=cfg.n_mels,
+            n_audio_ctx=cfg.n_audio_ctx,
+            width=cfg.audio_width,
+            layers=cfg.audio_layers,
+        )
         _stamp(audio, cfg, "audio")
 
 
@@ -72,7 +84,11 @@ def write_text(cfg: DemoModelsConfig, captions: list[str]) -> None:
     """Write the sentence-transformers model, its vocabulary built from `captions`, unless already there."""
     text = Path(cfg.dir) / "text"
     if not _fresh(text, cfg, "text"):
-        write_sentence_transformer(str(text), seed=cfg.seed, texts=sorted(set(captions)),
-                                   width=cfg.text_width, layers=cfg.text_layers)
+        write_sentence_transformer(
+            str(text),
+            seed=cfg.seed,
+            texts=sorted(set(captions)),
+            width=cfg.text_width,
+            layers=cfg.text_layers,
+        )
         _stamp(text, cfg, "text")
-

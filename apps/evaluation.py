@@ -16,20 +16,22 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from eg_data import AudioTransformConfig, ImageTransformConfig, LoaderConfig, ShardLoader, load_index
 from torch import nn
 
 from apps.config import ConfigError
 from apps.experiment import BATCH_KEY, ExperimentConfig
 from apps.plots import plot_embedding_space
 from apps.retrieval import evaluate_retrieval, flatten_metrics, format_table, pair_counts
-from eg_data import AudioTransformConfig, ImageTransformConfig, LoaderConfig, ShardLoader, load_index
 
 
 def _check_spec(key: str, configured: Any, default: Any, wanted: Any) -> None:
     """A data transform value the encoder dictates: fine when unset (default) or equal; else a ConfigError."""
     if configured != default and configured != wanted:
-        raise ConfigError(f"{key}={configured} conflicts with the encoder, which expects {wanted}; remove the key "
-                          "(it is taken from the encoder)")
+        raise ConfigError(
+            f"{key}={configured} conflicts with the encoder, which expects {wanted}; remove the key "
+            "(it is taken from the encoder)"
+        )
 
 
 def train_loader_config(cfg: ExperimentConfig, towers: nn.ModuleDict) -> LoaderConfig:
@@ -64,7 +66,11 @@ def eval_loader(train_cfg: LoaderConfig, shard_dir: str, batch_size: int, key: s
     if divisors and divisors[-1] >= batch_size // 4:
         batch_size = divisors[-1]
     cfg = dataclasses.replace(
-        train_cfg, shard_dir=shard_dir, batch_size=batch_size, shuffle=False, text_dropout=0.0,
+        train_cfg,
+        shard_dir=shard_dir,
+        batch_size=batch_size,
+        shuffle=False,
+        text_dropout=0.0,
         image=dataclasses.replace(train_cfg.image, augment=False),
     )
     loader = ShardLoader(cfg)
@@ -81,8 +87,9 @@ def _gather(obj: Any) -> list[Any]:
 
 
 @torch.no_grad()
-def collect_embeddings(model: nn.Module, loader: ShardLoader, device: torch.device, precision: str = "fp32",
-                       max_samples: int = 0) -> dict[str, Any]:
+def collect_embeddings(
+    model: nn.Module, loader: ShardLoader, device: torch.device, precision: str = "fp32", max_samples: int = 0
+) -> dict[str, Any]:
     """Embed a split: {"embeddings": {m: (N, max_dim)}, "present": {m: (N,)}, "labels": (N,), "keys": [N]}.
 
     Runs on every rank and returns the whole split on every rank (gathered, de-duplicated by key).
@@ -91,8 +98,12 @@ def collect_embeddings(model: nn.Module, loader: ShardLoader, device: torch.devi
     was_training = model.training
     model.eval()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    local: dict[str, Any] = {"emb": {m: [] for m in model.towers}, "present": {m: [] for m in model.towers},
-                             "labels": [], "keys": []}
+    local: dict[str, Any] = {
+        "emb": {m: [] for m in model.towers},
+        "present": {m: [] for m in model.towers},
+        "labels": [],
+        "keys": [],
+    }
     seen = 0
     loader.set_epoch(0)
     try:
@@ -106,18 +117,28 @@ def collect_embeddings(model: nn.Module, loader: ShardLoader, device: torch.devi
             for m, value in z.items():
                 local["emb"][m].append(value.float().cpu())
                 mask = batch.get(f"{BATCH_KEY[m]}_present")
-                local["present"][m].append(torch.ones(size, dtype=torch.bool) if mask is None else mask.bool().cpu())
+                local["present"][m].append(
+                    torch.ones(size, dtype=torch.bool) if mask is None else mask.bool().cpu()
+                )
             label = batch.get("label")
-            local["labels"].append(torch.full((size,), -1, dtype=torch.long) if label is None else label.long().cpu())
+            local["labels"].append(
+                torch.full((size,), -1, dtype=torch.long) if label is None else label.long().cpu()
+            )
             local["keys"].extend(batch["key"])
             seen += size
     finally:
         model.train(was_training)
-    parts = _gather({"emb": {m: torch.cat(v) if v else torch.empty(0) for m, v in local["emb"].items()},
-                     "present": {m: torch.cat(v) if v else torch.empty(0, dtype=torch.bool)
-                                 for m, v in local["present"].items()},
-                     "labels": torch.cat(local["labels"]) if local["labels"] else torch.empty(0, dtype=torch.long),
-                     "keys": local["keys"]})
+    parts = _gather(
+        {
+            "emb": {m: torch.cat(v) if v else torch.empty(0) for m, v in local["emb"].items()},
+            "present": {
+                m: torch.cat(v) if v else torch.empty(0, dtype=torch.bool)
+                for m, v in local["present"].items()
+            },
+            "labels": torch.cat(local["labels"]) if local["labels"] else torch.empty(0, dtype=torch.long),
+            "keys": local["keys"],
+        }
+    )
     keep_rows: list[tuple[int, int]] = []
     keys: list[str] = []
     taken: set[str] = set()
@@ -146,8 +167,14 @@ def retrieval_result(collected: dict[str, Any], cfg: ExperimentConfig, dims: lis
     """Nested retrieval metrics of collected embeddings for the configured pairs at `dims`."""
     labels = collected["labels"]
     has_labels = labels.numel() > 0 and bool((labels >= 0).any())
-    return evaluate_retrieval(collected["embeddings"], collected["present"], cfg.model.pairs, dims,
-                              labels if has_labels else None, cfg.eval.chunk_size)
+    return evaluate_retrieval(
+        collected["embeddings"],
+        collected["present"],
+        cfg.model.pairs,
+        dims,
+        labels if has_labels else None,
+        cfg.eval.chunk_size,
+    )
 
 
 def eval_dims(cfg: ExperimentConfig, mrl_dims: list[int]) -> list[int]:
@@ -156,25 +183,37 @@ def eval_dims(cfg: ExperimentConfig, mrl_dims: list[int]) -> list[int]:
     top = cfg.model.projection.max_dim
     bad = [d for d in dims if not 1 <= d <= top]
     if bad or not dims:
-        raise ConfigError(f"eval.dims={dims} must be non-empty and within 1..{top} (model.projection.max_dim)")
+        raise ConfigError(
+            f"eval.dims={dims} must be non-empty and within 1..{top} (model.projection.max_dim)"
+        )
     return sorted(set(dims))
 
 
 class RetrievalEvaluator:
     """eg-train's `evaluate_fn(model, step)`: retrieval on the validation split, flat metric names."""
 
-    def __init__(self, cfg: ExperimentConfig, loader: ShardLoader, dims: list[int], device: torch.device) -> None:
+    def __init__(
+        self, cfg: ExperimentConfig, loader: ShardLoader, dims: list[int], device: torch.device
+    ) -> None:
         self.cfg, self.loader, self.dims, self.device = cfg, loader, dims, device
 
     def __call__(self, model: nn.Module, step: int) -> dict[str, float]:
         """Return {"<pair>/<dim>/<dir>/<metric>": value, "retrieval/mean_recall@1": ...} (prefixed val/ by eg-train)."""
-        collected = collect_embeddings(model, self.loader, self.device, self.cfg.train.precision,
-                                       self.cfg.eval.max_val_samples)
+        collected = collect_embeddings(
+            model, self.loader, self.device, self.cfg.train.precision, self.cfg.eval.max_val_samples
+        )
         return flatten_metrics(retrieval_result(collected, self.cfg, self.dims))
 
 
-def write_evaluation(collected: dict[str, Any], cfg: ExperimentConfig, dims: list[int], out_dir: str | Path,
-                     split: str, checkpoint: str = "", plot: bool = True) -> dict[str, Any]:
+def write_evaluation(
+    collected: dict[str, Any],
+    cfg: ExperimentConfig,
+    dims: list[int],
+    out_dir: str | Path,
+    split: str,
+    checkpoint: str = "",
+    plot: bool = True,
+) -> dict[str, Any]:
     """Compute the test metrics; write eval.json and embedding_space.png into `out_dir`; return the eval dict."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,17 +232,25 @@ def write_evaluation(collected: dict[str, Any], cfg: ExperimentConfig, dims: lis
     if plot and cfg.eval.plot_max_points > 0:
         labels = collected["labels"]
         shared = {m: e[collected["present"][m]].numpy() for m, e in collected["embeddings"].items()}
-        shared = {m: torch.nn.functional.normalize(torch.from_numpy(v), dim=-1).numpy() for m, v in shared.items()}
-        label_map = {m: labels[collected["present"][m]].numpy() if (labels >= 0).any() else None
-                     for m in collected["embeddings"]}
-        plot_embedding_space(shared, label_map, out / "embedding_space.png", cfg.eval.plot_max_points, cfg.seed)
+        shared = {
+            m: torch.nn.functional.normalize(torch.from_numpy(v), dim=-1).numpy() for m, v in shared.items()
+        }
+        label_map = {
+            m: labels[collected["present"][m]].numpy() if (labels >= 0).any() else None
+            for m in collected["embeddings"]
+        }
+        plot_embedding_space(
+            shared, label_map, out / "embedding_space.png", cfg.eval.plot_max_points, cfg.seed
+        )
     return report
 
 
 def print_report(report: dict[str, Any]) -> None:
     """Print the eval table with a one-line header."""
-    print(f"\nheld-out retrieval ({report['split']}, {report['num_samples']} samples, "
-          f"pairs: {report['pair_samples']}):")
+    print(
+        f"\nheld-out retrieval ({report['split']}, {report['num_samples']} samples, "
+        f"pairs: {report['pair_samples']}):"
+    )
     print(format_table(report["retrieval"]))
 
 
@@ -212,9 +259,10 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str, split_dir: str =
 
     Rewrites outputs/<experiment_name>/eval.json and embedding_space.png; returns the eval dict.
     """
+    from eg_train import init_distributed, load_model_weights
+
     from apps.alignment import AlignmentModel
     from apps.stage1 import prepare
-    from eg_train import init_distributed, load_model_weights
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -226,12 +274,20 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str, split_dir: str =
     model.to(info.device)
     loader_cfg = train_loader_config(cfg, towers)
     shard_dir = split_dir or cfg.data.test_dir
-    loader = eval_loader(loader_cfg, shard_dir, cfg.eval.batch_size, "--split-dir" if split_dir else "data.test_dir")
+    loader = eval_loader(
+        loader_cfg, shard_dir, cfg.eval.batch_size, "--split-dir" if split_dir else "data.test_dir"
+    )
     collected = collect_embeddings(model, loader, info.device, cfg.train.precision)
     report: dict[str, Any] = {}
     if info.is_main:
-        report = write_evaluation(collected, cfg, eval_dims(cfg, model.mrl_dims), cfg.train.output_dir,
-                                  split=Path(shard_dir).name, checkpoint=str(checkpoint))
+        report = write_evaluation(
+            collected,
+            cfg,
+            eval_dims(cfg, model.mrl_dims),
+            cfg.train.output_dir,
+            split=Path(shard_dir).name,
+            checkpoint=str(checkpoint),
+        )
         report["checkpoint_step"] = meta.get("step")
         (Path(cfg.train.output_dir) / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         print_report(report)

@@ -11,14 +11,14 @@ encoder) are checked against the file instead of being overwritten silently.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
-from apps.demo_models import DemoModelsConfig
 from eg_data import LoaderConfig
 from eg_encoders import AudioEncoderConfig, MatryoshkaConfig, TextEncoderConfig, VisionEncoderConfig
 from eg_losses import ContrastiveLossConfig
 from eg_resampler import PerceiverResamplerConfig
 from eg_train import TrainerConfig
+
+from apps.demo_models import DemoModelsConfig
 
 MODALITIES = ("vision", "audio", "text")
 # The eg-data batch key (and presence mask prefix) that feeds each modality's encoder.
@@ -30,7 +30,7 @@ class VisionTowerConfig:
     """Vision: a CLIP encoder (its `pooling` pools tokens, or the resampler's latents when one is set)."""
 
     encoder: VisionEncoderConfig = field(default_factory=VisionEncoderConfig)
-    resampler: Optional[PerceiverResamplerConfig] = None
+    resampler: PerceiverResamplerConfig | None = None
     lr: float = -1.0  # learning rate of this tower's trainable encoder weights; -1 = train.lr
 
 
@@ -39,7 +39,7 @@ class AudioTowerConfig:
     """Audio: a Whisper encoder, optionally followed by a Perceiver Resampler."""
 
     encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
-    resampler: Optional[PerceiverResamplerConfig] = None
+    resampler: PerceiverResamplerConfig | None = None
     lr: float = -1.0
 
 
@@ -59,9 +59,9 @@ class ModelConfig:
     projection: one MatryoshkaProjection per modality, all to the same `max_dim` (the shared space).
     """
 
-    vision: Optional[VisionTowerConfig] = None
-    audio: Optional[AudioTowerConfig] = None
-    text: Optional[TextTowerConfig] = None
+    vision: VisionTowerConfig | None = None
+    audio: AudioTowerConfig | None = None
+    text: TextTowerConfig | None = None
     pairs: list[str] = field(default_factory=lambda: ["vision_text"])
     projection: MatryoshkaConfig = field(default_factory=MatryoshkaConfig)
 
@@ -81,8 +81,8 @@ class LossesConfig:
 
     contrastive: float = 1.0
     mrl: float = 1.0
-    mrl_dims: Optional[list[int]] = None
-    mrl_weights: Optional[list[float]] = None
+    mrl_dims: list[int] | None = None
+    mrl_weights: list[float] | None = None
     sample_single_mrl_dim: bool = False
     num_sampled_mrl_dims: int = 0
     pair_weights: dict[str, float] = field(default_factory=dict)
@@ -119,7 +119,7 @@ class EvalConfig:
 
     batch_size: int = 128
     chunk_size: int = 1024
-    dims: Optional[list[int]] = None
+    dims: list[int] | None = None
     max_val_samples: int = 0
     plot_max_points: int = 400
 
@@ -143,7 +143,7 @@ class ExperimentConfig:
     losses: LossesConfig = field(default_factory=LossesConfig)
     train: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    demo_models: Optional[DemoModelsConfig] = None  # write tiny random-init backbones first (the demo)
+    demo_models: DemoModelsConfig | None = None  # write tiny random-init backbones first (the demo)
 
     def __post_init__(self) -> None:
         if not self.experiment_name or "/" in self.experiment_name:
@@ -155,7 +155,9 @@ class ExperimentConfig:
             self.train.checkpoint_dir = f"checkpoints/{self.experiment_name}"
         present = self.modalities()
         if not present:
-            raise ValueError("model: no modality configured; set at least two of model.vision, model.audio, model.text")
+            raise ValueError(
+                "model: no modality configured; set at least two of model.vision, model.audio, model.text"
+            )
         for pair in self.model.pairs:
             first, _, second = pair.partition("_")
             if first not in MODALITIES or second not in MODALITIES or first == second:
@@ -172,7 +174,9 @@ class ExperimentConfig:
                 raise ValueError(f"model.{name} is configured but no pair in model.pairs uses it")
         for pair, weight in self.losses.pair_weights.items():
             if pair not in self.model.pairs:
-                raise ValueError(f"losses.pair_weights: {pair!r} is not in model.pairs {list(self.model.pairs)}")
+                raise ValueError(
+                    f"losses.pair_weights: {pair!r} is not in model.pairs {list(self.model.pairs)}"
+                )
             if weight < 0:
                 raise ValueError(f"losses.pair_weights.{pair}={weight} must be >= 0")
         if self.losses.contrastive < 0 or self.losses.mrl < 0:

@@ -13,10 +13,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: runs write files, never open windows
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.manifold import TSNE  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 
 MARKERS = ("o", "^", "s", "D", "v")
 
@@ -75,8 +75,16 @@ def plot_embedding_space(
                     if group_labels is not None
                     else [cmap(index)] * count
                 )  # (count, 4) RGBA
-                ax.scatter(xy[:, 0], xy[:, 1], s=9, c=colours, marker=MARKERS[index % len(MARKERS)],
-                           alpha=0.75, label=modality, linewidths=0)
+                ax.scatter(
+                    xy[:, 0],
+                    xy[:, 1],
+                    s=9,
+                    c=colours,
+                    marker=MARKERS[index % len(MARKERS)],
+                    alpha=0.75,
+                    label=modality,
+                    linewidths=0,
+                )
             ax.set_title(f"{name}: {method}")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -84,8 +92,10 @@ def plot_embedding_space(
                 ax.legend(loc="best", fontsize=8, markerscale=1.5)
     label_values = sorted({int(v) for _, lab in chosen.values() if lab is not None for v in lab if v >= 0})
     if label_values and len(label_values) <= 20:
-        handles = [plt.Line2D([], [], marker="o", linestyle="", color=cmap(v % 10), label=str(v))
-                   for v in label_values]
+        handles = [
+            plt.Line2D([], [], marker="o", linestyle="", color=cmap(v % 10), label=str(v))
+            for v in label_values
+        ]
         fig.legend(handles=handles, title="label", loc="upper right", fontsize=8)
     fig.suptitle("Held-out embeddings in the shared space")
     fig.tight_layout(rect=(0, 0, 0.94, 0.97))

@@ -120,7 +120,9 @@ def pair_counts(present: Mapping[str, torch.Tensor], pairs: Sequence[str]) -> di
     return counts
 
 
-def flatten_metrics(result: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]]) -> dict[str, float]:
+def flatten_metrics(
+    result: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]],
+) -> dict[str, float]:
     """Flat ``"{pair}/{dim}/{direction}/{metric}"`` names plus the headline mean recall@1 at the top dim."""
     flat: dict[str, float] = {}
     top_recalls = []
@@ -139,7 +141,9 @@ def flatten_metrics(result: Mapping[str, Mapping[str, Mapping[str, Mapping[str, 
 
 def format_table(result: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]]) -> str:
     """A fixed-width text table: one row per pair, dim and direction; R@1/5/10, median rank, label@1."""
-    header = f"{'pair':<14}{'dim':>6}  {'direction':<18}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'MedR':>7}{'label@1':>9}"
+    header = (
+        f"{'pair':<14}{'dim':>6}  {'direction':<18}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'MedR':>7}{'label@1':>9}"
+    )
     lines = [header, "-" * len(header)]
     for pair, per_dim in result.items():
         for dim in sorted(per_dim, key=int):

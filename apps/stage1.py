@@ -13,6 +13,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from eg_data import ShardLoader, build_demo_dataset, read_all
+from eg_encoders import AudioEncoder, TextEncoder, VisionEncoder
+from eg_train import Trainer, init_distributed
 from torch import nn
 
 from apps import demo_models
@@ -28,9 +31,6 @@ from apps.evaluation import (
     write_evaluation,
 )
 from apps.experiment import ExperimentConfig
-from eg_data import ShardLoader, build_demo_dataset, read_all
-from eg_encoders import AudioEncoder, TextEncoder, VisionEncoder
-from eg_train import Trainer, init_distributed
 
 
 def _barrier() -> None:
@@ -40,8 +40,10 @@ def _barrier() -> None:
 
 def _check_dir(key: str, path: str) -> None:
     if not Path(path).is_dir():
-        raise ConfigError(f"{key}={path!r} does not exist; point it at a shard folder "
-                          "(make one with `uv run apps/data ...`)")
+        raise ConfigError(
+            f"{key}={path!r} does not exist; point it at a shard folder "
+            "(make one with `uv run apps/data ...`)"
+        )
 
 
 def prepare(cfg: ExperimentConfig, is_main: bool) -> nn.ModuleDict:
@@ -56,11 +58,16 @@ def prepare(cfg: ExperimentConfig, is_main: bool) -> nn.ModuleDict:
     _barrier()
     towers = nn.ModuleDict()
     if model_cfg.vision is not None:
-        towers["vision"] = ModalityTower("vision", VisionEncoder(model_cfg.vision.encoder), model_cfg.projection,
-                                         model_cfg.vision.resampler)
+        towers["vision"] = ModalityTower(
+            "vision",
+            VisionEncoder(model_cfg.vision.encoder),
+            model_cfg.projection,
+            model_cfg.vision.resampler,
+        )
     if model_cfg.audio is not None:
-        towers["audio"] = ModalityTower("audio", AudioEncoder(model_cfg.audio.encoder), model_cfg.projection,
-                                        model_cfg.audio.resampler)
+        towers["audio"] = ModalityTower(
+            "audio", AudioEncoder(model_cfg.audio.encoder), model_cfg.projection, model_cfg.audio.resampler
+        )
     if cfg.data.build_demo and is_main:
         size = towers["vision"].encoder.image_spec.size if "vision" in towers else 32
         build_demo_dataset(cfg.data.build_demo, image_size=size, seed=cfg.seed)
@@ -69,8 +76,10 @@ def prepare(cfg: ExperimentConfig, is_main: bool) -> nn.ModuleDict:
     _check_dir("data.val_dir", cfg.data.val_dir)
     _check_dir("data.test_dir", cfg.data.test_dir)
     if cfg.demo_models is not None and is_main:
-        captions = [s["txt"].decode() if isinstance(s.get("txt"), bytes) else str(s.get("txt", ""))
-                    for s in read_all(cfg.data.train.shard_dir)]
+        captions = [
+            s["txt"].decode() if isinstance(s.get("txt"), bytes) else str(s.get("txt", ""))
+            for s in read_all(cfg.data.train.shard_dir)
+        ]
         demo_models.write_text(cfg.demo_models, captions)
     _barrier()
     if model_cfg.text is not None:
@@ -97,19 +106,38 @@ def run(cfg: ExperimentConfig) -> None:
     train_data = ShardLoader(loader_cfg)
     val_data = eval_loader(loader_cfg, cfg.data.val_dir, cfg.eval.batch_size, "data.val_dir")
     evaluator = RetrievalEvaluator(cfg, val_data, dims, info.device)
-    trainer = Trainer(model, cfg.train, train_data, val_data=val_data, param_groups=model.param_groups(cfg.train.lr),
-                      evaluate_fn=evaluator, run_config=to_dict(cfg))
+    trainer = Trainer(
+        model,
+        cfg.train,
+        train_data,
+        val_data=val_data,
+        param_groups=model.param_groups(cfg.train.lr),
+        evaluate_fn=evaluator,
+        run_config=to_dict(cfg),
+    )
     summary = trainer.fit()
 
     test_data = eval_loader(loader_cfg, cfg.data.test_dir, cfg.eval.batch_size, "data.test_dir")
     collected = collect_embeddings(model, test_data, info.device, cfg.train.precision)
     if info.is_main:
-        report = write_evaluation(collected, cfg, dims, out_dir, split="test",
-                                  checkpoint=str(Path(cfg.train.checkpoint_dir) / "checkpoint_latest.pt"))
-        report["train"] = {"steps": summary["step"], "best_metric": summary["best_metric"],
-                           "best_value": summary["best_value"], "wall_seconds": round(time.perf_counter() - started, 1)}
+        report = write_evaluation(
+            collected,
+            cfg,
+            dims,
+            out_dir,
+            split="test",
+            checkpoint=str(Path(cfg.train.checkpoint_dir) / "checkpoint_latest.pt"),
+        )
+        report["train"] = {
+            "steps": summary["step"],
+            "best_metric": summary["best_metric"],
+            "best_value": summary["best_value"],
+            "wall_seconds": round(time.perf_counter() - started, 1),
+        }
         (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         print_report(report)
-        print(f"\nwrote {out_dir}/ (eval.json, embedding_space.png, metrics.csv, config.yaml, plots) and "
-              f"{cfg.train.checkpoint_dir}/ in {report['train']['wall_seconds']:.0f} s")
+        print(
+            f"\nwrote {out_dir}/ (eval.json, embedding_space.png, metrics.csv, config.yaml, plots) and "
+            f"{cfg.train.checkpoint_dir}/ in {report['train']['wall_seconds']:.0f} s"
+        )
     _barrier()

@@ -32,13 +32,24 @@ def tiny_config(workdir: Path, data: Path, **overrides: Any) -> dict[str, Any]:
     cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     models = workdir / "models"
     cfg["experiment_name"] = "tiny"
-    cfg["demo_models"].update(dir=str(models), vision_width=32, audio_width=32, text_width=32,
-                              vision_layers=1, audio_layers=1, text_layers=1, n_audio_ctx=150)
+    cfg["demo_models"].update(
+        dir=str(models),
+        vision_width=32,
+        audio_width=32,
+        text_width=32,
+        vision_layers=1,
+        audio_layers=1,
+        text_layers=1,
+        n_audio_ctx=150,
+    )
     cfg["data"].update(build_demo="", val_dir=str(data / "val"), test_dir=str(data / "test"))
     cfg["data"]["train"].update(shard_dir=str(data / "train"), batch_size=16, num_workers=0)
     vit = "eg-debug-vit-i32-p8-w32-l1"
-    cfg["model"]["vision"]["encoder"].update(model_name=vit, pretrained=str(models / "vision" / f"{vit}.pt"),
-                                             model_config_file=str(models / "vision" / f"{vit}.json"))
+    cfg["model"]["vision"]["encoder"].update(
+        model_name=vit,
+        pretrained=str(models / "vision" / f"{vit}.pt"),
+        model_config_file=str(models / "vision" / f"{vit}.json"),
+    )
     cfg["model"]["audio"]["encoder"]["model_name"] = str(models / "audio" / "eg-debug-whisper.pt")
     cfg["model"]["audio"]["resampler"].update(dim=32, num_latents=4, dim_head=16)
     cfg["model"]["text"]["encoder"]["model_name"] = str(models / "text")
@@ -64,11 +75,23 @@ def write_config(workdir: Path, cfg: dict[str, Any], name: str = "tiny.yaml") ->
 
 def app_env() -> dict[str, str]:
     """The environment of an app subprocess: offline, one thread (2 shared cores)."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-            "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def run_app(script: Path, args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run an app script with this interpreter in `cwd`; returns the completed process (text output)."""
-    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=app_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        check=False,
+        cwd=cwd,
+        env=app_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

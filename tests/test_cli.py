@@ -22,8 +22,17 @@ def test_help_lists_every_config(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_print_config_applies_overrides(capsys: pytest.CaptureFixture[str]) -> None:
-    code = train_main(["--config", str(CONFIGS_DIR / "demo.yaml"), "--set", "train.max_steps=7",
-                       "--set", "losses.mrl=0.5", "--print-config"])
+    code = train_main(
+        [
+            "--config",
+            str(CONFIGS_DIR / "demo.yaml"),
+            "--set",
+            "train.max_steps=7",
+            "--set",
+            "losses.mrl=0.5",
+            "--print-config",
+        ]
+    )
     assert code == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["train"]["max_steps"] == 7 and resolved["losses"]["mrl"] == 0.5
@@ -44,8 +53,9 @@ def test_real_configs_resolve(config_name: str, capsys: pytest.CaptureFixture[st
         (["--set", "losses.contrastive"], "KEY=VALUE"),
     ],
 )
-def test_bad_overrides_exit_2_with_one_line(args: list[str], expected: str,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_overrides_exit_2_with_one_line(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = train_main(["--config", str(CONFIGS_DIR / "demo.yaml"), *args, "--print-config"])
     err = capsys.readouterr().err
     assert code == 2

@@ -37,14 +37,18 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_loads_values_with_types_and_defaults(tmp_path: Path) -> None:
-    cfg = load_config(ToyConfig, write(tmp_path, "name: a\noptim:\n  lr: 2e-4\nweights: {vision_text: 0.5}\n"))
+    cfg = load_config(
+        ToyConfig, write(tmp_path, "name: a\noptim:\n  lr: 2e-4\nweights: {vision_text: 0.5}\n")
+    )
     assert isinstance(cfg, ToyConfig) and isinstance(cfg.optim, OptimConfig)
     assert cfg.optim.lr == pytest.approx(2e-4)  # PyYAML reads 2e-4 as a string; the schema makes it a float
     assert cfg.steps == 10 and cfg.weights == {"vision_text": 0.5}
 
 
 def test_overrides_are_typed(tmp_path: Path) -> None:
-    cfg = load_config(ToyConfig, write(tmp_path, "name: a\n"), ["steps=42", "optim.betas=[0.5, 0.6]", "optim.lr=1e-2"])
+    cfg = load_config(
+        ToyConfig, write(tmp_path, "name: a\n"), ["steps=42", "optim.betas=[0.5, 0.6]", "optim.lr=1e-2"]
+    )
     assert cfg.steps == 42 and cfg.optim.betas == [0.5, 0.6] and cfg.optim.lr == pytest.approx(0.01)
 
 
@@ -61,7 +65,9 @@ def test_overrides_are_typed(tmp_path: Path) -> None:
         ("name: [unclosed\n", [], "not valid YAML"),
     ],
 )
-def test_user_errors_are_one_line_naming_the_key(tmp_path: Path, text: str, overrides: list[str], expected: str) -> None:
+def test_user_errors_are_one_line_naming_the_key(
+    tmp_path: Path, text: str, overrides: list[str], expected: str
+) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_config(ToyConfig, path, overrides)

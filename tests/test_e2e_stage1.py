@@ -17,8 +17,10 @@ import torch
 import yaml
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: make conftest's helpers importable
-from conftest import EVALUATE_SCRIPT, TRAIN_SCRIPT, app_env, run_app, tiny_config, write_config  # noqa: E402
+sys.path.insert(
+    0, str(Path(__file__).resolve().parent)
+)  # --import-mode=importlib: make conftest's helpers importable
+from conftest import EVALUATE_SCRIPT, TRAIN_SCRIPT, app_env, run_app, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +58,16 @@ def test_train_writes_every_output_and_evaluate_recomputes(tmp_path: Path, demo_
     assert "vision_to_text" in done.stdout  # the printed table
     report = _check_outputs(tmp_path, "tiny", 4)
     (tmp_path / "outputs" / "tiny" / "eval.json").unlink()
-    again = run_app(EVALUATE_SCRIPT, ["--config", str(config), "--checkpoint",
-                                      str(tmp_path / "checkpoints" / "tiny" / "checkpoint_latest.pt")], tmp_path)
+    again = run_app(
+        EVALUATE_SCRIPT,
+        [
+            "--config",
+            str(config),
+            "--checkpoint",
+            str(tmp_path / "checkpoints" / "tiny" / "checkpoint_latest.pt"),
+        ],
+        tmp_path,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     recomputed = json.loads((tmp_path / "outputs" / "tiny" / "eval.json").read_text())
     assert recomputed["checkpoint_step"] == 4
@@ -65,24 +75,41 @@ def test_train_writes_every_output_and_evaluate_recomputes(tmp_path: Path, demo_
         for dim, directions in per_dim.items():
             for direction, metrics in directions.items():
                 for name, value in metrics.items():
-                    assert recomputed["retrieval"][pair][dim][direction][name] == pytest.approx(value, abs=1e-6)
+                    assert recomputed["retrieval"][pair][dim][direction][name] == pytest.approx(
+                        value, abs=1e-6
+                    )
 
 
 def test_killed_run_resumes_through_the_app(tmp_path: Path, demo_data: Path) -> None:
-    cfg = tiny_config(tmp_path, demo_data, **{"train.max_steps": 8, "train.save_every": 1, "train.val_every": 0,
-                                              "train.val_at_epoch_end": False})
+    cfg = tiny_config(
+        tmp_path,
+        demo_data,
+        **{
+            "train.max_steps": 8,
+            "train.save_every": 1,
+            "train.val_every": 0,
+            "train.val_at_epoch_end": False,
+        },
+    )
     config = write_config(tmp_path, cfg)
     latest = tmp_path / "checkpoints" / "tiny" / "checkpoint_latest.pt"
-    proc = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), "--config", str(config)], cwd=tmp_path,
-                            env=app_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN_SCRIPT), "--config", str(config)],
+        cwd=tmp_path,
+        env=app_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if latest.exists() and latest.stat().st_size > 0:
             try:
-                if torch.load(latest, map_location="cpu", weights_only=True)["step"] >= 2:
-                    break
-            except Exception:  # caught mid-replace: look again
-                pass
+                step = torch.load(latest, map_location="cpu", weights_only=True)["step"]
+            except (OSError, RuntimeError, EOFError):  # caught mid-replace: look again
+                step = -1
+            if step >= 2:
+                break
         time.sleep(0.2)
     assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
     os.kill(proc.pid, signal.SIGKILL)
@@ -102,13 +129,24 @@ def test_two_process_torchrun_gloo(tmp_path: Path, demo_data: Path) -> None:
     cfg = tiny_config(tmp_path, demo_data, **{"train.max_steps": 3, "train.val_every": 3})
     config = write_config(tmp_path, cfg)
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(TRAIN_SCRIPT), "--config",
-                           str(config)], cwd=tmp_path, env=app_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", str(TRAIN_SCRIPT), "--config", str(config)],
+        check=False,
+        cwd=tmp_path,
+        env=app_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "outputs" / "tiny" / "eval.json").read_text())
     assert report["num_samples"] == 180  # both ranks' shares gathered, nothing counted twice
-    assert torch.load(tmp_path / "checkpoints" / "tiny" / "checkpoint_latest.pt", map_location="cpu",
-                      weights_only=True)["step"] == 3
+    assert (
+        torch.load(
+            tmp_path / "checkpoints" / "tiny" / "checkpoint_latest.pt", map_location="cpu", weights_only=True
+        )["step"]
+        == 3
+    )
 
 
 @pytest.mark.parametrize(
@@ -120,7 +158,9 @@ def test_two_process_torchrun_gloo(tmp_path: Path, demo_data: Path) -> None:
     ],
     ids=["unknown-key", "missing-data-path", "absent-modality"],
 )
-def test_config_errors_exit_2_with_one_line(tmp_path: Path, demo_data: Path, override: dict, message: str) -> None:
+def test_config_errors_exit_2_with_one_line(
+    tmp_path: Path, demo_data: Path, override: dict, message: str
+) -> None:
     cfg = tiny_config(tmp_path, demo_data)
     for dotted, value in override.items():
         node = cfg

@@ -121,7 +121,8 @@ def test_embedding_space_plot_is_written(tmp_path) -> None:
     labels = np.repeat(np.arange(3), 8)
     centres = rng.normal(size=(3, 6))
     emb = {m: centres[labels] + 0.1 * rng.normal(size=(24, 6)) for m in ("vision", "text")}
-    path = plot_embedding_space(emb, {"vision": labels, "text": None}, tmp_path / "embedding_space.png",
-                                max_points=20)
+    path = plot_embedding_space(
+        emb, {"vision": labels, "text": None}, tmp_path / "embedding_space.png", max_points=20
+    )
     with Image.open(path) as image:
         assert image.size[0] > 500 and image.size[1] > 500

@@ -69,7 +69,9 @@ def test_no_imports_across_packages_or_of_apps(package):
 @pytest.mark.parametrize("package", PACKAGES, ids=NAMES)
 def test_every_module_opens_with_a_docstring(package):
     for path in sorted((package / "src").rglob("*.py")):
-        assert ast.get_docstring(ast.parse(path.read_text())), f"{path.relative_to(ROOT)} has no module docstring"
+        assert ast.get_docstring(ast.parse(path.read_text())), (
+            f"{path.relative_to(ROOT)} has no module docstring"
+        )
 
 
 def test_root_declares_every_package_and_readme_links_them():

@@ -85,6 +85,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, make_sample, flac_bytes):
     assert "s0007" in batch["key"] and "s0003" in batch["key"]
     assert not batch["text_present"][batch["key"].index("s0003")]
     assert not batch["audio_present"].any()
+    assert "audio" not in batch and "audio_mask" not in batch  # not loaded: no zero tensors built
 
 
 def test_wholly_bad_batches_keep_the_batch_count(tmp_path, make_sample):

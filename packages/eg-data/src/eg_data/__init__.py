@@ -1,6 +1,7 @@
 """eg-data: webdataset shards (img2dataset layout), URL-list downloader, transforms, bad-sample handling
 and the offline demo dataset. Produces the batch dict of the Edge Glass architecture contract."""
 
+from .buffers import BatchPool
 from .demo import build_demo_dataset, is_demo_complete
 from .download import DownloadConfig, download_urls, read_url_list
 from .errors import DataError
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BAD_REASONS",
     "AudioTransformConfig",
+    "BatchPool",
     "DataError",
     "DownloadConfig",
     "ImageTransformConfig",
