@@ -1,7 +1,10 @@
 """Reused batch buffers (`BatchPool`): a held batch is never overwritten, a dropped batch gives its buffer
-back, an abandoned epoch loses no buffer, and two iterations at once never share one."""
+back, an abandoned epoch loses no buffer, two iterations at once never share one, and spawned workers
+(macOS's default) fill the same batches as forked ones."""
 
 import gc
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -92,3 +95,40 @@ def test_two_iterations_at_once_use_separate_buffers(shard_set):
     assert in_pool(loader, first_a["image"]) and not in_pool(loader, first_b["image"])  # b got its own pool
     for x, y in zip([first_a, *a], [first_b, *b]):
         assert_same(x, y)
+
+
+SPAWN_SCRIPT = """
+import sys, torch, multiprocessing
+from eg_data import ImageTransformConfig, LoaderConfig, ShardLoader
+if __name__ == "__main__":
+    multiprocessing.set_start_method("spawn", force=True)  # macOS's default: workers unpickle the pool
+    torch.set_num_threads(1)
+    image = ImageTransformConfig(size=8, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    cfg = LoaderConfig(shard_dir=sys.argv[1], batch_size=3, num_workers=2, image=image, shuffle_buffer=8)
+    loader = ShardLoader(cfg)
+    loader.set_epoch(0)
+    torch.save([{k: v.clone() if torch.is_tensor(v) else v for k, v in b.items()} for b in loader], sys.argv[2])
+    print(loader.bad_counts()["good"])
+"""
+
+
+def test_spawned_workers_fill_the_same_batches(shard_set, tmp_path):
+    root = shard_set(3, 12)
+    script = tmp_path / "spawn.py"
+    script.write_text(SPAWN_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(root), str(tmp_path / "b.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == "36"  # the counters crossed the process boundary too
+    spawned = torch.load(tmp_path / "b.pt", weights_only=False)
+    forked = make_loader(root, num_workers=2)
+    forked.set_epoch(0)
+    want = [snapshot(b) for b in forked]
+    assert len(spawned) == len(want) == 12
+    for got, expected in zip(spawned, want):
+        assert_same(got, expected)
