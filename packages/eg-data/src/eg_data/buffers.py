@@ -22,10 +22,10 @@ import torch
 ALIGN = 64  # bytes: every field starts on a cache line
 
 
-def _shared_bytes(nbytes: int) -> torch.Tensor:
-    """A uint8 tensor in shared memory; its pages are only allocated when first written."""
-    storage = torch.UntypedStorage._new_shared(nbytes)  # no zero-fill, unlike .share_memory_()
-    return torch.empty(0, dtype=torch.uint8).set_(storage)
+def shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialized tensor in shared memory; its pages are only allocated when first written."""
+    storage = torch.UntypedStorage._new_shared(max(1, prod(shape)) * dtype.itemsize)  # no zero-fill
+    return torch.empty(0, dtype=dtype).set_(storage)[: prod(shape)].view(shape)
 
 
 class BatchPool:
@@ -48,7 +48,7 @@ class BatchPool:
             nbytes = batch_size * prod(shape) * dtype.itemsize
             self.layout[name] = (offset, nbytes, (batch_size, *shape), dtype)
             offset += -(-nbytes // ALIGN) * ALIGN
-        self.memory = [[_shared_bytes(max(offset, 1)) for _ in range(slots)] for _ in range(streams)]
+        self.memory = [[shared_empty((offset,), torch.uint8) for _ in range(slots)] for _ in range(streams)]
         self.free = torch.ones(streams, slots, dtype=torch.uint8).share_memory_()  # 1 = free
         self._leased: set[tuple[int, int]] = set()  # consumer side: slots held by live batches
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from math import prod
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .buffers import BatchPool
+from .buffers import BatchPool, shared_empty
 from .errors import DataError
 from .order import StreamPlan, plan_stream, slots_per_stream
 from .shards import AUDIO_EXTS, IMAGE_EXTS, iter_raw_samples, load_index
@@ -36,6 +35,8 @@ from .transforms import (
 )
 
 MODALITIES = ("image", "audio", "text", "qa")
+MODALITY_TENSORS = ("image", "audio", "audio_mask")  # (B, ...) each, zeros where a sample has none
+PRESENCE = ("image_present", "audio_present", "text_present", "qa_present")  # bool (B,) each
 SLOT_KEY = "__slot__"  # a batch sent as (stream, pool slot, rows) instead of its tensors
 POOL_SLOTS = 4  # buffers per stream: 2 batches queued (DataLoader's prefetch), 1 being filled, 1 in use
 BAD_REASONS = (
@@ -147,10 +148,6 @@ def decode_sample(
         elif "qa" in cfg.required:
             return None, "missing_qa"
     return out, ""
-
-
-MODALITY_TENSORS = ("image", "audio", "audio_mask")  # (B, ...) each, zeros where a sample has none
-PRESENCE = ("image_present", "audio_present", "text_present", "qa_present")  # bool (B,) each
 
 
 def tensor_fields(cfg: LoaderConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -332,7 +329,7 @@ class ShardDataset(IterableDataset):
         if claimed is not None:
             return claimed
         bs = self.cfg.batch_size
-        return None, {name: _shared_empty((bs, *shape), dtype) for name, (shape, dtype) in fields.items()}
+        return None, {name: _fresh_empty((bs, *shape), dtype) for name, (shape, dtype) in fields.items()}
 
     def _emit(
         self, samples: list[dict[str, Any]], stream: int, buffers: tuple[int | None, dict[str, torch.Tensor]]
@@ -362,13 +359,10 @@ def _place(sample: dict[str, Any], rows: dict[str, torch.Tensor], index: int) ->
             row.copy_(value)
 
 
-def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialized tensor; in a loader worker placed in shared memory, which saves the copy made
-    when the batch is sent to the main process."""
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    storage = torch.UntypedStorage._new_shared(prod(shape) * dtype.itemsize)
-    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+def _fresh_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialized tensor for a batch no pool buffer was free for; in a loader worker in shared
+    memory, which saves the copy made when the batch is sent to the main process."""
+    return torch.empty(shape, dtype=dtype) if get_worker_info() is None else shared_empty(shape, dtype)
 
 
 class ShardLoader:
