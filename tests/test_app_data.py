@@ -54,7 +54,9 @@ def server():
 def test_help_lists_both_commands():
     result = run_app("--help")
     assert result.returncode == 0 and "demo" in result.stdout and "urls" in result.stdout
-    assert "--num-samples" in run_app("urls", "--help").stdout
+    help_text = run_app("urls", "--help").stdout
+    for key in ("num_samples", "timeout_s", "num_threads", "backoff_s", "user_agent", "extra_cols"):
+        assert key in help_text  # every DownloadConfig field is settable with --set
 
 
 def test_urls_command_writes_shards(tmp_path, server):
@@ -69,16 +71,24 @@ def test_urls_command_writes_shards(tmp_path, server):
         str(listing),
         "--out",
         str(tmp_path / "out"),
-        "--num-samples",
-        "2",
-        "--timeout",
-        "5",
+        "--set",
+        "num_samples=2",
+        "--set",
+        "timeout_s=5",
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] == 1 and report["failed"] == {"http_404": 1}
     index = json.loads((tmp_path / "out" / "shards.json").read_text())
     assert index["num_samples"] == 1
+
+
+def test_bad_setting_is_refused_naming_the_key(tmp_path):
+    result = run_app("urls", "--input", "x.csv", "--out", str(tmp_path / "o"), "--set", "timeout_s=abc")
+    assert result.returncode == 2 and "timeout_s" in result.stderr and "Traceback" not in result.stderr
+    result = run_app("urls", "--input", "x.csv", "--out", str(tmp_path / "o"), "--set", "threads=4")
+    assert result.returncode == 2 and "threads" in result.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_user_error_is_one_line_and_exit_2(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from apps.cli import CONFIGS_DIR, train_main
+from apps.common.cli import CONFIGS_DIR, train_main
 
 
 def test_help_lists_every_config(capsys: pytest.CaptureFixture[str]) -> None:

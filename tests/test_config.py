@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import MISSING
 
-from apps.config import ConfigError, load_config, to_yaml
+from apps.common.config import ConfigError, load_config, to_yaml
 
 
 @dataclass

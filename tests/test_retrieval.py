@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from apps.plots import plot_embedding_space
-from apps.retrieval import (
+from apps.common.plots import plot_embedding_space
+from apps.common.retrieval import (
     MEAN_RECALL_KEY,
     direction_metrics,
     evaluate_retrieval,

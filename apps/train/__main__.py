@@ -2,7 +2,7 @@
 
 import sys
 
-from apps.cli import train_main
+from apps.common.cli import train_main
 
 if __name__ == "__main__":
     sys.exit(train_main())

@@ -1,5 +1,5 @@
-"""Held-out retrieval evaluation of an AlignmentModel: loaders for val/test, embedding collection across
-ranks, eval.json, the printed table and embedding_space.png.
+"""Held-out retrieval evaluation of an AlignmentModel: embedding collection across ranks, eval.json, the
+printed table and embedding_space.png; `evaluate_checkpoint` for `apps/evaluate`.
 
 Each rank embeds its share of the split; the shares are gathered and de-duplicated by sample key (eg-data
 may repeat a sample so that every rank gets the same number of batches), so the metrics are those of the
@@ -8,82 +8,21 @@ whole split whatever the world size.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from eg_data import AudioTransformConfig, ImageTransformConfig, LoaderConfig, ShardLoader, load_index
+from eg_data import ShardLoader
+from eg_train.distributed import all_gather_objects
 from torch import nn
 
-from apps.config import ConfigError
-from apps.experiment import BATCH_KEY, ExperimentConfig
-from apps.plots import plot_embedding_space
-from apps.retrieval import evaluate_retrieval, flatten_metrics, format_table, pair_counts
-
-
-def _check_spec(key: str, configured: Any, default: Any, wanted: Any) -> None:
-    """A data transform value the encoder dictates: fine when unset (default) or equal; else a ConfigError."""
-    if configured != default and configured != wanted:
-        raise ConfigError(
-            f"{key}={configured} conflicts with the encoder, which expects {wanted}; remove the key "
-            "(it is taken from the encoder)"
-        )
-
-
-def train_loader_config(cfg: ExperimentConfig, towers: nn.ModuleDict) -> LoaderConfig:
-    """data.train with the image/audio transform specs filled in from the vision/audio encoders."""
-    loader = cfg.data.train
-    image, audio = loader.image, loader.audio
-    if "vision" in towers:
-        spec = towers["vision"].encoder.image_spec
-        default = ImageTransformConfig()
-        for name, wanted in (("size", spec.size), ("mean", list(spec.mean)), ("std", list(spec.std))):
-            value = getattr(image, name)
-            value = list(value) if isinstance(value, (list, tuple)) else value
-            _check_spec(f"data.train.image.{name}", value, getattr(default, name), wanted)
-        image = dataclasses.replace(image, size=spec.size, mean=list(spec.mean), std=list(spec.std))
-    if "audio" in towers:
-        spec = towers["audio"].encoder.audio_spec
-        default_audio = AudioTransformConfig()
-        _check_spec("data.train.audio.n_mels", audio.n_mels, default_audio.n_mels, spec.n_mels)
-        _check_spec("data.train.audio.n_samples", audio.n_samples, default_audio.n_samples, spec.n_samples)
-        audio = dataclasses.replace(audio, n_mels=spec.n_mels, n_samples=spec.n_samples)
-    return dataclasses.replace(loader, image=image, audio=audio)
-
-
-def eval_loader(train_cfg: LoaderConfig, shard_dir: str, batch_size: int, key: str) -> ShardLoader:
-    """A loader over `shard_dir` with the training settings minus shuffling, augmentation and text dropout."""
-    if not (Path(shard_dir) / "shards.json").is_file() and not any(Path(shard_dir).glob("*.tar")):
-        raise ConfigError(f"{key}={shard_dir!r}: no shards there (expected *.tar files and shards.json)")
-    streams = max(1, train_cfg.num_workers) * (dist.get_world_size() if dist.is_initialized() else 1)
-    per_stream = sum(info.num_samples for info in load_index(shard_dir)) // streams
-    # eg-data drops a stream's last partial batch; a divisor of the stream's share keeps every sample.
-    divisors = [b for b in range(1, min(batch_size, max(per_stream, 1)) + 1) if per_stream % b == 0]
-    if divisors and divisors[-1] >= batch_size // 4:
-        batch_size = divisors[-1]
-    cfg = dataclasses.replace(
-        train_cfg,
-        shard_dir=shard_dir,
-        batch_size=batch_size,
-        shuffle=False,
-        text_dropout=0.0,
-        image=dataclasses.replace(train_cfg.image, augment=False),
-    )
-    loader = ShardLoader(cfg)
-    loader.set_epoch(0)
-    return loader
-
-
-def _gather(obj: Any) -> list[Any]:
-    if dist.is_available() and dist.is_initialized():
-        out: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(out, obj)
-        return out
-    return [obj]
+from apps.alignment.config import BATCH_KEY, AlignmentConfig
+from apps.common.config import ConfigError
+from apps.common.loaders import eval_loader, loader_for_encoders
+from apps.common.plots import plot_embedding_space
+from apps.common.retrieval import evaluate_retrieval, flatten_metrics, format_table, pair_counts
 
 
 @torch.no_grad()
@@ -128,7 +67,7 @@ def collect_embeddings(
             seen += size
     finally:
         model.train(was_training)
-    parts = _gather(
+    parts = all_gather_objects(
         {
             "emb": {m: torch.cat(v) if v else torch.empty(0) for m, v in local["emb"].items()},
             "present": {
@@ -163,7 +102,7 @@ def collect_embeddings(
     }
 
 
-def retrieval_result(collected: dict[str, Any], cfg: ExperimentConfig, dims: list[int]) -> dict[str, Any]:
+def retrieval_result(collected: dict[str, Any], cfg: AlignmentConfig, dims: list[int]) -> dict[str, Any]:
     """Nested retrieval metrics of collected embeddings for the configured pairs at `dims`."""
     labels = collected["labels"]
     has_labels = labels.numel() > 0 and bool((labels >= 0).any())
@@ -177,7 +116,7 @@ def retrieval_result(collected: dict[str, Any], cfg: ExperimentConfig, dims: lis
     )
 
 
-def eval_dims(cfg: ExperimentConfig, mrl_dims: list[int]) -> list[int]:
+def eval_dims(cfg: AlignmentConfig, mrl_dims: list[int]) -> list[int]:
     """The dims to evaluate: eval.dims, else the MRL dims; each must fit the projection."""
     dims = list(cfg.eval.dims) if cfg.eval.dims is not None else list(mrl_dims)
     top = cfg.model.projection.max_dim
@@ -193,7 +132,7 @@ class RetrievalEvaluator:
     """eg-train's `evaluate_fn(model, step)`: retrieval on the validation split, flat metric names."""
 
     def __init__(
-        self, cfg: ExperimentConfig, loader: ShardLoader, dims: list[int], device: torch.device
+        self, cfg: AlignmentConfig, loader: ShardLoader, dims: list[int], device: torch.device
     ) -> None:
         self.cfg, self.loader, self.dims, self.device = cfg, loader, dims, device
 
@@ -207,7 +146,7 @@ class RetrievalEvaluator:
 
 def write_evaluation(
     collected: dict[str, Any],
-    cfg: ExperimentConfig,
+    cfg: AlignmentConfig,
     dims: list[int],
     out_dir: str | Path,
     split: str,
@@ -254,25 +193,28 @@ def print_report(report: dict[str, Any]) -> None:
     print(format_table(report["retrieval"]))
 
 
-def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str, split_dir: str = "") -> dict[str, Any]:
+def encoders_of(model: nn.Module) -> dict[str, Any]:
+    """{modality: encoder} of an AlignmentModel, for `loader_for_encoders`."""
+    return {name: tower.encoder for name, tower in getattr(model, "module", model).towers.items()}
+
+
+def evaluate_checkpoint(cfg: AlignmentConfig, checkpoint: str, split_dir: str = "") -> dict[str, Any]:
     """Rebuild the model from `cfg`, load `checkpoint`'s weights, evaluate the test split (or `split_dir`).
 
-    Rewrites outputs/<experiment_name>/eval.json and embedding_space.png; returns the eval dict.
+    Writes nothing but its results: outputs/<experiment_name>/eval.json and embedding_space.png.
+    Returns the eval dict (on rank 0; {} elsewhere).
     """
     from eg_train import init_distributed, load_model_weights
 
-    from apps.alignment import AlignmentModel
-    from apps.stage1 import prepare
+    from apps.alignment.build import build_model
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     info = init_distributed(cfg.train.device)
-    torch.manual_seed(cfg.seed)
-    towers = prepare(cfg, info.is_main)
-    model = AlignmentModel(cfg, towers)
+    model = build_model(cfg)
     meta = load_model_weights(model, checkpoint)
     model.to(info.device)
-    loader_cfg = train_loader_config(cfg, towers)
+    loader_cfg = loader_for_encoders(cfg.data.train, encoders_of(model), "data.train")
     shard_dir = split_dir or cfg.data.test_dir
     loader = eval_loader(
         loader_cfg, shard_dir, cfg.eval.batch_size, "--split-dir" if split_dir else "data.test_dir"

@@ -1,20 +1,29 @@
-"""Command-line entry points of the apps: argument parsing and the one-line handling of user errors.
+"""Command-line entry points of the apps: argument parsing, dispatch on the config's stage, and the
+one-line handling of user errors.
 
 `apps/train/__main__.py` and `apps/evaluate/__main__.py` are thin scripts that call into here, so that the
 parsing is testable in-process and user errors (a bad config key, a missing data path, a corrupt checkpoint)
 print one line without a traceback and exit with status 2. Bugs are not caught: they stay loud.
+
+A YAML's top-level `stage:` key (default `alignment`) names the stage package under apps/ that owns the
+config tree and the run; each stage package exposes `CONFIG`, `train(cfg)` and `evaluate(cfg, checkpoint,
+split_dir)`. Stages are imported by name, so no stage imports another through here.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
-from apps.config import ConfigError, load_config, to_yaml
+from apps.common.config import ConfigError, load_config, read_yaml, to_yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STAGES = {"alignment": "apps.alignment", "qa": "apps.qa"}
 CONFIGS_DIR = REPO_ROOT / "configs"
 USER_ERROR_EXIT = 2
 
@@ -73,6 +82,19 @@ def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def stage_of(path: str | Path, overrides: Sequence[str]) -> tuple[ModuleType, Any]:
+    """The stage package named by the YAML's `stage:` key (or a `--set stage=...`), and the loaded config."""
+    stage = read_yaml(Path(path)).get("stage", "alignment")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key.strip() == "stage":
+            stage = value.strip()
+    if stage not in STAGES:
+        raise ConfigError(f"{path}: stage={stage!r} is not one of {', '.join(STAGES)}")
+    module = importlib.import_module(STAGES[stage])
+    return module, load_config(module.CONFIG, path, overrides)
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
     """`uv run apps/train --config FILE [--set a.b=value ...] [--print-config]`."""
     parser = config_parser("apps/train", "Train an Edge Glass experiment described by a YAML config.")
@@ -80,15 +102,30 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def main() -> int:
-        from apps.experiment import ExperimentConfig
-
-        cfg = load_config(ExperimentConfig, args.config, args.overrides)
+        stage, cfg = stage_of(args.config, args.overrides)
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
-        from apps.stage1 import run
+        stage.train(cfg)
+        return 0
 
-        run(cfg)
+    return run_guarded(main)
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    """`uv run apps/evaluate --config FILE --checkpoint PATH [--split-dir DIR] [--set a.b=value ...]`."""
+    parser = config_parser("apps/evaluate", "Held-out evaluation of a checkpoint (retrieval or QA).")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="e.g. checkpoints/demo/checkpoint_best.pt"
+    )
+    parser.add_argument(
+        "--split-dir", default="", metavar="DIR", help="shard folder to evaluate (default data.test_dir)"
+    )
+    args = parser.parse_args(argv)
+
+    def main() -> int:
+        stage, cfg = stage_of(args.config, args.overrides)
+        stage.evaluate(cfg, args.checkpoint, args.split_dir)
         return 0
 
     return run_guarded(main)

@@ -22,8 +22,8 @@ from eg_losses import ContrastiveLoss, MatryoshkaLoss, MatryoshkaLossConfig, res
 from eg_resampler import PerceiverResampler, PerceiverResamplerConfig
 from torch import nn
 
-from apps.config import ConfigError
-from apps.experiment import BATCH_KEY, ExperimentConfig
+from apps.alignment.config import BATCH_KEY, AlignmentConfig
+from apps.common.config import ConfigError
 
 
 class ModalityTower(nn.Module):
@@ -65,18 +65,34 @@ class ModalityTower(nn.Module):
             encoder.pooling = MeanPooling()
         self.projection = MatryoshkaProjection.from_config(projection_cfg, width)
 
+    @property
+    def token_dim(self) -> int:
+        """Width D of `tokens()`: the resampler's latent width, else the encoder's."""
+        return self.resampler.config.dim if self.resampler is not None else self.encoder.output_dim
+
+    def encode(self, batch: dict[str, Any]) -> Any:
+        """The encoder's output (EncoderOutput: tokens, mask, pooled) for this modality's inputs in `batch`."""
+        if self.name == "audio":
+            return self.encoder(batch["audio"], batch.get("audio_mask"))
+        return self.encoder(batch[BATCH_KEY[self.name]])
+
+    def tokens(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tower's token sequence: (tokens (B, N, D), mask (B, N) bool, True = valid).
+
+        The resampler's latents (all valid) where the tower has one, else the encoder's tokens and mask.
+        """
+        out = self.encode(batch)
+        if self.resampler is None:
+            return out.tokens, out.mask
+        latents = self.resampler(out.tokens, out.mask)  # (B, L, D_r)
+        return latents, torch.ones(latents.shape[:2], dtype=torch.bool, device=latents.device)
+
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """The modality's inputs from `batch` -> (B, max_dim)."""
-        key = BATCH_KEY[self.name]
-        if self.name == "audio":
-            out = self.encoder(batch["audio"], batch.get("audio_mask"))
-        else:
-            out = self.encoder(batch[key])
         if self.resampler is None:
-            pooled = out.pooled  # (B, D)
+            pooled = self.encode(batch).pooled  # (B, D)
         else:
-            latents = self.resampler(out.tokens, out.mask)  # (B, L, D_r)
-            all_valid = torch.ones(latents.shape[:2], dtype=torch.bool, device=latents.device)  # (B, L)
+            latents, all_valid = self.tokens(batch)  # (B, L, D_r), (B, L)
             pooled = self.pooling(latents, all_valid)  # (B, D_r)
         return self.projection(pooled.float())  # (B, max_dim)
 
@@ -84,10 +100,10 @@ class ModalityTower(nn.Module):
 class AlignmentModel(nn.Module):
     """Towers for the configured modalities and, per pair, ContrastiveLoss + MatryoshkaLoss (sharing a temperature)."""
 
-    def __init__(self, cfg: ExperimentConfig, towers: nn.ModuleDict) -> None:
+    def __init__(self, cfg: AlignmentConfig, towers: nn.ModuleDict) -> None:
         super().__init__()
         self.cfg = cfg
-        self.towers = towers  # {modality: ModalityTower}, built by apps.stage1.prepare
+        self.towers = towers  # {modality: ModalityTower}, built by apps.alignment.build.build_towers
         self.max_dim = cfg.model.projection.max_dim
         losses = cfg.losses
         self.mrl_dims = resolve_mrl_dims(losses.mrl_dims, self.max_dim)

@@ -18,7 +18,7 @@ from eg_losses import ContrastiveLossConfig
 from eg_resampler import PerceiverResamplerConfig
 from eg_train import TrainerConfig
 
-from apps.demo_models import DemoModelsConfig
+from apps.alignment.demo_models import DemoModelsConfig
 
 MODALITIES = ("vision", "audio", "text")
 # The eg-data batch key (and presence mask prefix) that feeds each modality's encoder.
@@ -125,7 +125,7 @@ class EvalConfig:
 
 
 @dataclass
-class ExperimentConfig:
+class AlignmentConfig:
     """A stage-1 alignment experiment: everything `uv run apps/train --config FILE` needs.
 
     num_threads: on a busy or small CPU machine 1 is far faster than oversubscribed threads.
@@ -135,6 +135,7 @@ class ExperimentConfig:
     the data order and the Matryoshka dim draws; `train.seed` seeds the trainer's per-rank RNG.
     """
 
+    stage: str = "alignment"  # the stage package that runs this config (apps/alignment)
     experiment_name: str = "alignment"
     seed: int = 0
     num_threads: int = 0  # torch intra-op threads per process; 0 = torch's default
@@ -146,6 +147,8 @@ class ExperimentConfig:
     demo_models: DemoModelsConfig | None = None  # write tiny random-init backbones first (the demo)
 
     def __post_init__(self) -> None:
+        if self.stage != "alignment":
+            raise ValueError(f"stage={self.stage!r}: this config tree is stage 'alignment'")
         if not self.experiment_name or "/" in self.experiment_name:
             raise ValueError(f"experiment_name={self.experiment_name!r} must be a non-empty name without '/'")
         defaults = TrainerConfig()
@@ -190,11 +193,51 @@ class ExperimentConfig:
                 raise ValueError(f"eval.{key}={getattr(self.eval, key)} must be >= 1")
         if self.eval.max_val_samples < 0 or self.eval.plot_max_points < 0:
             raise ValueError("eval.max_val_samples and eval.plot_max_points must be >= 0")
+        self._check_dims()
         batch_keys = {BATCH_KEY[m] for m in present}
         wanted = set(self.data.train.modalities)
         if not batch_keys <= wanted:
             missing = sorted(batch_keys - wanted)
             raise ValueError(f"data.train.modalities {sorted(wanted)} lacks {missing}, which model.* needs")
+
+    def _check_dims(self) -> None:
+        """Matryoshka and evaluation dims against the projection width (two components: checked here)."""
+        top = self.model.projection.max_dim
+        losses = self.losses
+        dims = losses.mrl_dims
+        if dims is not None:
+            if not dims or any(d < 1 for d in dims) or list(dims) != sorted(set(dims)):
+                raise ValueError(
+                    f"losses.mrl_dims={list(dims)} must be distinct dims >= 1 in increasing order"
+                )
+            if dims[-1] > top:
+                raise ValueError(
+                    f"losses.mrl_dims={list(dims)} goes above model.projection.max_dim={top}; "
+                    "drop the larger dims or widen the projection"
+                )
+        num_dims = len(dims) if dims is not None else None
+        if losses.mrl_weights is not None and num_dims is not None and len(losses.mrl_weights) != num_dims:
+            raise ValueError(
+                f"losses.mrl_weights has {len(losses.mrl_weights)} weights for {num_dims} losses.mrl_dims"
+            )
+        if losses.num_sampled_mrl_dims < 0:
+            raise ValueError(f"losses.num_sampled_mrl_dims={losses.num_sampled_mrl_dims} must be >= 0")
+        if num_dims is not None and losses.num_sampled_mrl_dims > num_dims:
+            raise ValueError(
+                f"losses.num_sampled_mrl_dims={losses.num_sampled_mrl_dims} is more than the "
+                f"{num_dims} losses.mrl_dims"
+            )
+        if losses.sample_single_mrl_dim and losses.num_sampled_mrl_dims > 0:
+            raise ValueError(
+                "losses.sample_single_mrl_dim and losses.num_sampled_mrl_dims are both set; choose one"
+            )
+        if self.eval.dims is not None:
+            bad = [d for d in self.eval.dims if not 1 <= d <= top]
+            if bad or not self.eval.dims:
+                raise ValueError(
+                    f"eval.dims={list(self.eval.dims)} must be non-empty and within 1..{top} "
+                    "(model.projection.max_dim)"
+                )
 
     def modalities(self) -> list[str]:
         """The configured modalities, in the fixed order vision, audio, text."""

@@ -1,14 +1,19 @@
 """Typed experiment configs: YAML files loaded into trees of dataclasses, with dotted `--set` overrides.
 
 Each component owns a small dataclass (eg-train's `TrainerConfig`, eg-encoders' `VisionEncoderConfig`, ...);
-the apps nest them into one tree. OmegaConf structured configs do the merging and the type checking, so an
-unknown key, a wrong type or a missing required value is caught before anything runs. Every failure a user can
-cause becomes one `ConfigError` line naming the file and the key path; the apps print it and exit 2.
+the stages nest them into one tree. OmegaConf structured configs do the merging and the type checking, so an
+unknown key, a wrong type or a missing required value is caught before anything runs. The tree is then
+built bottom-up by `_build`, which knows where each dataclass sits in the YAML: a component's own validation
+(its `__post_init__`) names the key relative to itself (`temperature must be > 0`), and the path is added here
+(`losses.infonce.temperature must be > 0`). The packages never learn where they are nested. Every failure a
+user can cause becomes one `ConfigError` line naming the file and the key path; the apps print it and exit 2.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,7 +39,8 @@ def _key_of(exc: OmegaConfBaseException) -> str:
     return str(getattr(exc, "full_key", "") or "")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The YAML mapping in `path` (an empty file is {}); ConfigError for a missing file or bad YAML."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -77,15 +83,16 @@ def _apply_override(cfg: DictConfig, key: str, value: Any, item: str) -> None:
         raise ConfigError(f"--set {item}: key '{key}': {_describe(exc)}") from None
 
 
-def load_config(schema: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:
-    """Load `path` (YAML) into an instance of the dataclass `schema`, then apply `KEY=VALUE` overrides.
+def load_config(schema: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:
+    """Load `path` (YAML; None = the schema's defaults) into an instance of the dataclass `schema`, then
+    apply `KEY=VALUE` overrides.
 
     Raises ConfigError, with the file and the dotted key in its one-line message, for a missing or unreadable
     file, an unknown key, a value of the wrong type, a bad override, a required value left unset, or a value
     that the dataclass's own validation (`__post_init__`) rejects.
     """
-    path = Path(path)
-    raw = _read_yaml(path)
+    raw = read_yaml(Path(path)) if path is not None else {}
+    path = Path(path) if path is not None else Path("--set")
     cfg = OmegaConf.structured(schema)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.create(raw))
@@ -101,12 +108,49 @@ def load_config(schema: type[T], path: str | Path, overrides: Sequence[str] = ()
         raise ConfigError(
             f"{path}: required key '{missing[0]}' has no value (set it in the file or with --set)"
         )
+    return _build(schema, OmegaConf.to_container(cfg, resolve=True), "", path)
+
+
+def build_config(schema: type[T], raw: dict[str, Any], source: str | Path) -> T:
+    """Validate a plain dict (e.g. the config stored in a checkpoint) as `schema`, as `load_config` does."""
     try:
-        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(raw))
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"{path}: key '{_key_of(exc)}': {_describe(exc)}") from None
-    except ValueError as exc:  # a component's own validation in __post_init__
-        raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from None
+        key = _key_of(exc)
+        raise ConfigError(
+            f"{source}: key '{key}': {_describe(exc)}" if key else f"{source}: {_describe(exc)}"
+        ) from None
+    return _build(schema, OmegaConf.to_container(cfg, resolve=True), "", Path(str(source)))
+
+
+def _build(tp: Any, value: Any, key: str, path: Path) -> Any:
+    """Instantiate `value` (plain containers) as type `tp`, dataclasses bottom-up, adding `key` to errors."""
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(tp) if arg is not type(None)]
+        tp = options[0] if len(options) == 1 else Any
+        origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        hints = typing.get_type_hints(tp)
+        kwargs = {
+            f.name: _build(hints[f.name], value[f.name], f"{key}.{f.name}" if key else f.name, path)
+            for f in dataclasses.fields(tp)
+            if f.init and f.name in value
+        }
+        try:
+            return tp(**kwargs)
+        except ValueError as exc:  # the component's own validation, naming keys relative to itself
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"{path}: {key}.{message}" if key else f"{path}: {message}") from None
+    if origin is list and isinstance(value, list):
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_build(item, v, f"{key}[{i}]", path) for i, v in enumerate(value)]
+    if origin is dict and isinstance(value, dict):
+        item = (typing.get_args(tp) or (Any, Any))[1]
+        return {k: _build(item, v, f"{key}.{k}", path) for k, v in value.items()}
+    return value
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -1,0 +1,118 @@
+"""Building stage 1 from its config: the demo assets a training run may need first, the towers, the model,
+and `load_aligned`, which rebuilds a trained model from the config stored in its checkpoint.
+
+Training and evaluation share `build_model`; only training calls `prepare_assets` (which writes the demo
+backbones and data where configured and missing), so evaluating or loading a checkpoint writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from eg_data import build_demo_dataset, read_all
+from eg_encoders import AudioEncoder, TextEncoder, VisionEncoder
+from eg_train import load_checkpoint, load_model_weights
+from eg_train.distributed import barrier
+from torch import nn
+
+from apps.alignment import demo_models
+from apps.alignment.config import AlignmentConfig
+from apps.alignment.model import AlignmentModel, ModalityTower
+from apps.common.config import ConfigError, build_config
+
+
+def prepare_assets(cfg: AlignmentConfig, is_main: bool) -> None:
+    """Write the demo backbones and build the demo dataset where configured and missing (rank 0 writes).
+
+    Order matters: the demo images are built at the vision encoder's size, and the demo text model's
+    vocabulary comes from the training captions.
+    """
+    if cfg.demo_models is not None and is_main:
+        demo_models.write_vision_audio(cfg.demo_models)
+    barrier()
+    if cfg.data.build_demo and is_main:
+        vision = cfg.model.vision
+        size = VisionEncoder(vision.encoder).image_spec.size if vision is not None else 32
+        build_demo_dataset(cfg.data.build_demo, image_size=size, seed=cfg.seed)
+    barrier()
+    if cfg.demo_models is not None and is_main:
+        train_dir = cfg.data.train.shard_dir
+        if not Path(train_dir).is_dir():
+            raise ConfigError(
+                f"data.train.shard_dir={train_dir!r} does not exist; the demo text model needs it"
+            )
+        captions = [
+            s["txt"].decode() if isinstance(s.get("txt"), bytes) else str(s.get("txt", ""))
+            for s in read_all(train_dir)
+        ]
+        demo_models.write_text(cfg.demo_models, captions)
+    barrier()
+
+
+def build_towers(cfg: AlignmentConfig) -> nn.ModuleDict:
+    """One ModalityTower per configured modality, its encoder loaded from the configured backbone."""
+    model_cfg = cfg.model
+    towers = nn.ModuleDict()
+    if model_cfg.vision is not None:
+        towers["vision"] = ModalityTower(
+            "vision",
+            VisionEncoder(model_cfg.vision.encoder),
+            model_cfg.projection,
+            model_cfg.vision.resampler,
+        )
+    if model_cfg.audio is not None:
+        towers["audio"] = ModalityTower(
+            "audio", AudioEncoder(model_cfg.audio.encoder), model_cfg.projection, model_cfg.audio.resampler
+        )
+    if model_cfg.text is not None:
+        towers["text"] = ModalityTower("text", TextEncoder(model_cfg.text.encoder), model_cfg.projection)
+    return towers
+
+
+def build_model(cfg: AlignmentConfig) -> AlignmentModel:
+    """The AlignmentModel of `cfg`, seeded by `cfg.seed` so every rank starts from the same weights."""
+    torch.manual_seed(cfg.seed)
+    return AlignmentModel(cfg, build_towers(cfg))
+
+
+@dataclass
+class Aligned:
+    """A trained stage-1 model: its resolved config, the model and the towers (frozen, eval mode)."""
+
+    config: AlignmentConfig
+    model: AlignmentModel
+    checkpoint: str
+    step: int
+
+    @property
+    def towers(self) -> nn.ModuleDict:
+        """{modality: ModalityTower}, each (B, ...) inputs -> (B, max_dim) or `.tokens(batch)`."""
+        return self.model.towers
+
+
+def config_of_checkpoint(checkpoint: str | Path) -> AlignmentConfig:
+    """The stage-1 config stored in `checkpoint`, validated as if it had been loaded from YAML."""
+    ckpt = load_checkpoint(checkpoint)
+    raw: dict[str, Any] = ckpt.get("run_config") or {}
+    if raw.get("stage", "alignment") != "alignment" or "model" not in raw:
+        raise ConfigError(
+            f"{checkpoint}: not a stage-1 (alignment) checkpoint; its config has no stage-1 model"
+        )
+    return build_config(AlignmentConfig, raw, f"{checkpoint} (stored config)")
+
+
+def load_aligned(checkpoint: str | Path, device: str | torch.device = "cpu") -> Aligned:
+    """Rebuild the stage-1 model from the config stored in `checkpoint` and load its weights strictly.
+
+    A key missing from the checkpoint, a key the rebuilt model lacks, or a shape that differs is a one-line
+    error naming the key and the file (never a silently random tower). The backbone files the config names
+    (pretrained weights of frozen parts) must be where they were when the model was trained.
+    """
+    cfg = config_of_checkpoint(checkpoint)
+    model = build_model(cfg)
+    meta = load_model_weights(model, checkpoint)
+    model.to(device).eval().requires_grad_(False)
+    return Aligned(config=cfg, model=model, checkpoint=str(checkpoint), step=int(meta.get("step") or 0))

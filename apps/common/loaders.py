@@ -1,0 +1,87 @@
+"""eg-data loaders as both stages use them: training settings completed from the encoders, evaluation
+loaders over a held-out split, and the shard-folder checks that turn a wrong path into one line.
+
+The image size/mean/std and the audio context are dictated by the encoders (`image_spec`, `audio_spec`);
+a YAML that sets a different value is refused instead of being overwritten silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+from eg_data import AudioTransformConfig, ImageTransformConfig, LoaderConfig, ShardLoader, load_index
+
+from apps.common.config import ConfigError
+
+
+def check_shard_dir(key: str, shard_dir: str) -> None:
+    """ConfigError naming `key` unless `shard_dir` holds shards (*.tar files and/or shards.json)."""
+    folder = Path(shard_dir)
+    if not folder.is_dir():
+        raise ConfigError(
+            f"{key}={shard_dir!r} does not exist; point it at a shard folder "
+            "(make one with `uv run apps/data ...`)"
+        )
+    if not (folder / "shards.json").is_file() and not any(folder.glob("*.tar")):
+        raise ConfigError(f"{key}={shard_dir!r}: no shards there (expected *.tar files and shards.json)")
+
+
+def _check_spec(key: str, configured: Any, default: Any, wanted: Any) -> None:
+    """A data transform value the encoder dictates: fine when unset (default) or equal; else a ConfigError."""
+    if configured != default and configured != wanted:
+        raise ConfigError(
+            f"{key}={configured} conflicts with the encoder, which expects {wanted}; remove the key "
+            "(it is taken from the encoder)"
+        )
+
+
+def loader_for_encoders(loader: LoaderConfig, encoders: Mapping[str, Any], key: str) -> LoaderConfig:
+    """`loader` (the YAML's `key`, e.g. data.train) with image/audio specs from the vision/audio encoders."""
+    image, audio = loader.image, loader.audio
+    if "vision" in encoders:
+        spec = encoders["vision"].image_spec
+        default = ImageTransformConfig()
+        for name, wanted in (("size", spec.size), ("mean", list(spec.mean)), ("std", list(spec.std))):
+            value = getattr(image, name)
+            value = list(value) if isinstance(value, (list, tuple)) else value
+            _check_spec(f"{key}.image.{name}", value, getattr(default, name), wanted)
+        image = dataclasses.replace(image, size=spec.size, mean=list(spec.mean), std=list(spec.std))
+    if "audio" in encoders:
+        spec = encoders["audio"].audio_spec
+        default_audio = AudioTransformConfig()
+        _check_spec(f"{key}.audio.n_mels", audio.n_mels, default_audio.n_mels, spec.n_mels)
+        _check_spec(f"{key}.audio.n_samples", audio.n_samples, default_audio.n_samples, spec.n_samples)
+        audio = dataclasses.replace(audio, n_mels=spec.n_mels, n_samples=spec.n_samples)
+    return dataclasses.replace(loader, image=image, audio=audio)
+
+
+def eval_loader(
+    train_cfg: LoaderConfig, shard_dir: str, batch_size: int, key: str, **changes: Any
+) -> ShardLoader:
+    """A loader over `shard_dir` with the training settings minus shuffling, augmentation and text dropout.
+
+    `changes` overrides further LoaderConfig fields (e.g. the QA stage asks every QA pair).
+    """
+    check_shard_dir(key, shard_dir)
+    streams = max(1, train_cfg.num_workers) * (dist.get_world_size() if dist.is_initialized() else 1)
+    per_stream = sum(info.num_samples for info in load_index(shard_dir)) // streams
+    # eg-data drops a stream's last partial batch; a divisor of the stream's share keeps every sample.
+    divisors = [b for b in range(1, min(batch_size, max(per_stream, 1)) + 1) if per_stream % b == 0]
+    if divisors and divisors[-1] >= batch_size // 4:
+        batch_size = divisors[-1]
+    cfg = dataclasses.replace(
+        train_cfg,
+        shard_dir=shard_dir,
+        batch_size=batch_size,
+        shuffle=False,
+        text_dropout=0.0,
+        image=dataclasses.replace(train_cfg.image, augment=False),
+        **changes,
+    )
+    loader = ShardLoader(cfg)
+    loader.set_epoch(0)
+    return loader
