@@ -86,16 +86,31 @@ def test_no_valid_rows_gives_zero_connected_to_inputs():
 
 
 @pytest.mark.parametrize(
-    "config",
+    ("changes", "message"),
     [
-        ContrastiveLossConfig(temperature=0.0),
-        ContrastiveLossConfig(max_logit_scale=-1.0),
-        ContrastiveLossConfig(temperature=0.001),  # scale 1000 above the cap of 100
+        ({"temperature": 0}, "temperature must be > 0, got 0.0"),
+        ({"temperature": -0.5}, "temperature must be > 0, got -0.5"),
+        ({"max_logit_scale": -1.0}, "max_logit_scale must be > 0, got -1.0"),
+        (
+            {"temperature": 0.001},  # scale 1000 above the cap of 100
+            (
+                "temperature 0.001 gives a logit scale of 1000, above max_logit_scale 100.0; "
+                "raise the temperature or the cap"
+            ),
+        ),
     ],
 )
-def test_bad_config_raises_loss_error(config):
-    with pytest.raises(LossError, match="contrastive"):
-        ContrastiveLoss(config)
+def test_bad_config_is_refused_at_construction_naming_the_key(changes, message):
+    with pytest.raises(LossError) as error:
+        ContrastiveLossConfig(**changes)
+    assert str(error.value) == message
+
+
+def test_default_and_missing_values_are_accepted_and_build_builds():
+    assert ContrastiveLossConfig().build().logit_scale.item() == pytest.approx(1 / 0.07, rel=1e-6)
+    ContrastiveLossConfig(temperature="???", max_logit_scale="???")  # omegaconf.MISSING: checked later
+    fixed = ContrastiveLossConfig(temperature=0.5, learnable_temperature=False).build()
+    assert isinstance(fixed, ContrastiveLoss) and list(fixed.parameters()) == []
 
 
 def test_bad_inputs_raise_loss_error():

@@ -130,22 +130,52 @@ def test_generator_state_travels_in_state_dict():
 
 
 @pytest.mark.parametrize(
-    ("config", "match"),
+    ("changes", "message"),
     [
-        (MatryoshkaLossConfig(dims=[4, 16]), "above the embedding dim"),
-        (MatryoshkaLossConfig(dims=[4, 2]), "increasing"),
-        (MatryoshkaLossConfig(dims=[2, 2, 4]), "duplicates"),
-        (MatryoshkaLossConfig(dims=[0, 4]), ">= 1"),
-        (MatryoshkaLossConfig(dims=[]), "empty"),
-        (MatryoshkaLossConfig(dims=[2, 4], weights=[1.0]), "one weight per dim"),
-        (MatryoshkaLossConfig(dims=[2, 4], weights=[1.0, -1.0]), "weights"),
-        (MatryoshkaLossConfig(dims=[2, 4], num_sampled_dims=3), "num_sampled_dims"),
-        (MatryoshkaLossConfig(dims=[2, 4], num_sampled_dims=2, sample_single_mrl_dim=True), "choose one"),
+        ({"dims": [4, 2]}, "dims must be increasing, each dim listed once; got [4, 2]"),
+        ({"dims": [2, 2, 4]}, "dims must be increasing, each dim listed once; got [2, 2, 4]"),
+        ({"dims": [0, 4]}, "dims must all be integers >= 1, got [0, 4]"),
+        ({"dims": []}, "dims is empty; list at least one dim, or leave it unset (null) for the defaults"),
+        ({"dims": [2, 4], "weights": [1.0]}, "weights has 1 entries for 2 dims; give one weight per dim"),
+        ({"dims": [2, 4], "weights": [1.0, -1.0]}, "weights must all be >= 0, got [1.0, -1.0]"),
+        ({"num_sampled_dims": -1}, "num_sampled_dims must be >= 0 (0 = every dim), got -1"),
+        (
+            {"dims": [2, 4], "num_sampled_dims": 3},
+            "num_sampled_dims must be within 0..2 (the number of dims), got 3",
+        ),
+        (
+            {"num_sampled_dims": 2, "sample_single_mrl_dim": True},
+            "num_sampled_dims is 2 and sample_single_mrl_dim is set; choose one of the two",
+        ),
     ],
 )
-def test_invalid_settings_raise_loss_error(config, match):
-    with pytest.raises(LossError, match=match):
-        MatryoshkaLoss(ContrastiveLoss(), 8, config)
+def test_bad_config_is_refused_at_construction_naming_the_key(changes, message):
+    with pytest.raises(LossError) as error:
+        MatryoshkaLossConfig(**changes)
+    assert str(error.value) == message
+
+
+def test_checks_that_need_the_embedding_dim_run_at_build():
+    with pytest.raises(LossError, match=r"^dims \[4, 16\] go above the embedding dim 8"):
+        MatryoshkaLossConfig(dims=[4, 16]).build(ContrastiveLoss(), 8)
+    with pytest.raises(LossError, match=r"^dims \[32, 64, 256\] go above the embedding dim 128"):
+        resolve_mrl_dims([32, 64, 256], 128)  # what an app checks at config load
+    with pytest.raises(LossError, match="^weights has 3 entries for 1 dims"):  # defaults below 64: [64]
+        MatryoshkaLossConfig(weights=[1.0, 1.0, 1.0]).build(ContrastiveLoss(), 64)
+    with pytest.raises(LossError, match="^num_sampled_dims must be within 0..1"):
+        MatryoshkaLossConfig(num_sampled_dims=2).build(ContrastiveLoss(), 64)
+    with pytest.raises(LossError, match="^embed_dim must be >= 1, got 0"):
+        resolve_mrl_dims(None, 0)
+
+
+def test_defaults_and_missing_values_are_accepted_and_build_matches_the_constructor():
+    MatryoshkaLossConfig(dims="???", weights="???", num_sampled_dims="???")
+    config = MatryoshkaLossConfig(dims=[2, 4, 8], sample_single_mrl_dim=True, seed=3)
+    built = config.build(ContrastiveLoss(), 8)
+    direct = MatryoshkaLoss(ContrastiveLoss(), 8, config)
+    assert built.dims == direct.dims == [2, 4, 8] and built.weights == [1.0, 1.0, 1.0]
+    assert [built.select_dims() for _ in range(10)] == [direct.select_dims() for _ in range(10)]
+    assert MatryoshkaLossConfig().build(ContrastiveLoss(), 512).dims == [128, 256, 512]
 
 
 def test_wrong_embedding_width_raises():

@@ -5,7 +5,7 @@ from eg_losses.distributed import gather_with_grad
 from eg_losses.errors import LossError
 from eg_losses.matryoshka import DEFAULT_MRL_DIMS, MatryoshkaLoss, MatryoshkaLossConfig, resolve_mrl_dims
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DEFAULT_MRL_DIMS",

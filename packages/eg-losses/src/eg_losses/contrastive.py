@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from eg_losses.distributed import distributed_world, gather_with_grad
-from eg_losses.errors import LossError
+from eg_losses.errors import LossError, is_missing
 
 
 @dataclass
 class ContrastiveLossConfig:
-    """Settings of `ContrastiveLoss`."""
+    """Settings of `ContrastiveLoss`; checked when constructed (LossError naming the key)."""
 
     temperature: float = 0.07  # initial (or fixed) softmax temperature; logit scale = 1 / temperature
     learnable_temperature: bool = True
@@ -35,17 +35,22 @@ class ContrastiveLossConfig:
     gather_distributed: bool = True  # under torch.distributed, use every rank's rows as negatives
     local_loss: bool = False  # local x global logits instead of global x global (see module docstring)
 
-    def validate(self) -> None:
-        """Raise LossError naming the first bad key."""
-        if not self.temperature > 0:
-            raise LossError(f"contrastive.temperature must be > 0, got {self.temperature}")
-        if not self.max_logit_scale > 0:
-            raise LossError(f"contrastive.max_logit_scale must be > 0, got {self.max_logit_scale}")
-        if 1.0 / self.temperature > self.max_logit_scale:
+    def __post_init__(self) -> None:
+        """Raise LossError naming the first bad key (values still omegaconf.MISSING are skipped)."""
+        temperature, cap = self.temperature, self.max_logit_scale
+        if not is_missing(temperature) and not temperature > 0:
+            raise LossError(f"temperature must be > 0, got {float(temperature)}")
+        if not is_missing(cap) and not cap > 0:
+            raise LossError(f"max_logit_scale must be > 0, got {float(cap)}")
+        if not is_missing(temperature) and not is_missing(cap) and 1.0 / temperature > cap:
             raise LossError(
-                f"contrastive.temperature {self.temperature} gives a logit scale above "
-                f"contrastive.max_logit_scale {self.max_logit_scale}; raise the temperature or the cap"
+                f"temperature {float(temperature)} gives a logit scale of {1.0 / temperature:g}, above "
+                f"max_logit_scale {float(cap)}; raise the temperature or the cap"
             )
+
+    def build(self) -> ContrastiveLoss:
+        """Return a ContrastiveLoss with these settings."""
+        return ContrastiveLoss(self)
 
 
 class ContrastiveLoss(nn.Module):
@@ -54,7 +59,6 @@ class ContrastiveLoss(nn.Module):
     def __init__(self, config: ContrastiveLossConfig | None = None) -> None:
         super().__init__()
         self.config = config or ContrastiveLossConfig()
-        self.config.validate()
         log_scale = torch.tensor(math.log(1.0 / self.config.temperature))
         if self.config.learnable_temperature:
             self.log_logit_scale = nn.Parameter(log_scale)

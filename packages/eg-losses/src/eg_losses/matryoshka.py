@@ -10,6 +10,7 @@ every rank (same seed, same number of steps) draws the same dims.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,14 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eg_losses.errors import LossError
+from eg_losses.errors import LossError, is_missing
 
 DEFAULT_MRL_DIMS = [128, 256, 512, 1024, 2048, 4096]
 
 
 @dataclass
 class MatryoshkaLossConfig:
-    """Settings of `MatryoshkaLoss`."""
+    """Settings of `MatryoshkaLoss`; checked when constructed (LossError naming the key).
+
+    What depends on the embedding width (dims above it, defaults below it, one weight per default dim,
+    num_sampled_dims against the default dims) is checked by `build` / `resolve_mrl_dims`.
+    """
 
     dims: list[int] | None = None  # None: DEFAULT_MRL_DIMS below the embedding dim, then the embedding dim
     weights: list[float] | None = None  # one per dim; None: 1.0 each
@@ -33,25 +38,66 @@ class MatryoshkaLossConfig:
     num_sampled_dims: int = 0  # k > 0: k random dims per step; 0: every dim (or one, see above)
     seed: int = 0  # seed of the generator that draws the dims
 
+    def __post_init__(self) -> None:
+        """Raise LossError naming the first bad key (values still omegaconf.MISSING are skipped)."""
+        if self.dims is not None and not is_missing(self.dims):
+            check_mrl_dims(self.dims)
+        num_dims = None if self.dims is None or is_missing(self.dims) else len(self.dims)
+        if self.weights is not None and not is_missing(self.weights):
+            check_mrl_weights(self.weights, num_dims)
+        k = self.num_sampled_dims
+        if is_missing(k):
+            return
+        if k < 0:
+            raise LossError(f"num_sampled_dims must be >= 0 (0 = every dim), got {k}")
+        if num_dims is not None and k > num_dims:
+            raise LossError(f"num_sampled_dims must be within 0..{num_dims} (the number of dims), got {k}")
+        if self.sample_single_mrl_dim is True and k not in (0, 1):
+            raise LossError(
+                f"num_sampled_dims is {k} and sample_single_mrl_dim is set; choose one of the two"
+            )
+
+    def build(self, loss: Callable[..., torch.Tensor], embed_dim: int) -> MatryoshkaLoss:
+        """Return a MatryoshkaLoss applying `loss` at these nested dims of `embed_dim`-wide embeddings."""
+        return MatryoshkaLoss(loss, embed_dim, self)
+
+
+def check_mrl_dims(dims: list[int]) -> None:
+    """Raise LossError unless `dims` is a non-empty increasing list of distinct integers >= 1."""
+    dims = list(dims)
+    if not dims:
+        raise LossError("dims is empty; list at least one dim, or leave it unset (null) for the defaults")
+    if any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in dims):
+        raise LossError(f"dims must all be integers >= 1, got {dims}")
+    if any(b <= a for a, b in itertools.pairwise(dims)):
+        raise LossError(f"dims must be increasing, each dim listed once; got {dims}")
+
+
+def check_mrl_weights(weights: list[float], num_dims: int | None) -> None:
+    """Raise LossError unless every weight is >= 0 and (when known) there is one per dim."""
+    weights = list(weights)
+    if any(not w >= 0 for w in weights):
+        raise LossError(f"weights must all be >= 0, got {weights}")
+    if num_dims is not None and len(weights) != num_dims:
+        raise LossError(f"weights has {len(weights)} entries for {num_dims} dims; give one weight per dim")
+
 
 def resolve_mrl_dims(dims: list[int] | None, embed_dim: int) -> list[int]:
-    """Return the validated nested dims for an embedding of width `embed_dim` (see MatryoshkaLossConfig)."""
+    """Return the nested dims for embeddings of width `embed_dim`, or raise LossError.
+
+    `dims` None gives DEFAULT_MRL_DIMS below `embed_dim`, then `embed_dim`. A given list must be
+    increasing, distinct, >= 1 and at most `embed_dim` (the message starts with "dims"). Pure: an
+    application can call it at config load to check its dims against its projection width.
+    """
     if embed_dim < 1:
-        raise LossError(f"matryoshka embed_dim must be >= 1, got {embed_dim}")
+        raise LossError(f"embed_dim must be >= 1, got {embed_dim}")
     if dims is None:
         return [d for d in DEFAULT_MRL_DIMS if d < embed_dim] + [embed_dim]
     dims = list(dims)
-    if not dims:
-        raise LossError("matryoshka.dims is empty; list at least one dim, or leave it unset for the defaults")
-    if any(d < 1 for d in dims):
-        raise LossError(f"matryoshka.dims must all be >= 1, got {dims}")
-    if len(set(dims)) != len(dims):
-        raise LossError(f"matryoshka.dims has duplicates: {dims}; list each dim once")
-    if dims != sorted(dims):
-        raise LossError(f"matryoshka.dims must be in increasing order, got {dims}")
+    check_mrl_dims(dims)
     if dims[-1] > embed_dim:
         raise LossError(
-            f"matryoshka.dims {dims} go above the embedding dim {embed_dim}; drop the larger ones"
+            f"dims {dims} go above the embedding dim {embed_dim}; drop the larger ones or widen the embedding"
         )
     return dims
 
@@ -73,24 +119,13 @@ class MatryoshkaLoss(nn.Module):
         weights = self.config.weights
         if weights is None:
             weights = [1.0] * len(self.dims)
-        if len(weights) != len(self.dims):
-            raise LossError(
-                f"matryoshka.weights has {len(weights)} entries for {len(self.dims)} dims "
-                f"{self.dims}; give one weight per dim"
-            )
-        if any(w < 0 for w in weights):
-            raise LossError(f"matryoshka.weights must be >= 0, got {list(weights)}")
+        check_mrl_weights(weights, len(self.dims))
         self.weights = [float(w) for w in weights]
         k = self.config.num_sampled_dims
-        if self.config.sample_single_mrl_dim and k not in (0, 1):
+        if k > len(self.dims):
             raise LossError(
-                f"matryoshka.sample_single_mrl_dim is set and matryoshka.num_sampled_dims is {k}; "
-                "choose one of the two"
-            )
-        if not 0 <= k <= len(self.dims):
-            raise LossError(
-                f"matryoshka.num_sampled_dims must be within 0..{len(self.dims)} "
-                f"(the number of dims), got {k}"
+                f"num_sampled_dims must be within 0..{len(self.dims)} (the number of dims "
+                f"{self.dims}), got {k}"
             )
         self.generator = torch.Generator().manual_seed(self.config.seed)
 
