@@ -19,7 +19,7 @@ def test_output_shape_and_config_build():
     model = _model()
     assert model(torch.randn(3, 7, 12)).shape == (3, 5, 16)
     torch.manual_seed(0)
-    same = PerceiverResampler.from_config(CONFIG)
+    same = PerceiverResampler(CONFIG)  # the constructor build() calls: same weights from the same seed
     assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), same.state_dict().values()))
     assert model.config == CONFIG
     no_proj = _model(input_dim=None)
@@ -82,18 +82,27 @@ def test_fully_masked_sample_stays_finite():
 
 
 @pytest.mark.parametrize(
-    ("changes", "key"),
+    ("changes", "message"),
     [
-        ({"dim": 0}, "resampler.dim"),
-        ({"heads": -1}, "resampler.heads"),
-        ({"input_dim": 0}, "resampler.input_dim"),
-        ({"dropout": 1.5}, "resampler.dropout"),
-        ({"num_latents": 2.5}, "resampler.num_latents"),
+        ({"dim": -3}, "dim must be >= 1, got -3"),
+        ({"dim": 0}, "dim must be >= 1, got 0"),
+        ({"heads": -1}, "heads must be >= 1, got -1"),
+        ({"depth": 0}, "depth must be >= 1, got 0"),
+        ({"input_dim": 0}, "input_dim must be >= 1, got 0"),
+        ({"max_num_media": 0}, "max_num_media must be >= 1, got 0"),
+        ({"dropout": 1.5}, "dropout must be in [0, 1), got 1.5"),
+        ({"num_latents": 2.5}, "num_latents must be an integer, got 2.5"),
     ],
 )
-def test_bad_config_raises_naming_the_key(changes, key):
-    with pytest.raises(ResamplerError, match=key):
-        PerceiverResamplerConfig(**{**CONFIG.__dict__, **changes}).build()
+def test_bad_config_is_refused_at_construction_naming_the_key(changes, message):
+    with pytest.raises(ResamplerError) as error:
+        PerceiverResamplerConfig(**{**CONFIG.__dict__, **changes})
+    assert str(error.value) == message
+
+
+def test_defaults_and_missing_values_are_accepted():
+    assert PerceiverResamplerConfig().build()(torch.randn(1, 3, 512)).shape == (1, 64, 512)
+    PerceiverResamplerConfig(dim="???", input_dim="???", dropout="???")  # omegaconf.MISSING: later
 
 
 def test_bad_inputs_raise():

@@ -3,6 +3,6 @@
 from eg_resampler.errors import ResamplerError
 from eg_resampler.perceiver import PerceiverResampler, PerceiverResamplerConfig
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["PerceiverResampler", "PerceiverResamplerConfig", "ResamplerError"]

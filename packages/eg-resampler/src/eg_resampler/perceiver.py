@@ -8,18 +8,20 @@ other than `dim` are projected first. Optional learned media (time/frame) embedd
 `max_num_media` images or frames apart when the input is (B, M, T, D_in).
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eg_resampler.errors import ResamplerError
+from eg_resampler.errors import ResamplerError, is_missing
 
 
 @dataclass
 class PerceiverResamplerConfig:
-    """Settings of `PerceiverResampler`."""
+    """Settings of `PerceiverResampler`; checked when constructed (ResamplerError naming the key)."""
 
     dim: int = 512  # width of the latents and of the output
     depth: int = 2  # number of (attention, feed-forward) layers
@@ -31,22 +33,33 @@ class PerceiverResamplerConfig:
     max_num_media: int | None = None  # learned media/frame embeddings for up to this many; None: none
     dropout: float = 0.0  # on attention weights and the feed-forward hidden layer
 
-    def validate(self) -> None:
-        """Raise ResamplerError naming the first bad key."""
-        for key in ("dim", "depth", "num_latents", "heads", "dim_head", "ff_mult"):
+    def __post_init__(self) -> None:
+        """Raise ResamplerError naming the first bad key (values still omegaconf.MISSING are skipped)."""
+        for key in (
+            "dim",
+            "depth",
+            "num_latents",
+            "heads",
+            "dim_head",
+            "ff_mult",
+            "input_dim",
+            "max_num_media",
+        ):
             value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ResamplerError(f"resampler.{key} must be an integer >= 1, got {value!r}")
-        for key in ("input_dim", "max_num_media"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ResamplerError(f"resampler.{key} must be an integer >= 1 or null, got {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ResamplerError(f"resampler.dropout must be in [0, 1), got {self.dropout}")
+            if value is None and key in ("input_dim", "max_num_media"):
+                continue
+            if is_missing(value):
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ResamplerError(f"{key} must be an integer, got {value!r}")
+            if value < 1:
+                raise ResamplerError(f"{key} must be >= 1, got {value}")
+        if not is_missing(self.dropout) and not 0.0 <= self.dropout < 1.0:
+            raise ResamplerError(f"dropout must be in [0, 1), got {self.dropout}")
 
-    def build(self) -> "PerceiverResampler":
+    def build(self) -> PerceiverResampler:
         """Return a PerceiverResampler with these settings."""
-        return PerceiverResampler.from_config(self)
+        return PerceiverResampler(self)
 
 
 class PerceiverAttention(nn.Module):
@@ -107,60 +120,26 @@ class FeedForward(nn.Module):
 class PerceiverResampler(nn.Module):
     """Resample (B, T, D_in) or (B, M, T, D_in) inputs with a key-padding mask to (B, num_latents, dim)."""
 
-    def __init__(
-        self,
-        dim: int,
-        depth: int,
-        num_latents: int = 64,
-        heads: int = 8,
-        dim_head: int = 64,
-        ff_mult: int = 4,
-        input_dim: int | None = None,
-        max_num_media: int | None = None,
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, config: PerceiverResamplerConfig) -> None:
         super().__init__()
-        self.config = PerceiverResamplerConfig(
-            dim=dim,
-            depth=depth,
-            num_latents=num_latents,
-            heads=heads,
-            dim_head=dim_head,
-            ff_mult=ff_mult,
-            input_dim=input_dim,
-            max_num_media=max_num_media,
-            dropout=dropout,
-        )
-        self.config.validate()
-        self.input_dim = input_dim or dim
+        self.config = config
+        dim, dropout = config.dim, config.dropout
+        self.input_dim = config.input_dim or dim
         self.input_proj = nn.Linear(self.input_dim, dim) if self.input_dim != dim else nn.Identity()
-        self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)  # (L, D)
+        self.latents = nn.Parameter(torch.randn(config.num_latents, dim) * 0.02)  # (L, D)
         self.media_embed = (
-            nn.Parameter(torch.randn(max_num_media, dim) * 0.02) if max_num_media else None
+            nn.Parameter(torch.randn(config.max_num_media, dim) * 0.02) if config.max_num_media else None
         )  # (M, D)
         self.layers = nn.ModuleList(
             nn.ModuleList(
-                [PerceiverAttention(dim, heads, dim_head, dropout), FeedForward(dim, ff_mult, dropout)]
+                [
+                    PerceiverAttention(dim, config.heads, config.dim_head, dropout),
+                    FeedForward(dim, config.ff_mult, dropout),
+                ]
             )
-            for _ in range(depth)
+            for _ in range(config.depth)
         )
         self.norm = nn.LayerNorm(dim)
-
-    @classmethod
-    def from_config(cls, config: PerceiverResamplerConfig) -> "PerceiverResampler":
-        """Build from a PerceiverResamplerConfig."""
-        config.validate()
-        return cls(
-            dim=config.dim,
-            depth=config.depth,
-            num_latents=config.num_latents,
-            heads=config.heads,
-            dim_head=config.dim_head,
-            ff_mult=config.ff_mult,
-            input_dim=config.input_dim,
-            max_num_media=config.max_num_media,
-            dropout=config.dropout,
-        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Return the latents (B, num_latents, dim) after reading x.
@@ -171,7 +150,7 @@ class PerceiverResampler(nn.Module):
         if x.ndim not in (3, 4) or x.shape[-1] != self.input_dim:
             raise ResamplerError(
                 f"resampler input must be (B, T, {self.input_dim}) or (B, M, T, {self.input_dim}), "
-                f"got {tuple(x.shape)}; set resampler.input_dim to the encoder width"
+                f"got {tuple(x.shape)}; set the config's input_dim to the input width"
             )
         if mask is None:
             mask = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
@@ -187,8 +166,8 @@ class PerceiverResampler(nn.Module):
         if self.media_embed is not None:
             if num_media > self.media_embed.shape[0]:
                 raise ResamplerError(
-                    f"resampler got {num_media} media per sample, above "
-                    f"resampler.max_num_media={self.media_embed.shape[0]}"
+                    f"resampler got {num_media} media per sample, above its "
+                    f"max_num_media={self.media_embed.shape[0]}"
                 )
             x = x + self.media_embed[:num_media, None, :]  # (M, 1, D) broadcast over tokens
         x = x.flatten(1, 2)  # (B, M*T, D)
