@@ -65,3 +65,38 @@ def test_bad_overrides_exit_2_with_one_line(
 def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert train_main(["--config", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml: config file not found" in capsys.readouterr().err
+
+
+# (override, the key as the YAML writes it): each refused by --print-config, before anything is built.
+BAD_VALUES = [
+    ("train.lr=-1", "train.lr"),
+    ("data.train.batch_size=0", "data.train.batch_size"),
+    ("train.precision=fp8", "train.precision"),
+    ("losses.mrl_dims=[32,64,256]", "losses.mrl_dims"),
+    ("losses.infonce.temperature=0", "losses.infonce.temperature"),
+    ("model.audio.resampler.dim=-3", "model.audio.resampler.dim"),
+    ("model.audio.resampler.num_latents=0", "model.audio.resampler.num_latents"),
+    ("model.vision.encoder.trainable_blocks=-7", "model.vision.encoder.trainable_blocks"),
+    ("model.vision.encoder.pooling.type=maximum", "model.vision.encoder.pooling.type"),
+    ("model.projection.max_dim=0", "model.projection.max_dim"),
+    ("data.train.text_dropout=1.5", "data.train.text_dropout"),
+    ("data.train.num_workers=-1", "data.train.num_workers"),
+    ("train.grad_accum_steps=0", "train.grad_accum_steps"),
+    ("train.warmup_ratio=1.5", "train.warmup_ratio"),
+    ("losses.num_sampled_mrl_dims=5", "losses.num_sampled_mrl_dims"),
+    ("eval.batch_size=0", "eval.batch_size"),
+    ("demo_models.image_size=0", "demo_models.image_size"),
+]
+
+
+@pytest.mark.parametrize(("override", "key"), BAD_VALUES, ids=[k for _, k in BAD_VALUES])
+def test_bad_values_refused_at_load_naming_the_yaml_key(
+    override: str, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = CONFIGS_DIR / "demo.yaml"
+    code = train_main(["--config", str(config), "--set", override, "--print-config"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.startswith(f"error: {config}: {key}"), captured.err
+    assert captured.err[len(f"error: {config}: {key}")] in " =:", captured.err  # the whole key, not a prefix
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err

@@ -19,7 +19,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "linear"):
-            raise ValueError(f"optim.schedule: unknown schedule {self.schedule!r}; use cosine or linear")
+            raise ValueError(f"schedule={self.schedule!r} is not one of cosine, linear")
 
 
 @dataclass
@@ -61,7 +61,7 @@ def test_overrides_are_typed(tmp_path: Path) -> None:
         ("name: a\n", ["optim.nope=1"], "optim.nope"),
         ("name: a\n", ["steps"], "KEY=VALUE"),
         ("steps: 3\n", [], "name"),
-        ("name: a\noptim:\n  schedule: step\n", [], "optim.schedule"),
+        ("name: a\noptim:\n  schedule: step\n", [], "optim.schedule='step' is not one of"),
         ("name: [unclosed\n", [], "not valid YAML"),
     ],
 )
@@ -87,3 +87,10 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
     cfg = load_config(ToyConfig, write(tmp_path, "name: a\nsteps: 7\n"), ["optim.lr=0.5"])
     again = load_config(ToyConfig, write(tmp_path, to_yaml(cfg)))
     assert again == cfg
+
+
+def test_nested_validation_gets_the_yaml_path(tmp_path: Path) -> None:
+    """A component names its key relative to itself; the loader adds where it sits in the YAML."""
+    with pytest.raises(ConfigError) as info:
+        load_config(ToyConfig, write(tmp_path, "name: a\n"), ["optim.schedule=step"])
+    assert str(info.value) == f"{tmp_path / 'exp.yaml'}: optim.schedule='step' is not one of cosine, linear"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from apps.common.plots import plot_embedding_space
+from apps.common.plots import label_colours, plot_embedding_space
 from apps.common.retrieval import (
     MEAN_RECALL_KEY,
     direction_metrics,
@@ -126,3 +126,12 @@ def test_embedding_space_plot_is_written(tmp_path) -> None:
     )
     with Image.open(path) as image:
         assert image.size[0] > 500 and image.size[1] > 500
+
+
+def test_label_palette_keeps_twenty_labels_apart() -> None:
+    """Up to 20 labels get 20 different colours (tab10 repeated past ten before: labels 0 and 10 matched)."""
+    for count in (3, 10, 11, 20, 35):
+        colours = label_colours(list(range(count)))
+        assert len(set(colours.values())) == count, count
+    twenty = label_colours(list(range(20)))
+    assert twenty[0] != twenty[10]

@@ -37,6 +37,26 @@ class DemoModelsConfig:
     text_width: int = 64
     text_layers: int = 2
 
+    def __post_init__(self) -> None:
+        for key in (
+            "image_size",
+            "patch_size",
+            "vision_width",
+            "vision_layers",
+            "n_mels",
+            "n_audio_ctx",
+            "audio_width",
+            "audio_layers",
+            "text_width",
+            "text_layers",
+        ):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}"
+            )
+
 
 def _fresh(folder: Path, cfg: DemoModelsConfig, part: str) -> bool:
     """True when `folder` holds `part` written with these exact settings."""

@@ -6,8 +6,9 @@ and per modality pair a contrastive loss plus a Matryoshka (MRL) loss.
 the samples that have both modalities: `text_present` is False for captions removed by text dropout, so
 those rows are neither positives nor negatives (several empty captions would otherwise be false negatives).
 
-In eval mode the MRL term averages every dim with its weight instead of drawing dims, so validation never
-advances the training-time dim generator (which keeps resumed runs exact) and is comparable across steps.
+In eval mode the MRL term uses every dim with its weight instead of drawing dims, so validation never
+advances the training-time dim generator and is comparable across steps; it is scaled to the expected value
+of the training draw (k of n dims), so validation and training losses share one scale.
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ class AlignmentModel(nn.Module):
         self.max_dim = cfg.model.projection.max_dim
         losses = cfg.losses
         self.mrl_dims = resolve_mrl_dims(losses.mrl_dims, self.max_dim)
+        sampled = 1 if losses.sample_single_mrl_dim else losses.num_sampled_mrl_dims
+        self.mrl_dims_per_step = sampled or len(self.mrl_dims)  # k of the n dims trained each step
         self.pairs = list(cfg.model.pairs)
         self.pair_weights = {pair: float(losses.pair_weights.get(pair, 1.0)) for pair in self.pairs}
         self.contrastive = nn.ModuleDict()
@@ -165,14 +168,19 @@ class AlignmentModel(nn.Module):
         return out
 
     def _mrl_all_dims(self, pair: str, a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """The MRL loss over every dim with its weight, drawing nothing (eval mode)."""
+        """The MRL loss in eval mode: every dim, drawing nothing, on the training loss's scale.
+
+        Training sums the weighted losses of the k dims it draws out of n (k = n when all are used), so its
+        expected value is k/n times the weighted sum over all dims; validation reports exactly that (the
+        full sum when every dim is trained, the mean when one dim is drawn), so both curves share an axis.
+        """
         mrl = self.mrl[pair]
         total = a.new_zeros(())
         for dim, weight in zip(mrl.dims, mrl.weights):
             total = total + weight * mrl.loss(
                 F.normalize(a[:, :dim], dim=-1), F.normalize(b[:, :dim], dim=-1), valid=valid
             )
-        return total
+        return total * (self.mrl_dims_per_step / len(mrl.dims))
 
     def param_groups(self, default_lr: float) -> list[dict[str, Any]]:
         """AdamW groups: each tower's trainable encoder weights at its `lr` (-1 = default), the rest at default.

@@ -21,6 +21,21 @@ from sklearn.manifold import TSNE
 MARKERS = ("o", "^", "s", "D", "v")
 
 
+def label_colours(values: list[int]) -> dict[int, tuple[float, float, float, float]]:
+    """A distinct colour per label: tab10 up to 10 labels, tab20 (hues first, then their light twins) up to
+    20, evenly spaced on a perceptual colormap beyond that (distinct but no longer nameable in a legend)."""
+    values = sorted(set(values))
+    if len(values) <= 10:
+        cmap = plt.get_cmap("tab10")
+        return {v: cmap(i) for i, v in enumerate(values)}
+    if len(values) <= 20:
+        cmap = plt.get_cmap("tab20")
+        order = list(range(0, 20, 2)) + list(range(1, 20, 2))  # ten strong hues, then ten light ones
+        return {v: cmap(order[i]) for i, v in enumerate(values)}
+    cmap = plt.get_cmap("turbo")
+    return {v: cmap(i / (len(values) - 1)) for i, v in enumerate(values)}
+
+
 def _project(points: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """2-D PCA and t-SNE of (N, D) points; t-SNE perplexity is capped for small N."""
     pca = PCA(n_components=2, random_state=seed).fit_transform(points)
@@ -50,7 +65,10 @@ def plot_embedding_space(
         chosen[name] = (points[keep], None if point_labels is None else np.asarray(point_labels)[keep])
     rows = list(chosen) + (["all"] if len(chosen) > 1 else [])
     fig, axes = plt.subplots(len(rows), 2, figsize=(10, 4.2 * len(rows)), squeeze=False)
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap("tab10")  # modalities, when unlabelled
+    label_values = sorted({int(v) for _, lab in chosen.values() if lab is not None for v in lab if v >= 0})
+    colour_of = label_colours(label_values)
+    grey = (0.5, 0.5, 0.5, 1.0)
     for row, name in enumerate(rows):
         if name == "all":
             points = np.concatenate([p for p, _ in chosen.values()])
@@ -71,7 +89,7 @@ def plot_embedding_space(
                 xy = view[offset : offset + count]
                 offset += count
                 colours = np.array(
-                    [cmap(int(v) % 10) if v >= 0 else (0.5, 0.5, 0.5, 1.0) for v in group_labels]
+                    [colour_of.get(int(v), grey) for v in group_labels]
                     if group_labels is not None
                     else [cmap(index)] * count
                 )  # (count, 4) RGBA
@@ -90,15 +108,19 @@ def plot_embedding_space(
             ax.set_yticks([])
             if len(groups) > 1:
                 ax.legend(loc="best", fontsize=8, markerscale=1.5)
-    label_values = sorted({int(v) for _, lab in chosen.values() if lab is not None for v in lab if v >= 0})
+    right = 0.97
     if label_values and len(label_values) <= 20:
         handles = [
-            plt.Line2D([], [], marker="o", linestyle="", color=cmap(v % 10), label=str(v))
+            plt.Line2D([], [], marker="o", linestyle="", color=colour_of[v], label=str(v))
             for v in label_values
         ]
-        fig.legend(handles=handles, title="label", loc="upper right", fontsize=8)
+        columns = 1 if len(label_values) <= 10 else 2
+        fig.legend(handles=handles, title="label", loc="upper right", fontsize=8, ncol=columns)
+        right = 0.94 if columns == 1 else 0.90
+    elif label_values:
+        fig.text(0.99, 0.99, f"{len(label_values)} labels (colour scale)", ha="right", va="top", fontsize=8)
     fig.suptitle("Held-out embeddings in the shared space")
-    fig.tight_layout(rect=(0, 0, 0.94, 0.97))
+    fig.tight_layout(rect=(0, 0, right, 0.97))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
