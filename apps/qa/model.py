@@ -65,7 +65,9 @@ class QAModel(nn.Module):
         for m in self.modalities:
             flag = batch.get(f"{BATCH_KEY[m]}_present")
             rows.append(
-                torch.ones(size, dtype=torch.bool) if flag is None else torch.as_tensor(flag, dtype=torch.bool)
+                torch.ones(size, dtype=torch.bool)
+                if flag is None
+                else torch.as_tensor(flag, dtype=torch.bool)
             )
         return torch.stack(rows).to(device)
 
@@ -86,7 +88,9 @@ class QAModel(nn.Module):
             keep = keep | (back & lost_all[None])
         return keep
 
-    def modality_tokens(self, batch: dict[str, Any], names: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def modality_tokens(
+        self, batch: dict[str, Any], names: Sequence[str]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{modality: (projected tokens (B, N_m, H), token mask (B, N_m) bool)} for `names`."""
         grad = self.training and self.train_resampler
         out = {}

@@ -1,0 +1,32 @@
+"""Stage 2, question answering: the frozen stage-1 towers feed a decoder (TRM, a tiny baseline or Qwen with
+LoRA) through one PrefixProjector per modality; the decoder answers questions about images and audio.
+
+The stage interface the entry points dispatch on (`stage: qa` in a YAML): `CONFIG` (the config tree),
+`train(cfg)`, `evaluate(cfg, checkpoint, split_dir)`. Heavy imports stay inside the functions so that
+loading or printing a config is fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apps.qa.config import QAConfig
+
+CONFIG = QAConfig
+
+
+def train(cfg: QAConfig) -> None:
+    """Train and evaluate one stage-2 experiment (apps/qa/run.py)."""
+    from apps.qa.run import train as run_train
+
+    run_train(cfg)
+
+
+def evaluate(cfg: QAConfig, checkpoint: str, split_dir: str = "") -> dict[str, Any]:
+    """Held-out QA evaluation of `checkpoint` on data.test_dir (or `split_dir`); writes eval.json."""
+    from apps.qa.evaluate import evaluate_checkpoint
+
+    return evaluate_checkpoint(cfg, checkpoint, split_dir)
+
+
+__all__ = ["CONFIG", "QAConfig", "evaluate", "train"]

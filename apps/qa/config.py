@@ -1,0 +1,210 @@
+"""The typed config tree of a stage-2 (question answering) experiment, loaded by `apps.common.config.load_config`.
+
+A stage-2 config names a stage-1 checkpoint and nothing else about stage 1: the towers are rebuilt from the
+config stored in that checkpoint. The decoder is a `type:`-picked variant (OmegaConf structured configs
+cannot hold a Union): `model.decoder.type` names it and only that variant's key (`trm`, `tiny` or `qwen`)
+may be set; it holds eg-decoders' own config dataclass. Every dataclass validates on construction and names
+the key relative to itself; `load_config` adds the YAML path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from eg_data import LoaderConfig
+from eg_decoders import QwenDecoderConfig, TinyDecoderConfig, TRMConfig
+from eg_train import TrainerConfig
+
+from apps.common.config import ConfigError
+
+MISSING = "???"  # omegaconf.MISSING: a required value not given yet (load_config refuses it)
+PREFIX_ORDER = ("vision", "audio")  # the decoder sees [image tokens][audio tokens][question][answer]
+BATCH_KEY = {"vision": "image", "audio": "audio"}  # eg-data's batch key (and presence flag prefix)
+DECODER_VARIANTS = {"trm": TRMConfig, "tiny": TinyDecoderConfig, "qwen": QwenDecoderConfig}
+
+
+@dataclass
+class Stage1Config:
+    """The stage-1 checkpoint whose towers encode the prefix (e.g. checkpoints/demo/checkpoint_best.pt)."""
+
+    checkpoint: str = MISSING
+
+
+@dataclass
+class DecoderChoice:
+    """`type` picks the decoder; only its key (`trm`, `tiny` or `qwen`) may be set, unset means its defaults.
+
+    The variant's `prefix_dim` stays 0: the QA model puts one PrefixProjector per modality in front of the
+    decoder (the variant's `projector` picks its kind), since modalities differ in width.
+    """
+
+    type: str = "trm"
+    trm: TRMConfig | None = None
+    tiny: TinyDecoderConfig | None = None
+    qwen: QwenDecoderConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.type == MISSING:
+            return
+        if self.type not in DECODER_VARIANTS:
+            raise ConfigError(f"type={self.type!r} is not one of {', '.join(DECODER_VARIANTS)}")
+        for other in DECODER_VARIANTS:
+            if other != self.type and getattr(self, other) is not None:
+                raise ConfigError(
+                    f"{other} is set but type is {self.type!r}, so it would be ignored; "
+                    f"remove {other} or set type: {other}"
+                )
+        if getattr(self, self.type) is None:
+            setattr(self, self.type, DECODER_VARIANTS[self.type]())
+        variant = self.variant()
+        if getattr(variant, "type", self.type) != self.type:
+            raise ConfigError(f"{self.type}.type={variant.type!r} must be {self.type!r} (or left out)")
+        if variant.prefix_dim != 0:
+            raise ConfigError(
+                f"{self.type}.prefix_dim={variant.prefix_dim}: the QA model projects each modality "
+                "itself (one projector per modality); leave it 0"
+            )
+
+    def variant(self) -> TRMConfig | TinyDecoderConfig | QwenDecoderConfig:
+        """The chosen variant's config."""
+        return getattr(self, self.type)
+
+
+@dataclass
+class ModalityDropoutConfig:
+    """Training only: the probability that a sample loses each modality from its prefix.
+
+    A sample that would lose all of them gets one back (picked uniformly) unless `allow_none`. With 0.3
+    and 0.3: both 49 %, image only 25.5 %, audio only 25.5 %.
+    """
+
+    vision: float = 0.0
+    audio: float = 0.0
+    allow_none: bool = False
+
+    def __post_init__(self) -> None:
+        for key in PREFIX_ORDER:
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{key}={value} must be a probability in [0, 1]")
+
+
+@dataclass
+class QAModelConfig:
+    """The VLM: which stage-1 towers feed the prefix, whether the resampler trains, the decoder, dropout.
+
+    modalities: towers of the stage-1 checkpoint used as prefix, from vision and audio (in that order).
+    train_resampler: unfreeze the towers' Perceiver Resamplers (encoders and projections stay frozen).
+    """
+
+    modalities: list[str] = field(default_factory=lambda: ["vision", "audio"])
+    train_resampler: bool = False
+    decoder: DecoderChoice = field(default_factory=DecoderChoice)
+    modality_dropout: ModalityDropoutConfig = field(default_factory=ModalityDropoutConfig)
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modalities if m not in PREFIX_ORDER]
+        if bad:
+            raise ConfigError(f"modalities: {bad} not supported; use any of {list(PREFIX_ORDER)}")
+        if not self.modalities:
+            raise ConfigError("modalities is empty; list at least one of vision, audio")
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ConfigError(f"modalities lists a modality twice: {list(self.modalities)}")
+
+
+def _qa_loader() -> LoaderConfig:
+    return LoaderConfig(modalities=["image", "audio", "qa"], required=["qa"])
+
+
+@dataclass
+class QADataConfig:
+    """Shards with QA pairs in their json (`qa: [{question, answer}, ...]`).
+
+    train: eg-data's loader; every step sees one QA pair per sample, drawn per (seed, epoch, sample).
+        `image.size/mean/std` and `audio.n_mels/n_samples` come from the stage-1 encoders.
+    val_dir / test_dir: read with train's settings minus shuffling and augmentation, every QA pair asked.
+    """
+
+    train: LoaderConfig = field(default_factory=_qa_loader)
+    val_dir: str = "data/demo/val"
+    test_dir: str = "data/demo/test"
+
+    def __post_init__(self) -> None:
+        if "qa" not in self.train.required:
+            raise ConfigError(
+                f"train.required={list(self.train.required)} must include 'qa': a sample without a "
+                "QA pair has nothing to train on"
+            )
+
+
+@dataclass
+class QAEvalConfig:
+    """Generation-based evaluation: on val during training (exact match), on test at the end.
+
+    batch_size: samples per evaluation batch (each with all its QA pairs). max_new_tokens: answer length cap.
+    max_val_samples: samples of val whose pairs are generated at each validation (0 = all; -1 = none:
+        validation then reports the teacher-forced loss only).
+    max_questions: rows of the per-question table (the most frequent questions; the rest pooled as
+        "(other)"). num_rows: (question, reference, generated) rows kept in eval.json; print_rows: printed.
+    """
+
+    batch_size: int = 64
+    max_new_tokens: int = 16
+    max_val_samples: int = 0
+    max_questions: int = 20
+    num_rows: int = 30
+    print_rows: int = 6
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "max_new_tokens", "max_questions"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.max_val_samples < -1:
+            raise ConfigError(f"max_val_samples={self.max_val_samples} must be >= -1 (-1 = no generation)")
+        for key in ("num_rows", "print_rows"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 0")
+
+
+@dataclass
+class QAConfig:
+    """A stage-2 experiment: `uv run apps/train --config FILE` with `stage: qa`.
+
+    Outputs go to `train.output_dir` / `train.checkpoint_dir`, by default outputs/<experiment_name> and
+    checkpoints/<experiment_name>. `seed` seeds the decoder's initialization; `train.seed` the trainer's
+    per-rank RNG, which also draws the modality dropout.
+    """
+
+    stage: str = "qa"
+    experiment_name: str = "qa"
+    seed: int = 0
+    num_threads: int = 0  # torch intra-op threads per process; 0 = torch's default
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    data: QADataConfig = field(default_factory=QADataConfig)
+    model: QAModelConfig = field(default_factory=QAModelConfig)
+    train: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: QAEvalConfig = field(default_factory=QAEvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.stage != "qa":
+            raise ConfigError(f"stage={self.stage!r}: this config tree is stage 'qa'")
+        if not self.experiment_name or "/" in self.experiment_name:
+            raise ConfigError(
+                f"experiment_name={self.experiment_name!r} must be a non-empty name without '/'"
+            )
+        if self.num_threads < 0:
+            raise ConfigError(f"num_threads={self.num_threads} must be >= 0 (0 = torch's default)")
+        defaults = TrainerConfig()
+        if self.train.output_dir == defaults.output_dir:
+            self.train.output_dir = f"outputs/{self.experiment_name}"
+        if self.train.checkpoint_dir == defaults.checkpoint_dir:
+            self.train.checkpoint_dir = f"checkpoints/{self.experiment_name}"
+        wanted = [BATCH_KEY[m] for m in self.model.modalities]
+        lacking = [k for k in wanted if k not in self.data.train.modalities]
+        if lacking:
+            raise ConfigError(
+                f"data.train.modalities={list(self.data.train.modalities)} lacks {lacking}, "
+                "which model.modalities needs"
+            )
+        if "qa" not in self.data.train.modalities:
+            raise ConfigError("data.train.modalities must include 'qa'")

@@ -1,0 +1,262 @@
+"""Held-out QA evaluation: every QA pair of every sample answered by greedy generation with the prefix from
+every modality, each modality alone, and none (blind), beside the majority answer per question; normalized
+exact match and token F1, overall and per question; eval.json and the printed table.
+
+Each rank answers its share of the split; the shares are gathered and de-duplicated by (sample key,
+question), so the scores are those of the whole split whatever the world size.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from eg_train.distributed import all_gather_objects
+from torch import nn
+
+from apps.qa.config import BATCH_KEY, QAConfig
+
+ARTICLES = re.compile(r"\b(a|an|the)\b")
+PUNCTUATION = str.maketrans("", "", string.punctuation)
+MAJORITY = "majority"
+BLIND = "blind"
+OTHER_QUESTIONS = "(other)"
+
+
+# ---- scoring ----------------------------------------------------------------------------------
+def normalize_answer(text: str) -> str:
+    """Lowercase, drop punctuation and the articles a/an/the, collapse whitespace (SQuAD's normalization)."""
+    text = text.lower().translate(PUNCTUATION)
+    return " ".join(ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the normalized strings are equal, else 0.0."""
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """F1 of the normalized tokens (bag of words, as SQuAD); two empty answers score 1.0."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def prefix_variants(modalities: Sequence[str]) -> dict[str, list[str]]:
+    """{name: prefix modalities}: all of them, each alone (when there are several), and none (blind)."""
+    names = [BATCH_KEY[m] for m in modalities]
+    variants = {"+".join(names): list(modalities)}
+    if len(modalities) > 1:
+        variants.update({BATCH_KEY[m]: [m] for m in modalities})
+    variants[BLIND] = []
+    return variants
+
+
+def majority_answers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The most frequent answer per question (ties: the alphabetically first); "" maps to the overall one."""
+    per_question: dict[str, Counter] = {}
+    overall: Counter = Counter()
+    for question, answer in pairs:
+        per_question.setdefault(question, Counter())[answer] += 1
+        overall[answer] += 1
+
+    def top(counts: Counter) -> str:
+        best = max(counts.values())
+        return min(a for a, n in counts.items() if n == best)
+
+    result = {q: top(c) for q, c in per_question.items()}
+    result[""] = top(overall) if overall else ""
+    return result
+
+
+def score_rows(rows: list[dict[str, Any]], variants: Sequence[str], max_questions: int) -> dict[str, Any]:
+    """Exact match and token F1 per variant, overall and per question (the `max_questions` most frequent)."""
+    counts = Counter(row["question"] for row in rows)
+    shown = [q for q, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_questions]]
+    group = {q: (q if q in shown else OTHER_QUESTIONS) for q in counts}
+    questions = shown + ([OTHER_QUESTIONS] if len(shown) < len(counts) else [])
+    result: dict[str, Any] = {"exact_match": {}, "token_f1": {}}
+    for variant in variants:
+        for metric, fn in (("exact_match", exact_match), ("token_f1", token_f1)):
+            sums: dict[str, float] = {q: 0.0 for q in questions}
+            for row in rows:
+                sums[group[row["question"]]] += fn(row["generated"][variant], row["reference"])
+            total = sum(sums.values())
+            sizes = {q: sum(counts[k] for k in counts if group[k] == q) for q in questions}
+            result[metric][variant] = {
+                "overall": total / len(rows) if rows else float("nan"),
+                "per_question": {q: sums[q] / sizes[q] for q in questions},
+            }
+    result["question_counts"] = {q: sum(counts[k] for k in counts if group[k] == q) for q in questions}
+    return result
+
+
+# ---- generation -------------------------------------------------------------------------------
+@torch.no_grad()
+def collect_answers(
+    model: nn.Module,
+    loader: Iterable[dict[str, Any]],
+    variants: dict[str, list[str]],
+    max_new_tokens: int,
+    device: torch.device,
+    max_samples: int = 0,
+) -> list[dict[str, Any]]:
+    """Answer every QA row of `loader` with each prefix variant: [{key, question, reference, generated}].
+
+    Runs on every rank and returns the whole split on every rank (gathered, de-duplicated by
+    (key, question)), in key then question order. `max_samples` > 0 stops after that many samples per rank.
+    """
+    model = getattr(model, "module", model)  # DDP's wrapper
+    local: list[dict[str, Any]] = []
+    seen_keys: set[str] = set()
+    for batch in loader:
+        if max_samples and len(seen_keys) >= max_samples:
+            break
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        has_qa = batch.get("qa_present")
+        rows = [i for i in range(len(batch["question"])) if has_qa is None or bool(has_qa[i])]
+        if not rows:
+            continue
+        answers = {name: model.generate(batch, mods, max_new_tokens) for name, mods in variants.items()}
+        for i in rows:
+            seen_keys.add(batch["key"][i])
+            local.append(
+                {
+                    "key": batch["key"][i],
+                    "question": batch["question"][i],
+                    "reference": batch["answer"][i],
+                    "generated": {name: answers[name][i] for name in variants},
+                }
+            )
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for part in all_gather_objects(local):
+        for row in part:
+            merged.setdefault((row["key"], row["question"]), row)
+    return [merged[k] for k in sorted(merged)]
+
+
+# ---- reports ----------------------------------------------------------------------------------
+def build_report(
+    rows: list[dict[str, Any]], cfg: QAConfig, variants: dict[str, list[str]], majority: dict[str, str]
+) -> dict[str, Any]:
+    """The eval dict: scores per variant (majority first), the variants' modalities, sample rows."""
+    for row in rows:
+        row["generated"][MAJORITY] = majority.get(row["question"], majority.get("", ""))
+    names = [MAJORITY, *variants]
+    scores = score_rows(rows, names, cfg.eval.max_questions)
+    step = max(1, len(rows) // cfg.eval.num_rows) if cfg.eval.num_rows else 0
+    return {
+        "experiment_name": cfg.experiment_name,
+        "num_samples": len({row["key"] for row in rows}),
+        "num_pairs": len(rows),
+        "variants": {MAJORITY: "most frequent training answer per question", **variants},
+        **scores,
+        "majority_answers": {q: a for q, a in majority.items() if q},
+        "rows": rows[::step][: cfg.eval.num_rows] if step else [],
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Exact match per question (rows) and variant (columns), then the overall token F1 line."""
+    names = list(report["exact_match"])
+    width = max([len("question")] + [len(q) for q in report["question_counts"]]) + 2
+    head = f"{'question':<{width}}{'n':>6}" + "".join(f"{n:>14}" for n in names)
+    lines = [head, "-" * len(head)]
+    em = report["exact_match"]
+    lines.append(
+        f"{'exact match (all)':<{width}}{report['num_pairs']:>6}"
+        + "".join(f"{em[n]['overall']:>14.3f}" for n in names)
+    )
+    for question, count in report["question_counts"].items():
+        lines.append(
+            f"{question:<{width}}{count:>6}"
+            + "".join(f"{em[n]['per_question'][question]:>14.3f}" for n in names)
+        )
+    f1 = report["token_f1"]
+    lines.append(
+        f"{'token F1 (all)':<{width}}{report['num_pairs']:>6}"
+        + "".join(f"{f1[n]['overall']:>14.3f}" for n in names)
+    )
+    return "\n".join(lines)
+
+
+def print_report(report: dict[str, Any], num_rows: int) -> None:
+    """The table with a one-line header, then a few (question, reference, generated) rows."""
+    print(
+        f"\nheld-out QA ({report.get('split', '?')}, {report['num_samples']} samples, {report['num_pairs']} "
+        f"question-answer pairs), exact match by prefix:"
+    )
+    print(format_table(report))
+    for row in report["rows"][:num_rows]:
+        answers = ", ".join(f"{n}: {a!r}" for n, a in row["generated"].items())
+        print(f"  {row['key']}  {row['question']!r} -> {row['reference']!r} | {answers}")
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> None:
+    """eval.json in `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+class QAValidator:
+    """eg-train's `evaluate_fn(model, step)`: exact match and token F1 on val with the full prefix."""
+
+    def __init__(self, cfg: QAConfig, loader: Iterable[dict[str, Any]], device: torch.device) -> None:
+        self.cfg, self.loader, self.device = cfg, loader, device
+        self.variant = prefix_variants(cfg.model.modalities)
+        self.variant = dict(list(self.variant.items())[:1])  # all modalities
+
+    def __call__(self, model: nn.Module, step: int) -> dict[str, float]:
+        """{"qa/exact_match", "qa/token_f1"} (logged as val/qa/...)."""
+        rows = collect_answers(
+            model,
+            self.loader,
+            self.variant,
+            self.cfg.eval.max_new_tokens,
+            self.device,
+            self.cfg.eval.max_val_samples,
+        )
+        (name,) = self.variant
+        scores = score_rows(rows, [name], 1)
+        return {
+            "qa/exact_match": scores["exact_match"][name]["overall"],
+            "qa/token_f1": scores["token_f1"][name]["overall"],
+        }
+
+
+def evaluate_checkpoint(cfg: QAConfig, checkpoint: str, split_dir: str = "") -> dict[str, Any]:
+    """Rebuild the QA model (stage-1 towers + decoder), load `checkpoint`, evaluate the test split (or
+    `split_dir`); rewrites outputs/<experiment_name>/eval.json and returns the eval dict."""
+    from eg_train import init_distributed, load_model_weights
+
+    from apps.qa.build import build_model, load_stage1, qa_loader_config
+    from apps.qa.run import evaluate_model
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    info = init_distributed(cfg.train.device)
+    aligned = load_stage1(cfg)
+    model = build_model(cfg, aligned.towers)
+    meta = load_model_weights(model, checkpoint)
+    model.to(info.device)
+    loader_cfg = qa_loader_config(cfg, aligned.towers)
+    key = "--split-dir" if split_dir else "data.test_dir"
+    report = evaluate_model(model, cfg, loader_cfg, split_dir or cfg.data.test_dir, key, info)
+    if info.is_main:
+        report["checkpoint"] = str(checkpoint)
+        report["checkpoint_step"] = meta.get("step")
+        write_report(report, cfg.train.output_dir)
+        print_report(report, cfg.eval.print_rows)
+    return report
