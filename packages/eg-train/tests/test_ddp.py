@@ -67,7 +67,8 @@ def test_two_process_gloo_ddp_matches_one_process(toy, tmp_path):
         for key in ("loss", "grad_norm", "mse", "index_mean", "samples_seen"):
             assert float(r2[key]) == pytest.approx(float(r1[key]), abs=1e-6), key
     ckpt = eg_train.load_checkpoint(tmp_path / "ddp/checkpoints/checkpoint_latest.pt")
-    assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2  # each rank's RNG state is saved
+    assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2  # each rank's RNG state is saved
+    assert not torch.equal(ckpt["ranks"][0]["rng"]["torch"], ckpt["ranks"][1]["rng"]["torch"])
 
 
 def _free_port() -> int:

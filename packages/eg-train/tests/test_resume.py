@@ -144,7 +144,7 @@ def test_trainable_only_checkpoint_and_reload_rule(toy, tmp_path):
     raw = torch.load(path, weights_only=True)  # plain contents: loads with the safe unpickler
     assert raw["model_state_kind"] == "trainable"
     assert set(raw["model"]) == {"net.3.weight", "net.3.bias", "num_forward"}
-    assert len(raw["rng"]) == 1 and raw["run_config"] == {"model": {"hidden": 16}}
+    assert len(raw["ranks"]) == 1 and raw["run_config"] == {"model": {"hidden": 16}}
 
     torch.manual_seed(0)
     rebuilt = toy.ToyModel()  # rebuilt as configured (frozen part included): it comes from the build

@@ -6,6 +6,8 @@ Script use: `python toy_train.py '<json options>'` (see `run_from_options`); tor
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -48,6 +50,43 @@ class ToyData:
         for b in range(self.start_batch, len(self)):
             idx = self.batch_indices(self.epoch, b)
             yield {"x": self.x[idx], "y": self.y[idx], "index": idx, "key": [f"s{i}" for i in idx.tolist()]}
+
+
+class ReportingToyData(ToyData):
+    """ToyData with eg-data's `data_report()`: cumulative within the epoch on this rank, reset by set_epoch,
+    counting the batches yielded so far. Samples with index % 7 == 3 count as corrupt_image, % 11 == 5 as
+    truncated_tar (still yielded: what is tested is the counting); empty_caption never happens."""
+
+    REASONS = ("corrupt_image", "empty_caption", "truncated_tar")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.num_samples = 0
+        self.bad = dict.fromkeys(self.REASONS, 0)
+        self.examples: dict[str, str] = {}
+
+    @staticmethod
+    def reason(index: int) -> str | None:
+        return "corrupt_image" if index % 7 == 3 else "truncated_tar" if index % 11 == 5 else None
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        super().set_epoch(epoch, start_batch)
+        self._reset()
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            for i in batch["index"].tolist():
+                self.num_samples += 1
+                if (reason := self.reason(i)) is not None:
+                    self.bad[reason] += 1
+                    self.examples.setdefault(reason, f"s{i}")
+            yield batch
+
+    def data_report(self) -> dict[str, Any]:
+        return {"samples": self.num_samples, "bad": dict(self.bad), "examples": dict(self.examples)}
 
 
 class ToyDataset(torch.utils.data.Dataset):
@@ -100,6 +139,60 @@ class ToyModel(nn.Module):
         }
 
 
+class ExtraStateSampler(nn.Module):
+    """Draws a prefix width per call from a generator it saves only through get_extra_state (held inside
+    a dict, so the trainer's scan for generator attributes cannot see it): like eg-losses' MatryoshkaLoss."""
+
+    def __init__(self, widths: list[int], seed: int) -> None:
+        super().__init__()
+        self.widths = widths
+        self.rngs = {"draw": torch.Generator().manual_seed(seed)}
+
+    def draw(self) -> int:
+        return self.widths[int(torch.randint(len(self.widths), (1,), generator=self.rngs["draw"]))]
+
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.rngs["draw"].get_state()}
+
+    def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.rngs["draw"].set_state(state["generator"])
+
+
+class AttributeNoise(nn.Module):
+    """Holds a torch.Generator as a plain attribute and no extra state: only the trainer's generic capture
+    of module generators keeps its draws exact across a resume."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, n: int) -> torch.Tensor:
+        return 0.05 * torch.randn(n, generator=self.generator)  # (n,)
+
+
+class SampledToyModel(ToyModel):
+    """ToyModel whose training forward uses a sampled hidden width and sampler noise, plus dropout."""
+
+    def __init__(self, dim: int = 4, hidden: int = 16, dropout: float = 0.2) -> None:
+        super().__init__(dim, hidden, dropout)
+        self.sampler = ExtraStateSampler([4, 8, 16], seed=11)
+        self.noise = AttributeNoise(seed=5)
+
+    def forward(self, batch: dict) -> dict:
+        if not self.training:
+            return super().forward(batch)
+        x, y = batch["x"], batch["y"]  # (B, D), (B,)
+        width = self.sampler.draw()
+        h = self.net[2](self.net[1](self.net[0](x)))  # (B, H)
+        keep = (torch.arange(h.shape[-1]) < width).to(h.dtype)  # (H,)
+        pred = self.net[3](h * keep).squeeze(-1) + self.noise(len(y))  # (B,)
+        loss = ((pred - y) ** 2).mean()
+        self.calls += 1
+        self.num_forward += 1
+        idx = batch["index"].double()
+        return {"loss": loss, "width": torch.tensor(float(width)), "index_mean": idx.mean()}
+
+
 def make_config(out: Path, **overrides: Any) -> eg_train.TrainerConfig:
     """A fast CPU config writing under `out`."""
     base: dict[str, Any] = {
@@ -134,11 +227,26 @@ def run_from_options(opts: dict[str, Any]) -> dict[str, Any]:
     """Build model, data and Trainer from `opts` and fit (used in-process and as a script)."""
     info = eg_train.init_distributed("cpu")
     eg_train.seed_everything(0)
-    model = ToyModel(dropout=opts.get("dropout", 0.0))
-    if opts.get("data", "positioned") == "loader":
+    if opts.get("model") == "sampled":
+        model: ToyModel = SampledToyModel(dropout=opts.get("dropout", 0.2))
+    else:
+        model = ToyModel(dropout=opts.get("dropout", 0.0))
+    kind = opts.get("data", "positioned")
+    if kind == "loader":
         data = torch.utils.data.DataLoader(ToyDataset(), batch_size=opts.get("batch_size", 8), shuffle=True)
     else:
-        data = ToyData(batch_size=opts.get("batch_size", 8), rank=info.rank, world=info.world_size)
+        cls = ReportingToyData if kind == "reporting" else ToyData
+        data = cls(batch_size=opts.get("batch_size", 8), rank=info.rank, world=info.world_size)
+    kill_at = opts.get("kill_at_call", 0)
+    if kill_at:
+        inner_forward = model.forward
+
+        def killed_forward(batch: dict) -> dict:
+            if model.training and model.calls + 1 == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)  # a real SIGKILL in the middle of a step
+            return inner_forward(batch)
+
+        model.forward = killed_forward
     if opts.get("sleep"):
         inner = model.forward
 

@@ -3,11 +3,21 @@ resume, observability (tensorboard, metrics.csv, plots, tqdm, optional wandb).""
 
 from .checkpoint import load_checkpoint, load_model_weights
 from .config import TrainerConfig, WandbConfig
-from .distributed import DistInfo, init_distributed, seed_everything, shutdown_distributed
+from .distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    is_distributed,
+    seed_everything,
+    shutdown_distributed,
+)
 from .errors import TrainError
 from .trainer import Trainer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DistInfo",
@@ -15,7 +25,12 @@ __all__ = [
     "Trainer",
     "TrainerConfig",
     "WandbConfig",
+    "all_gather_objects",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
     "init_distributed",
+    "is_distributed",
     "load_checkpoint",
     "load_model_weights",
     "seed_everything",

@@ -3,8 +3,9 @@
 Reload rule for model weights (`load_model_weights` and resume): the model is rebuilt from its config
 first (frozen pretrained parts come from their own weights), then the checkpoint's model state is
 loaded. Every saved key must exist in the model with the same shape; when the checkpoint holds only
-trainable parameters + buffers (`model_state_kind == "trainable"`), every parameter of the rebuilt model
-that requires grad must also be in it. A "full" checkpoint is loaded with strict=True.
+trainable parameters, buffers and module extra state (`model_state_kind == "trainable"`), every
+parameter of the rebuilt model that requires grad, every buffer and every `_extra_state` must also be in
+it. A "full" checkpoint is loaded with strict=True.
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ from torch import nn
 
 from .errors import TrainError
 
-FORMAT = "eg-train/1"
+FORMAT = "eg-train/2"  # 2: module extra state, per-rank generators, logging window, data report
 LATEST = "checkpoint_latest.pt"
 BEST = "checkpoint_best.pt"
 _STEP_FILE = re.compile(r"^checkpoint_step_(\d+)\.pt$")
+
+
+class FormatError(TrainError):
+    """A readable checkpoint from another eg-train format version: never silently skipped."""
 
 
 def step_file_name(step: int) -> str:
@@ -73,7 +78,12 @@ def model_state(model: nn.Module, trainable_only: bool) -> dict[str, torch.Tenso
         return full
     keep = {n for n, p in model.named_parameters() if p.requires_grad}
     keep |= {n for n, _ in model.named_buffers()}
-    return {k: v for k, v in full.items() if k in keep}
+    return {k: v for k, v in full.items() if k in keep or _is_extra_state(k)}
+
+
+def _is_extra_state(key: str) -> bool:
+    """A module's get_extra_state() entry in a state dict (e.g. a loss's sampler generator)."""
+    return key == "_extra_state" or key.endswith("._extra_state")
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], kind: str, source: str) -> None:
@@ -85,7 +95,11 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], kind: str
             f"{source}: keys not in the rebuilt model (e.g. {unknown[0]}); build the model "
             f"from the checkpoint's config before loading"
         )
-    bad_shape = [k for k, v in state.items() if tuple(own[k].shape) != tuple(v.shape)]
+    bad_shape = [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and tuple(getattr(own[k], "shape", ())) != tuple(v.shape)
+    ]
     if bad_shape:
         k = bad_shape[0]
         raise TrainError(
@@ -95,7 +109,9 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], kind: str
     if kind == "full":
         missing = [k for k in own if k not in state]
     else:
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
+        need = [n for n, p in model.named_parameters() if p.requires_grad]
+        need += [n for n, _ in model.named_buffers() if n in own] + [k for k in own if _is_extra_state(k)]
+        missing = [n for n in need if n not in state]
     if missing:
         raise TrainError(
             f"{source}: model key {missing[0]} is missing from the checkpoint "
@@ -115,19 +131,29 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to a temp file in the same folder, flush + fsync, then os.replace onto `path`.
 
     A crash at any point leaves either the old file or the new one under `path`, never a partial one.
+    An OSError (disk full, ...) removes the temp file and propagates; `path` keeps its old contents.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write_synced(tmp, data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """Write `data` to `path`, flush and fsync (the step where a full disk fails)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def remove_stale_temps(folder: Path) -> None:
@@ -170,7 +196,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, ...: all mean "not a usable file"
         raise TrainError(f"checkpoint {path} is unreadable ({type(e).__name__}); it may be truncated") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if isinstance(fmt, str) and fmt.startswith("eg-train/") and fmt != FORMAT:
+        raise FormatError(
+            f"checkpoint {path} has format {fmt!r}, this eg-train reads {FORMAT!r} (it lacks the module "
+            f"extra state and run state needed for exact resume); retrain, or set resume=never"
+        )
+    if fmt != FORMAT or "model" not in ckpt:
         raise TrainError(f"checkpoint {path} is not an eg-train checkpoint (no format={FORMAT!r})")
     return ckpt
 
@@ -181,7 +213,7 @@ def load_model_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
     Returns the checkpoint's metadata: step, epoch, best metric, `config` and `run_config`.
     """
     ckpt = load_checkpoint(path)
-    load_model_state(model, ckpt["model"], ckpt.get("model_state_kind", "full"), str(path))
+    load_model_state(model, ckpt["model"], ckpt["model_state_kind"], str(path))
     keys = ("step", "epoch", "samples_seen", "best_metric", "best_value", "best_step", "config", "run_config")
     return {k: ckpt.get(k) for k in keys}
 
@@ -205,12 +237,12 @@ def find_resume_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]] | None:
     for path in candidates:
         try:
             return path, load_checkpoint(path)
+        except FormatError:
+            raise
         except TrainError as e:
             warnings.warn(f"{e}; falling back to the next newest checkpoint", stacklevel=2)
     if candidates:
-        raise TrainError(
-            f"no readable checkpoint in {folder}; delete the broken files or set train.resume=never"
-        )
+        raise TrainError(f"no readable checkpoint in {folder}; delete the broken files or set resume=never")
     return None
 
 

@@ -55,13 +55,13 @@ def init_distributed(device: str = "auto") -> DistInfo:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise TrainError(f"train.device={device!r} but CUDA is not available; use cpu or auto")
+            raise TrainError(f"device={device!r} but CUDA is not available; use cpu or auto")
         dev = torch.device(device if ":" in device else f"cuda:{local_rank}")
         torch.cuda.set_device(dev)
     elif device == "cpu":
         dev = torch.device("cpu")
     else:
-        raise TrainError(f"train.device={device!r} is not auto, cpu, cuda or cuda:N")
+        raise TrainError(f"device={device!r} is not auto, cpu, cuda or cuda:N")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs: dict[str, Any] = {"backend": backend, "rank": rank, "world_size": world_size}

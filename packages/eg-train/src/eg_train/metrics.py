@@ -1,4 +1,4 @@
-"""Run logging on rank 0: metrics.csv (resume-safe), tensorboard, optional wandb."""
+"""Run logging on rank 0: metrics.csv (resume-safe), tensorboard, optional wandb; the logging window."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+
+from .errors import TrainError
 
 FIXED_COLUMNS = [
     "step",
@@ -21,6 +23,17 @@ FIXED_COLUMNS = [
     "data_wait_frac",
     "skipped_steps",
 ]
+TIME_COLUMNS = ("samples_per_s", "data_wait_frac")  # wall-clock measurements: differ between runs
+WANDB_MISSING = "wandb.enabled is true but wandb is not installed; pip install 'eg-train[wandb]'"
+
+
+def import_wandb() -> Any:
+    """The wandb module, or TrainError naming the extra to install."""
+    try:
+        import wandb
+    except ImportError:
+        raise TrainError(WANDB_MISSING) from None
+    return wandb
 
 
 def _cell(value: Any) -> str:
@@ -41,9 +54,10 @@ class MetricsCSV:
     """One row per logged step. Columns only grow (the file is rewritten when a new one appears).
 
     On resume, rows after the resumed step are dropped, so appending never duplicates a step.
+    `columns`: further columns known before the first row (e.g. the data report's), in that order.
     """
 
-    def __init__(self, path: Path, resume_step: int | None) -> None:
+    def __init__(self, path: Path, resume_step: int | None, columns: list[str] | None = None) -> None:
         self.path = path
         self.columns: list[str] = list(FIXED_COLUMNS)
         self.rows: list[dict[str, float | None]] = []
@@ -59,6 +73,7 @@ class MetricsCSV:
                     row = {k: _parse(v) for k, v in raw.items() if k is not None and v is not None}
                     if row.get("step") is not None and row["step"] <= resume_step:
                         self.rows.append(row)
+        self.columns.extend(c for c in columns or [] if c not in self.columns)
         self._rewrite()
 
     def _rewrite(self) -> None:
@@ -86,7 +101,8 @@ class MetricsCSV:
 
 
 def _as_int(key: str, value: Any) -> Any:
-    if key in ("step", "epoch", "samples_seen", "skipped_steps") and value is not None:
+    integral = key in ("step", "epoch", "samples_seen", "skipped_steps") or key.startswith("data/")
+    if integral and value is not None and math.isfinite(value):
         return int(value)
     return value
 
@@ -102,9 +118,10 @@ class RunLoggers:
         wandb_cfg: Any,
         run_config: dict[str, Any],
         wandb_run_id: str | None,
+        columns: list[str] | None = None,
     ) -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        self.csv = MetricsCSV(output_dir / "metrics.csv", resume_step)
+        self.csv = MetricsCSV(output_dir / "metrics.csv", resume_step, columns)
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -114,9 +131,9 @@ class RunLoggers:
             purge = resume_step + 1 if resume_step is not None else 0
             self.tb = SummaryWriter(log_dir=str(output_dir / "tensorboard"), purge_step=purge)
         self.wandb_run = None
+        self._wandb: Any = None
         if wandb_cfg is not None and wandb_cfg.enabled:
-            import wandb  # optional dependency, imported only when enabled
-
+            self._wandb = wandb = import_wandb()  # the optional extra, imported only when enabled
             self.wandb_run = wandb.init(
                 project=wandb_cfg.project,
                 name=wandb_cfg.run_name or None,
@@ -143,6 +160,11 @@ class RunLoggers:
         if self.wandb_run is not None:
             self.wandb_run.log(present, step=step)
 
+    def log_images(self, step: int, images: dict[str, Path]) -> None:
+        """Send image files (the plots) to wandb; tensorboard and the csv keep scalars only."""
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: self._wandb.Image(str(p)) for k, p in images.items()}, step=step)
+
     def close(self) -> None:
         """Flush and close every sink."""
         if self.tb is not None:
@@ -154,10 +176,18 @@ class RunLoggers:
 
 
 class LogWindow:
-    """Averages over the steps since the last logged row, with throughput and the data-wait fraction."""
+    """Averages over the steps since the last logged row, with throughput and the data-wait fraction.
+
+    Its sums (not the wall-clock parts) are saved in checkpoints, so the first row after a resume
+    averages the same steps as the uninterrupted run's.
+    """
 
     def __init__(self) -> None:
         self.reset()
+
+    def restart_clock(self) -> None:
+        """Measure throughput from now on (the window's sums are kept)."""
+        self.t0, self.wait = time.perf_counter(), 0.0
 
     def reset(self) -> None:
         """Start a new window now."""
@@ -165,6 +195,23 @@ class LogWindow:
         self.losses: list[float] = []
         self.grad_norms: list[float] = []
         self.parts: dict[str, list[float]] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The steps recorded since the last row (plain data for checkpoints)."""
+        return {
+            "samples": self.samples,
+            "losses": list(self.losses),
+            "grad_norms": list(self.grad_norms),
+            "parts": {k: list(v) for k, v in self.parts.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the window saved by `state_dict` (its clock restarts now)."""
+        self.reset()
+        self.samples = int(state["samples"])
+        self.losses = [float(v) for v in state["losses"]]
+        self.grad_norms = [float(v) for v in state["grad_norms"]]
+        self.parts = {k: [float(x) for x in v] for k, v in state["parts"].items()}
 
     def add_step(self, loss: float, parts: dict[str, float], grad_norm: float, samples: int) -> None:
         """Record one optimizer step; non-finite values are left out of the averages."""

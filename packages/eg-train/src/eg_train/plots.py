@@ -7,6 +7,9 @@ from pathlib import Path
 
 from .metrics import FIXED_COLUMNS
 
+TRAIN_LABEL = "train loss (window mean)"  # each train point averages the steps since the previous row
+VAL_LABEL = "val loss"
+
 
 def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
     xs, ys = [], []
@@ -19,14 +22,15 @@ def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
 
 
 def draw_training_curves(rows: list[dict], path: Path) -> None:
-    """Train and validation loss (log scale when positive) with the learning rate underneath."""
+    """Train loss (mean over each logging window) and validation loss, labelled apart in the legend (log
+    scale when positive and spanning decades), with the learning rate underneath."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 7), dpi=110)
     FigureCanvasAgg(fig)
     ax_loss, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    for key, label, style in (("loss", "train loss", "-"), ("val/loss", "validation loss", "o-")):
+    for key, label, style in (("loss", TRAIN_LABEL, "-"), ("val/loss", VAL_LABEL, "o-")):
         xs, ys = _series(rows, key)
         if xs:
             ax_loss.plot(xs, ys, style, label=label, markersize=4)
@@ -57,7 +61,7 @@ def draw_loss_components(rows: list[dict], path: Path) -> None:
     parts: list[str] = []
     for row in rows:
         for k in row:
-            if k not in FIXED_COLUMNS and not k.startswith("val/") and k not in parts:
+            if k not in FIXED_COLUMNS and not k.startswith(("val/", "data/")) and k not in parts:
                 parts.append(k)
     ncols = min(3, max(1, len(parts)))
     nrows = max(1, math.ceil(len(parts) / ncols))

@@ -14,14 +14,14 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def precision_dtype(precision: str) -> torch.dtype:
     """torch dtype for fp32 | bf16 | fp16."""
     if precision not in _DTYPES:
-        raise TrainError(f"train.precision={precision!r} is not one of fp32, bf16, fp16")
+        raise TrainError(f"precision={precision!r} is not one of fp32, bf16, fp16")
     return _DTYPES[precision]
 
 
 def check_precision(precision: str, device: torch.device) -> None:
     """Fail early when the device cannot run the configured dtype (never fall back silently)."""
     if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise TrainError("train.precision=bf16 but this GPU has no bf16 support; use fp16 or fp32")
+        raise TrainError("precision=bf16 but this GPU has no bf16 support; use fp16 or fp32")
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

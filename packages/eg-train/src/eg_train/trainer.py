@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 import warnings
 from collections.abc import Iterable
@@ -15,10 +16,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ck
+from . import state
 from .config import TrainerConfig
-from .data import BatchStream, batch_size, data_length, move_to_device, open_epoch, split_output
+from .data import (
+    BatchStream,
+    batch_size,
+    data_length,
+    has_position,
+    move_to_device,
+    open_epoch,
+    split_output,
+)
+from .datareport import DataReporter
 from .distributed import (
-    all_gather_objects,
     all_reduce_sum,
     broadcast_object,
     init_distributed,
@@ -27,7 +37,7 @@ from .distributed import (
     shutdown_distributed,
 )
 from .errors import TrainError
-from .metrics import LogWindow, RunLoggers
+from .metrics import LogWindow, RunLoggers, import_wandb
 from .plots import draw_loss_components, draw_training_curves
 from .precision import autocast, check_precision, make_grad_scaler
 from .schedule import build_optimizer, build_scheduler
@@ -41,6 +51,7 @@ class Trainer:
     `evaluate_fn(model, step) -> {name: value}` runs at each validation on every rank, with the unwrapped
     model in eval mode under torch.no_grad(); its metrics are logged as `val/<name>` (rank 0's values).
     `run_config`: the resolved experiment config (plain dict), stored in every checkpoint.
+    When `train_data` has `data_report()` (see datareport.py), its bad-sample counts are logged.
     """
 
     def __init__(
@@ -54,16 +65,21 @@ class Trainer:
         run_config: dict[str, Any] | None = None,
     ) -> None:
         config.validate()
+        if config.wandb.enabled:
+            import_wandb()  # a missing extra fails now, in one line, not at the first log
         self.cfg = config
         self.dist = init_distributed(config.device)
         self.device = self.dist.device
         check_precision(config.precision, self.device)
         self.model = model.to(self.device)
         self.train_data, self.val_data, self.evaluate_fn = train_data, val_data, evaluate_fn
+        self.data_positioned = has_position(train_data)
+        self.reporter = DataReporter(train_data)
         self.run_config = run_config or {}
         self.optimizer = build_optimizer(self.model, config, param_groups)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.steps_per_epoch = self._steps_per_epoch()
+        self.epoch_limit = config.epochs if config.max_steps == 0 else 0  # max_steps overrides epochs
         self.total_steps = self._total_steps()
         self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
         self.scaler = make_grad_scaler(config.precision, self.device)
@@ -71,14 +87,14 @@ class Trainer:
         self.best = BestTracker(config.best_metric, config.best_mode)
         self.output_dir, self.checkpoint_dir = Path(config.output_dir), Path(config.checkpoint_dir)
         self.step = self.epoch = self.batch_in_epoch = self.samples_seen = 0
-        self.num_skipped_steps = self.consecutive_nonfinite = 0
+        self.num_skipped_steps = self.consecutive_nonfinite = self.num_failed_saves = 0
         self.epoch_start_rng: dict[str, Any] | None = None
         self.last_val: dict[str, float] = {}
         self.loggers: RunLoggers | None = None
-        self._wandb_run_id: str | None = None
-        self._last_val_step = self._last_save_step = -1
+        self.wandb_run_id: str | None = None
+        self.window = LogWindow()  # saved in checkpoints: the next row averages the same steps
+        self._last_val_step = self._last_save_step = self._last_written_step = -1
         self._warned_best = False
-        self._window = LogWindow()
         self._pbar: Any = None
 
     # ---- sizing -------------------------------------------------------------------------------
@@ -93,16 +109,14 @@ class Trainer:
     def _total_steps(self) -> int:
         cfg, spe = self.cfg, self.steps_per_epoch
         if cfg.max_steps > 0:
-            return min(cfg.max_steps, cfg.epochs * spe) if cfg.epochs > 0 and spe else cfg.max_steps
+            return cfg.max_steps
         if spe is None:
-            raise TrainError(
-                "train.epochs needs train data with __len__ to size the schedule; set train.max_steps"
-            )
+            raise TrainError("epochs needs train data with __len__ to size the schedule; set max_steps")
         return cfg.epochs * spe
 
     # ---- public -------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train to max_steps/epochs (resuming per `train.resume`); returns a summary dict."""
+        """Train to max_steps/epochs (resuming per the config's `resume`); returns a summary dict."""
         failed = True
         try:
             resumed = self._resume()
@@ -117,10 +131,11 @@ class Trainer:
                     self.step if resumed else None,
                     self.cfg.tensorboard,
                     self.cfg.wandb,
-                    self.run_config,
-                    self._wandb_run_id,
+                    self.run_config or {"train": self.cfg.to_dict()},
+                    self.wandb_run_id,
+                    columns=self.reporter.columns(),
                 )
-                self._wandb_run_id = self.loggers.wandb_run_id
+                self.wandb_run_id = self.loggers.wandb_run_id
                 from tqdm.auto import tqdm
 
                 self._pbar = tqdm(
@@ -131,11 +146,11 @@ class Trainer:
                     disable=not self.cfg.progress_bar,
                 )
             self.model.train()
-            self._window.reset()
-            while self.step < self.total_steps and not (self.cfg.epochs and self.epoch >= self.cfg.epochs):
+            self.window.restart_clock()
+            while self.step < self.total_steps and not (self.epoch_limit and self.epoch >= self.epoch_limit):
                 self._run_epoch()
             if self._last_save_step != self.step:
-                self._save(best=False)
+                self._save(best=False, final=True)
             self._draw_plots()
             failed = False
             return self.summary()
@@ -157,6 +172,7 @@ class Trainer:
             "best_value": self.best.value,
             "best_step": self.best.step,
             "num_skipped_steps": self.num_skipped_steps,
+            "num_failed_saves": self.num_failed_saves,
             "last_validation": dict(self.last_val),
             "checkpoint_dir": str(self.checkpoint_dir),
             "output_dir": str(self.output_dir),
@@ -175,49 +191,22 @@ class Trainer:
         if found is None:
             seed_everything(self.cfg.seed + self.dist.rank)
             return False
-        self._load_state(*found)
-        return True
-
-    def _load_state(self, path: Path, c: dict[str, Any]) -> None:
-        ck.load_model_state(self.model, c["model"], c.get("model_state_kind", "full"), str(path))
-        try:
-            self.optimizer.load_state_dict(c["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise TrainError(
-                f"{path}: optimizer state does not match the param groups ({e}); "
-                f"keep the same param groups or set train.resume=never"
-            ) from None
-        self.scheduler.load_state_dict(c["scheduler"])
-        if c.get("scaler"):
-            self.scaler.load_state_dict(c["scaler"])
-        self.step, self.epoch, self.batch_in_epoch = c["step"], c["epoch"], c["batch_in_epoch"]
-        self.samples_seen, self.num_skipped_steps = c["samples_seen"], c["num_skipped_steps"]
-        self.consecutive_nonfinite = c["consecutive_nonfinite"]
-        self.best.load(c)
-        self._wandb_run_id = c.get("wandb_run_id")
+        path, c = found
+        state.restore(self, path, c)
         self._last_save_step = self._last_val_step = self.step
-        rank = self.dist.rank
-        if c["world_size"] == self.dist.world_size:
-            ck.restore_rng_state(c["rng"][rank], self.device)
-            self.epoch_start_rng = c["epoch_start_rng"][rank]
-        else:
-            warnings.warn(
-                f"{path} was written by {c['world_size']} ranks, this run has {self.dist.world_size}: "
-                f"model and optimizer resume exactly, data order and RNG do not",
-                stacklevel=2,
-            )
-            seed_everything(self.cfg.seed + rank + self.step)
         if self.dist.is_main:
             print(
                 f"eg-train: resumed from {path} at step {self.step} (epoch {self.epoch}, "
                 f"batch {self.batch_in_epoch})",
                 flush=True,
             )
+        return True
 
     # ---- epoch and step -----------------------------------------------------------------------
     def _open_epoch(self) -> BatchStream:
         if self.batch_in_epoch == 0:
             self.epoch_start_rng = ck.capture_rng_state(self.device)
+            self.reporter.new_epoch()
         return open_epoch(self.train_data, self.epoch, self.batch_in_epoch, self.epoch_start_rng, self.device)
 
     def _run_epoch(self) -> None:
@@ -227,13 +216,14 @@ class Trainer:
         while self.step < self.total_steps:
             t0 = time.perf_counter()
             item = stream.next()
-            self._window.wait += time.perf_counter() - t0
+            self.window.wait += time.perf_counter() - t0
             if item is None:
                 if micro == 0 and self.batch_in_epoch == started and started == 0:
                     raise TrainError(f"train data yielded no batch in epoch {self.epoch}; check the dataset")
                 if micro > 0:
                     self._finish_step(micro, acc, epoch_ended=True)
-                else:
+                else:  # the data ended before its length said: no step to attach the epoch's end to
+                    self._report_data(self.reporter.gather(), self.epoch, partial=False)
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                 return
             batch, last_in_epoch = item
@@ -316,16 +306,21 @@ class Trainer:
         step_epoch: int,
     ) -> None:
         cfg = self.cfg
-        self._window.add_step(loss, parts, grad_norm, samples)
-        final = self.step >= self.total_steps or (cfg.epochs > 0 and epoch_ended and self.epoch >= cfg.epochs)
+        self.window.add_step(loss, parts, grad_norm, samples)
+        final = self.step >= self.total_steps or bool(
+            self.epoch_limit and epoch_ended and self.epoch >= self.epoch_limit
+        )
         row: dict[str, float | None] = {}
-        if self.step % cfg.log_every == 0 or final or nonfinite:
+        row_due = self.step % cfg.log_every == 0 or final or nonfinite
+        report = self.reporter.gather() if row_due or epoch_ended or final else None  # collective
+        if row_due:
             row = {
                 "epoch": step_epoch,
                 "samples_seen": self.samples_seen,
                 "lr": lr,
                 "skipped_steps": self.num_skipped_steps,
-                **self._window.row(),
+                **self.window.row(),
+                **(DataReporter.row(report) if report else {}),
             }
             if nonfinite:
                 row["loss"] = loss  # show the bad value on the skipped step's row
@@ -352,12 +347,14 @@ class Trainer:
             if self.best.lookup(self.last_val) is None and not self._warned_best and self.dist.is_main:
                 self._warned_best = True
                 warnings.warn(
-                    f"train.best_metric={cfg.best_metric!r} is not among the validation metrics "
+                    f"best_metric={cfg.best_metric!r} is not among the validation metrics "
                     f"{sorted(self.last_val)}; checkpoint_best.pt is not written",
                     stacklevel=2,
                 )
         if row and self.loggers is not None:
             self.loggers.log(self.step, row)
+        if epoch_ended or final:
+            self._report_data(report, step_epoch, partial=not epoch_ended)
         if self._pbar is not None:
             self._pbar.update(1)
         if self.consecutive_nonfinite >= cfg.max_consecutive_nonfinite:
@@ -366,51 +363,61 @@ class Trainer:
             raise TrainError(
                 f"training stopped at step {self.step}: {self.consecutive_nonfinite} consecutive "
                 f"non-finite steps (loss={loss}, grad_norm={grad_norm}); last good checkpoint "
-                f"{kept} kept; lower train.lr or check the data"
+                f"{kept} kept; lower lr or check the data"
             )
         if (cfg.save_every and self.step % cfg.save_every == 0) or epoch_ended or final or improved:
             save_latest = bool((cfg.save_every and self.step % cfg.save_every == 0) or epoch_ended or final)
-            self._save(best=improved, latest=save_latest)
+            self._save(best=improved, latest=save_latest, final=final)
         if self._last_val_step == self.step:
             self._draw_plots()
 
-    def _save(self, best: bool, latest: bool = True) -> None:
-        rng = all_gather_objects(ck.capture_rng_state(self.device))  # every rank's RNG, saved by rank 0
-        epoch_rng = all_gather_objects(self.epoch_start_rng)
+    def _report_data(self, report: dict[str, Any] | None, epoch: int, partial: bool) -> None:
+        """One summary line for the epoch when the data skipped any sample."""
+        line = DataReporter.summary(report, epoch, partial) if report else None
+        if line and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"eg-train: {line}", file=sys.stdout)  # keeps the progress bar intact
+            sys.stdout.flush()
+
+    def _save(self, best: bool, latest: bool = True, final: bool = False) -> None:
+        """Write the run state (a collective). A failed write (disk full...) warns and training goes on,
+        with the earlier files intact; a failed final save raises TrainError."""
+        contents = state.capture(self)
         if latest:
             self._last_save_step = self.step
-        if not self.dist.is_main:
+        if contents is None:
             return
-        sched = self.scheduler.state_dict()
-        sched["lr_lambdas"] = [None] * len(sched["lr_lambdas"])  # the schedule is rebuilt from the config
-        state = {
-            "format": ck.FORMAT,
-            "step": self.step,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "samples_seen": self.samples_seen,
-            "num_skipped_steps": self.num_skipped_steps,
-            "consecutive_nonfinite": self.consecutive_nonfinite,
-            "world_size": self.dist.world_size,
-            "model": ck.model_state(self.model, self.cfg.save_trainable_only),
-            "model_state_kind": "trainable" if self.cfg.save_trainable_only else "full",
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": sched,
-            "scaler": self.scaler.state_dict(),
-            "rng": rng,
-            "epoch_start_rng": epoch_rng,
-            **self.best.state(),
-            "config": self.cfg.to_dict(),
-            "run_config": self.run_config,
-            "wandb_run_id": self._wandb_run_id,
-        }
-        ck.write_checkpoint(
-            self.checkpoint_dir, ck.serialize(state), self.step, latest, best, self.cfg.keep_last_n
-        )
+        try:
+            ck.write_checkpoint(
+                self.checkpoint_dir, ck.serialize(contents), self.step, latest, best, self.cfg.keep_last_n
+            )
+        except OSError as e:
+            self.num_failed_saves += 1
+            kept = f"step {self._last_written_step}" if self._last_written_step >= 0 else "none yet"
+            if final:
+                raise TrainError(
+                    f"the final checkpoint (step {self.step}) could not be written to "
+                    f"{self.checkpoint_dir}: {e}; the newest one there is from {kept}"
+                ) from None
+            warnings.warn(
+                f"checkpoint for step {self.step} not written to {self.checkpoint_dir} ({e}); the "
+                f"earlier files are intact (latest: {kept}); training continues "
+                f"({self.num_failed_saves} failed saves so far)",
+                stacklevel=2,
+            )
+            return
+        if latest:
+            self._last_written_step = self.step
 
     def _draw_plots(self) -> None:
         if self.loggers is None or not self.cfg.plots:
             return
         rows = self.loggers.csv.rows
-        draw_training_curves(rows, self.output_dir / "training_curves.png")
-        draw_loss_components(rows, self.output_dir / "loss_components.png")
+        images = {
+            "training_curves": self.output_dir / "training_curves.png",
+            "loss_components": self.output_dir / "loss_components.png",
+        }
+        draw_training_curves(rows, images["training_curves"])
+        draw_loss_components(rows, images["loss_components"])
+        self.loggers.log_images(self.step, images)
