@@ -23,9 +23,9 @@ from eg_data import (
     ShardLoader,
     ShardWriter,
     build_demo_dataset,
+    decode_sample,
+    read_all,
 )
-from eg_data.loader import decode_sample
-from eg_data.shards import read_all
 from PIL import Image
 
 

@@ -46,7 +46,7 @@ def make_sample(i: int, **overrides) -> dict:
     return sample
 
 
-@pytest.fixture(name="make_sample")
+@pytest.fixture(name="make_sample", scope="session")
 def make_sample_fixture():
     """The `make_sample` factory (test modules cannot import conftest under importlib mode)."""
     return make_sample

@@ -1,5 +1,7 @@
 """The offline demo dataset: sizes, disjoint stratified splits, real speech of plausible length, QA
-answers consistent with labels, captions that vary within a class, and a no-op rebuild."""
+answers consistent with labels, captions that vary within a class, and a no-op rebuild.
+
+Needs the `eg-data[demo]` extra (scikit-learn, espeakng-loader), except the measured-properties test."""
 
 import io
 import json
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 from eg_data import (
+    AudioTransformConfig,
     ImageTransformConfig,
     LoaderConfig,
     ShardLoader,
@@ -22,8 +25,14 @@ from eg_data.demo import WORDS, measure_digits
 from PIL import Image
 
 
+def need_demo_extra() -> None:
+    pytest.importorskip("sklearn", reason="needs the eg-data[demo] extra (scikit-learn)")
+    pytest.importorskip("espeakng_loader", reason="needs the eg-data[demo] extra (espeakng-loader)")
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    need_demo_extra()
     out = tmp_path_factory.mktemp("demo")
     manifest = build_demo_dataset(out)
     return out, manifest, {split: read_all(out / split) for split in ("train", "val", "test")}
@@ -43,7 +52,7 @@ def test_sizes_splits_and_noop_rebuild(demo):
 
 
 def test_images_are_the_sklearn_digits(demo):
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # the demo fixture made sure it is installed
 
     _, _, splits = demo
     row = splits["val"][0]
@@ -101,19 +110,25 @@ def test_loader_reads_the_demo(demo):
     out, _, _ = demo
     cfg = LoaderConfig(
         shard_dir=str(out / "val"),
-        batch_size=60,
+        batch_size=64,
+        mode="eval",
+        qa_pairs="all",
         image=ImageTransformConfig(size=32, mean=[0.5] * 3, std=[0.5] * 3),
+        audio=AudioTransformConfig(n_samples=64000),  # 4 s context: 400 mel frames
     )
-    cfg.audio.n_samples = 64000  # 4 s context: 400 mel frames
     loader = ShardLoader(cfg)
     loader.set_epoch(0)
-    batch = next(iter(loader))
-    assert batch["audio"].shape == (60, 80, 400)
-    assert batch["audio_present"].all() and (batch["audio_mask"].sum(1) < 400).all()
-    assert (batch["label"] >= 0).all()
+    batches = list(loader)
+    assert batches[0]["audio"].shape == (64, 80, 400)
+    assert all(b["audio_present"].all() and (b["audio_mask"].sum(1) < 400).all() for b in batches)
+    assert all((b["label"] >= 0).all() for b in batches)
+    rows = {(k, int(i)) for b in batches for k, i in zip(b["key"], b["qa_index"])}
+    assert len(rows) == sum(len(b["key"]) for b in batches) == 180 * 6  # every pair of the split, once
+    assert not any(loader.data_report()["bad"].values())
 
 
 def test_speaker_voices_differ():
+    need_demo_extra()
     speaker = Speaker()
     slow = speaker.say("seven", Voice("en-us", rate=120, pitch=30))
     fast = speaker.say("seven", Voice("en-us", rate=250, pitch=30))

@@ -1,5 +1,7 @@
 """The URL-list downloader against a loopback HTTP server: good images land in shards, every failure
-is counted by reason, a second run fetches nothing, and list formats/columns are read as configured."""
+is counted by reason, a second run fetches nothing, and list formats/columns are read as configured.
+
+Needs the `eg-data[download]` extra (httpx, tqdm; pyarrow for parquet lists)."""
 
 import io
 import json
@@ -8,11 +10,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from eg_data import DataError, DownloadConfig, download_urls, load_index, read_all, read_url_list
 from PIL import Image
+
+pytest.importorskip("httpx", reason="needs the eg-data[download] extra (httpx)")
+pytest.importorskip("tqdm", reason="needs the eg-data[download] extra (tqdm)")
 
 
 def _png(color: int, size: int = 40) -> bytes:
@@ -103,6 +106,8 @@ def test_download_good_bad_and_resume(tmp_path, server):
 
 
 def test_csv_parquet_columns_and_resize(tmp_path, server):
+    pa = pytest.importorskip("pyarrow", reason="needs the eg-data[download] extra (pyarrow)")
+    pq = pytest.importorskip("pyarrow.parquet", reason="needs the eg-data[download] extra (pyarrow)")
     table = pa.table({"url": [f"{server}/img100", f"{server}/img200"], "text": ["a", "b"], "src": ["x", "y"]})
     pq.write_table(table, tmp_path / "l.parquet")
     cfg = DownloadConfig(

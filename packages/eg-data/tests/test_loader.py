@@ -36,7 +36,7 @@ def keys_of(batches):
 
 
 def test_batch_follows_the_contract(shard_set):
-    loader = ShardLoader(make_cfg(shard_set(1, 6), batch_size=6, shuffle=False))
+    loader = ShardLoader(make_cfg(shard_set(1, 6), batch_size=6, shuffle=False, qa_pairs="first"))
     (batch,) = epoch_batches(loader, 0)
     assert batch["image"].shape == (6, 3, 8, 8) and batch["image"].dtype == torch.float32
     assert batch["audio"].shape == (6, 80, 25) and batch["audio_mask"].shape == (6, 25)
@@ -45,8 +45,9 @@ def test_batch_follows_the_contract(shard_set):
     assert batch["audio_mask"].sum(1).tolist() == [10, 11, 12, 13, 14, 15]
     assert batch["key"] == [f"s{i:04d}" for i in range(6)]
     assert batch["text"] == [f"caption number {i}" for i in range(6)]
-    assert batch["question"] == [f"q{i}a" for i in range(6)]  # no shuffle: the first QA pair
+    assert batch["question"] == [f"q{i}a" for i in range(6)]  # qa_pairs "first"
     assert batch["answer"] == [f"a{i}a" for i in range(6)]
+    assert batch["qa_index"].tolist() == [0] * 6 and batch["qa_index"].dtype == torch.long
     assert batch["label"].tolist() == list(range(6)) and batch["label"].dtype == torch.long
     for name in ("image_present", "audio_present", "text_present", "qa_present"):
         assert batch[name].dtype == torch.bool and batch[name].all()
@@ -64,7 +65,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, make_sample, flac_bytes):
             writer.write(make_sample(i))
     tar = root / "shard-00002.tar"
     data = tar.read_bytes()
-    cut = data.index(b"s0013.flac")  # header of sample 13's second file: 13 is partial, 14 missing
+    cut = data.index(b"s0013.flac")  # the header of sample 13's first file (members sort flac first)
     tar.write_bytes(data[: cut - 100])
     loader = ShardLoader(make_cfg(root, batch_size=15, required=["image", "text", "audio"]))
     (batch,) = epoch_batches(loader, 0)
@@ -74,12 +75,18 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, make_sample, flac_bytes):
         assert torch.equal(image, want)
     good = {f"s{i:04d}" for i in (0, 2, 4, 5, 6, 8, 9, 10, 11, 12)}
     assert sorted(batch["key"]) == sorted(good)  # every good sample exactly once
-    counts = loader.bad_counts()
+    report = loader.data_report()
+    counts = report["bad"]
     assert counts["image_decode"] == 1 and counts["empty_caption"] == 1 and counts["audio_decode"] == 1
-    # sample 13 arrives without its audio (the tar ends inside it); 14 never arrives
-    assert counts["missing_audio"] + counts["truncated_shard"] == 2 and counts["truncated_shard"] >= 1
-    assert counts["good"] == 10
-    # without audio required, 13's partial record is a good sample with audio absent
+    assert counts["truncated_shard"] == 2  # the tar ends after sample 12: 13 and 14 never arrive
+    assert report["samples"] == 15 and sum(counts.values()) == 5
+    assert report["examples"] == {
+        "truncated_shard": str(tar),
+        "image_decode": "s0001",
+        "audio_decode": "s0007",
+        "empty_caption": "s0003",
+    }
+    # audio not loaded and only the image required: 7 (bad audio) is good, 3 has its text absent
     loader = ShardLoader(make_cfg(root, batch_size=15, modalities=["image", "text"], required=["image"]))
     (batch,) = epoch_batches(loader, 0)
     assert "s0007" in batch["key"] and "s0003" in batch["key"]
@@ -92,13 +99,14 @@ def test_wholly_bad_batches_keep_the_batch_count(tmp_path, make_sample):
     with ShardWriter(tmp_path / "d", 9) as writer:
         for i in range(9):
             writer.write(make_sample(i, **({"image": b"junk"} if i < 3 or i >= 6 else {})))
-    loader = ShardLoader(make_cfg(tmp_path / "d", shuffle=False))
+    loader = ShardLoader(make_cfg(tmp_path / "d", shuffle=False, max_bad_fraction=1.0))
     batches = epoch_batches(loader, 0)
     assert len(batches) == len(loader) == 3
     assert batches[0]["key"] == [""] and not batches[0]["image_present"].any()  # nothing good yet
     assert batches[1]["key"] == ["s0003", "s0004", "s0005"]
     assert batches[2]["key"] == ["s0005"]  # the last good sample stands in
-    assert loader.bad_counts()["image_decode"] == 6
+    report = loader.data_report()
+    assert report["bad"]["image_decode"] == 6 and report["samples"] == 9  # stand-ins are not counted
 
 
 def test_order_is_deterministic_per_epoch(shard_set):

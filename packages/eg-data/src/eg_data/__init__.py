@@ -1,16 +1,22 @@
 """eg-data: webdataset shards (img2dataset layout), URL-list downloader, transforms, bad-sample handling
-and the offline demo dataset. Produces the batch dict of the Edge Glass architecture contract."""
+and the offline demo dataset. Produces the batch dict of the Edge Glass architecture contract.
+
+The demo builder and the URL downloader need extras (`eg-data[demo]`, `eg-data[download]`); importing
+eg_data needs neither."""
 
 from .buffers import BatchPool
+from .config import LoaderConfig
 from .demo import build_demo_dataset, is_demo_complete
 from .download import DownloadConfig, download_urls, read_url_list
 from .errors import DataError
-from .loader import BAD_REASONS, LoaderConfig, ShardLoader, collate, decode_sample
+from .loader import ShardLoader
+from .report import BAD_REASONS, merge_data_reports
+from .samples import decode_sample
 from .shards import ShardInfo, ShardWriter, load_index, read_all
 from .speech import Speaker, Voice
 from .transforms import AudioTransformConfig, ImageTransformConfig, transform_audio, transform_image
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BAD_REASONS",
@@ -26,11 +32,11 @@ __all__ = [
     "Speaker",
     "Voice",
     "build_demo_dataset",
-    "collate",
     "decode_sample",
     "download_urls",
     "is_demo_complete",
     "load_index",
+    "merge_data_reports",
     "read_all",
     "read_url_list",
     "transform_audio",

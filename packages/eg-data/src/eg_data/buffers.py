@@ -73,6 +73,10 @@ class BatchPool:
         free[slot] = 0
         return slot, self._views(self.memory[stream][slot])
 
+    def unclaim(self, stream: int, slot: int) -> None:
+        """Producer side: give back a claimed slot that no batch was sent in."""
+        self.free.numpy()[stream, slot] = 1
+
     def lease(self, stream: int, slot: int, rows: int) -> dict[str, torch.Tensor]:
         """Consumer side: the first `rows` rows of each field of a slot the producer filled. The slot goes
         back to the producer when every returned tensor and every view of one is gone."""

@@ -1,7 +1,9 @@
 """The offline demo dataset: scikit-learn's 1,797 handwritten digits as images, short captions from
 varied templates that name measured instance properties (stroke thickness, slant, size), each caption
 spoken by eSpeak NG with a varied voice, pitch and speed, QA pairs whose answers need the image, and
-the digit as `label`. Deterministic, with fixed stratified 80/10/10 train/val/test splits."""
+the digit as `label`. Deterministic, with fixed stratified 80/10/10 train/val/test splits.
+
+scikit-learn and espeakng-loader come with the `eg-data[demo]` extra and are imported on first use."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-from .errors import DataError
+from .errors import DataError, require_extra
 from .shards import ShardWriter
 from .speech import Speaker, Voice
 
@@ -108,7 +110,7 @@ def _flac(wave: np.ndarray, rate: int) -> bytes:
 
 def split_indices(labels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     """Stratified 80/10/10 split of sample indices, fixed by `seed`."""
-    from sklearn.model_selection import train_test_split
+    train_test_split = require_extra("sklearn.model_selection", "demo", "the demo dataset").train_test_split
 
     idx = np.arange(len(labels))
     train, rest = train_test_split(idx, test_size=0.2, stratify=labels, random_state=seed)
@@ -144,12 +146,11 @@ def build_demo_dataset(
         raise DataError(f"demo image_size must be >= 8 (the digits are 8x8), got {image_size}")
     if is_demo_complete(out, image_size):
         return json.loads((out / MANIFEST).read_text())
-    from sklearn.datasets import load_digits
-
+    load_digits = require_extra("sklearn.datasets", "demo", "build_demo_dataset").load_digits
+    speaker = Speaker()  # before the slow part: fails at once without the extra
     digits = load_digits()
     images, labels = digits.images, digits.target.astype(int)  # (N, 8, 8), (N,)
     props = measure_digits(images)
-    speaker = Speaker()
     rng = np.random.default_rng(seed)
     template_ids = rng.integers(len(TEMPLATES), size=len(labels))
     voice_ids = rng.integers(len(VOICES), size=len(labels))

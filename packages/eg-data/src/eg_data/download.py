@@ -2,29 +2,36 @@
 cleanly in this workspace). Reads parquet, CSV or JSONL url lists (PixMo-Cap's `image_url` / `caption`
 columns by default), fetches with timeouts, retries with backoff and a byte cap, keeps only http(s)
 URLs and images that decode, optionally downsizes, and writes img2dataset-layout shards with
-`{shard}_stats.json` (`successes`, failures by reason). Finished shards are never fetched again."""
+`{shard}_stats.json` (`successes`, failures by reason). Finished shards are never fetched again.
+
+httpx, tqdm and pyarrow come with the `eg-data[download]` extra and are imported on first use."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import socket
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import httpx
 from PIL import Image
-from tqdm import tqdm
 
-from .errors import DataError
+from .errors import DataError, is_missing, require_extra
 from .shards import ShardInfo, ShardWriter, write_index
 
+if TYPE_CHECKING:
+    import httpx
+
 FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+REQUEST_DEADLINE_TIMEOUTS = 6  # one attempt (connect, headers, body) ends within this many timeout_s
 
 
 @dataclass
@@ -44,6 +51,28 @@ class DownloadConfig:
     resize_max_side: int = 0  # downsize so the longer side is at most this; 0 keeps the original
     user_agent: str = "edge-glass-data/0.1"
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise DataError naming the first bad key (relative to this dataclass)."""
+        if not is_missing(self.url_col) and not self.url_col:
+            raise DataError("url_col is empty; name the column holding the URLs")
+        for key, low in (
+            ("num_samples", 0),
+            ("samples_per_shard", 1),
+            ("num_threads", 1),
+            ("retries", 0),
+            ("backoff_s", 0),
+            ("max_bytes", 1),
+            ("resize_max_side", 0),
+        ):
+            value = getattr(self, key)
+            if not is_missing(value) and not value >= low:
+                raise DataError(f"{key} must be >= {low}, got {value}")
+        if not is_missing(self.timeout_s) and not self.timeout_s > 0:
+            raise DataError(f"timeout_s must be > 0, got {self.timeout_s}")
+
 
 def read_url_list(path: str | Path, cfg: DownloadConfig) -> list[dict[str, Any]]:
     """Rows of a .parquet, .csv or .jsonl file as dicts holding at least `cfg.url_col`."""
@@ -52,8 +81,7 @@ def read_url_list(path: str | Path, cfg: DownloadConfig) -> list[dict[str, Any]]
         raise DataError(f"url list {src} does not exist")
     suffix = src.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
+        pq = require_extra("pyarrow.parquet", "download", "reading a parquet url list")
         rows = pq.read_table(src).to_pylist()
     elif suffix == ".csv":
         with src.open(newline="", encoding="utf-8") as f:
@@ -75,16 +103,56 @@ def read_url_list(path: str | Path, cfg: DownloadConfig) -> list[dict[str, Any]]
     return rows[: cfg.num_samples] if cfg.num_samples > 0 else rows
 
 
+class _Watchdog:
+    """Shuts the request's socket down at its deadline, so a server that trickles bytes (each read well
+    inside the read timeout) cannot hold a request, its headers included, past the deadline."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self.fired = False
+        self._timer: threading.Timer | None = None
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore trace hook: arm on each new connection (the client keeps none alive)."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            sock = info["return_value"].get_extra_info("socket")
+            if sock is not None:
+                self.cancel()
+                self._timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._fire, (sock,))
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _fire(self, sock: socket.socket) -> None:
+        self.fired = True
+        with contextlib.suppress(OSError):  # already closed: nothing to cut
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        """Disarm (the request ended)."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 def fetch(client: httpx.Client, url: str, cfg: DownloadConfig) -> tuple[bytes | None, str]:
-    """Fetch one URL; returns (bytes, "") or (None, failure reason)."""
+    """Fetch one URL; returns (bytes, "") or (None, failure reason).
+
+    Each attempt must end within REQUEST_DEADLINE_TIMEOUTS x timeout_s in all (reason `timeout`), and
+    may redirect only to http(s) (`bad_redirect`) at most httpx's 20 times (`too_many_redirects`).
+    """
+    import httpx  # the caller made the client: installed
+
     if urlparse(str(url)).scheme not in ("http", "https"):
         return None, "bad_scheme"
     reason = "unknown"
     for attempt in range(cfg.retries + 1):
         if attempt:
             time.sleep(cfg.backoff_s * 2 ** (attempt - 1))
+        deadline = time.monotonic() + REQUEST_DEADLINE_TIMEOUTS * cfg.timeout_s
+        watchdog = _Watchdog(deadline)
         try:
-            with client.stream("GET", url, timeout=cfg.timeout_s) as resp:
+            with client.stream(
+                "GET", url, timeout=cfg.timeout_s, extensions={"trace": watchdog.trace}
+            ) as resp:
                 if resp.status_code == 429 or resp.status_code >= 500:
                     reason = f"http_{resp.status_code}"
                     continue
@@ -97,17 +165,35 @@ def fetch(client: httpx.Client, url: str, cfg: DownloadConfig) -> tuple[bytes | 
                     buf += chunk
                     if len(buf) > cfg.max_bytes:
                         return None, "too_large"
+                    if time.monotonic() > deadline:
+                        raise httpx.ReadTimeout("request deadline passed")
                 return bytes(buf), ""
+        except httpx.UnsupportedProtocol:  # the URL was http(s): a redirect left it
+            return None, "bad_redirect"
+        except httpx.TooManyRedirects:
+            return None, "too_many_redirects"
         except httpx.TimeoutException:
             reason = "timeout"
         except (httpx.HTTPError, OSError):
-            reason = "connection_error"
+            reason = "timeout" if watchdog.fired else "connection_error"
+        finally:
+            watchdog.cancel()
     return None, reason
 
 
+class _TooManyPixels(Exception):
+    pass
+
+
 def verify_image(data: bytes, resize_max_side: int) -> tuple[bytes, str]:
-    """Decode to prove the bytes are an image; returns (bytes, ext), re-encoded when resized or exotic."""
+    """Decode to prove the bytes are an image; returns (bytes, ext), re-encoded when resized or exotic.
+
+    Raises _TooManyPixels, before decoding, for an image over PIL's Image.MAX_IMAGE_PIXELS (where PIL
+    itself only warns up to twice that)."""
     with Image.open(io.BytesIO(data)) as img:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and img.width * img.height > limit:
+            raise _TooManyPixels
         img.load()
         fmt = img.format or ""
         if resize_max_side > 0 and max(img.size) > resize_max_side:
@@ -126,6 +212,8 @@ def _process(client: httpx.Client, row: dict[str, Any], cfg: DownloadConfig) -> 
         return None, reason
     try:
         return verify_image(data, cfg.resize_max_side), ""
+    except (_TooManyPixels, Image.DecompressionBombError):
+        return None, "too_many_pixels"
     except Exception:  # noqa: BLE001 (PIL raises many types on non-image bytes)
         return None, "not_image"
 
@@ -139,8 +227,9 @@ def download_urls(
     for this run (a shard with a `_stats.json` is complete and skipped).
     """
     cfg = cfg or DownloadConfig()
-    if cfg.samples_per_shard < 1 or cfg.num_threads < 1:
-        raise DataError("download samples_per_shard and num_threads must be >= 1")
+    cfg.validate()
+    httpx = require_extra("httpx", "download", "download_urls")
+    tqdm = require_extra("tqdm", "download", "download_urls").tqdm
     rows = read_url_list(input_path, cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,7 +237,10 @@ def download_urls(
     fetched = skipped = 0
     headers = {"user-agent": cfg.user_agent}
     with (
-        httpx.Client(follow_redirects=True, headers=headers) as client,
+        # one connection per URL (as img2dataset): each gets the deadline watchdog (see fetch)
+        httpx.Client(
+            follow_redirects=True, headers=headers, limits=httpx.Limits(max_keepalive_connections=0)
+        ) as client,
         ThreadPoolExecutor(cfg.num_threads) as pool,
     ):
         bar = tqdm(total=len(rows), desc="download", unit="url")

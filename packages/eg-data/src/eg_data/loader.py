@@ -1,17 +1,17 @@
 """The shard loader: reads webdataset shards in the epoch plan's order (see `order.py`), decodes and
-transforms samples in loader workers, skips bad ones counting each by reason, and collates the batch
-dict of the architecture contract. Implements `set_epoch(epoch, start_batch)` and `__len__` for the
-trainer's exact mid-epoch resume.
+transforms samples in loader workers, skips bad ones counting each by reason, and writes the batch dict
+of the architecture contract into reused buffers. Implements `set_epoch(epoch, start_batch)` and
+`__len__` for the trainer's exact mid-epoch resume, and `data_report()` for the bad-sample report.
 
 Batches are cut from a fixed number of plan slots (`batch_size`), so batch counts and contents are known
-before decoding: a bad sample leaves its batch one smaller instead of pulling in a later sample.
+before decoding: a bad sample leaves its batch one smaller instead of pulling in a later sample. The
+exception is `qa_pairs: all` (evaluation only): a sample gives one row per QA pair and batches are cut
+at `batch_size` rows.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,190 +20,22 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .buffers import BatchPool, shared_empty
+from .config import LoaderConfig
 from .errors import DataError
-from .order import StreamPlan, plan_stream, slots_per_stream
-from .shards import AUDIO_EXTS, IMAGE_EXTS, iter_raw_samples, load_index
-from .transforms import (
-    AudioTransformConfig,
-    ImageTransformConfig,
-    decode_audio,
-    decode_image,
-    drop_text,
-    sample_rng,
-    transform_audio,
-    transform_image,
-)
+from .order import StreamPlan, plan_stream, stream_range
+from .report import BAD_REASONS, REPORT_KEY, SHARD_FAULTS, EpochReport
+from .samples import Row, decode_sample, place, row_strings, row_values, tensor_fields
+from .shards import AUDIO_EXTS, IMAGE_EXTS, iter_raw_samples, load_index, starts_like_tar
 
-MODALITIES = ("image", "audio", "text", "qa")
-MODALITY_TENSORS = ("image", "audio", "audio_mask")  # (B, ...) each, zeros where a sample has none
-PRESENCE = ("image_present", "audio_present", "text_present", "qa_present")  # bool (B,) each
 SLOT_KEY = "__slot__"  # a batch sent as (stream, pool slot, rows) instead of its tensors
 POOL_SLOTS = 4  # buffers per stream: 2 batches queued (DataLoader's prefetch), 1 being filled, 1 in use
-BAD_REASONS = (
-    "truncated_shard",
-    "json_decode",
-    "image_decode",
-    "audio_decode",
-    "empty_caption",
-    "missing_image",
-    "missing_audio",
-    "missing_text",
-    "missing_qa",
-)
+REASON_INDEX = {reason: i for i, reason in enumerate(BAD_REASONS)}
 
-
-@dataclass
-class LoaderConfig:
-    """How a shard directory becomes batches."""
-
-    shard_dir: str = "data/demo/train"
-    batch_size: int = 32
-    num_workers: int = 0
-    seed: int = 0
-    shuffle: bool = True  # shard permutation and shuffle buffer, from (seed, epoch)
-    shuffle_buffer: int = 1000  # raw samples held per worker for shuffling
-    modalities: list[str] = field(default_factory=lambda: ["image", "audio", "text", "qa"])
-    required: list[str] = field(default_factory=lambda: ["image", "text"])  # else the sample is bad
-    text_dropout: float = 0.0  # probability a caption is dropped (text "" and text_present False)
-    image: ImageTransformConfig = field(default_factory=ImageTransformConfig)
-    audio: AudioTransformConfig = field(default_factory=AudioTransformConfig)
-
-    def validate(self) -> None:
-        """Raise DataError on a value no loader can run with."""
-        if self.batch_size < 1:
-            raise DataError(f"data.batch_size must be >= 1, got {self.batch_size}")
-        if self.num_workers < 0:
-            raise DataError(f"data.num_workers must be >= 0, got {self.num_workers}")
-        if not 0.0 <= self.text_dropout < 1.0:
-            raise DataError(f"data.text_dropout must be in [0, 1), got {self.text_dropout}")
-        for name in list(self.modalities) + list(self.required):
-            if name not in MODALITIES:
-                raise DataError(
-                    f"data.modalities/required: unknown modality {name!r}; use {list(MODALITIES)}"
-                )
-        for name in self.required:
-            if name not in self.modalities:
-                raise DataError(f"data.required has {name!r} which is not in data.modalities")
-
-
-def _first_ext(raw: dict[str, Any], exts: tuple[str, ...]) -> str | None:
-    return next((ext for ext in exts if ext in raw), None)
-
-
-def decode_sample(
-    raw: dict[str, Any], cfg: LoaderConfig, epoch: int, image_out: torch.Tensor | None = None
-) -> tuple[dict[str, Any] | None, str]:
-    """Decode and transform one raw sample; returns (sample, "") or (None, bad reason).
-
-    `image_out` (3, size, size), when given, receives the image (a slot of the batch buffer).
-    """
-    key = str(raw["__key__"])
-    meta: dict[str, Any] = {}
-    if "json" in raw:
-        try:
-            meta = json.loads(raw["json"])
-            assert isinstance(meta, dict)
-        except (ValueError, AssertionError):
-            return None, "json_decode"
-    out: dict[str, Any] = {"key": key, "label": int(meta.get("label", -1)) if "label" in meta else -1}
-    mods = cfg.modalities
-    if "image" in mods:
-        ext = _first_ext(raw, IMAGE_EXTS)
-        if ext is None:
-            if "image" in cfg.required:
-                return None, "missing_image"
-        else:
-            try:
-                img = decode_image(raw[ext])
-            except Exception:  # noqa: BLE001 (PIL raises many types on garbage bytes)
-                return None, "image_decode"
-            rng = sample_rng(cfg.seed, epoch, key, "image") if cfg.image.augment else None
-            out["image"] = transform_image(img, cfg.image, rng, out=image_out)  # (3, H, W)
-    if "audio" in mods:
-        ext = _first_ext(raw, AUDIO_EXTS)
-        if ext is None:
-            if "audio" in cfg.required:
-                return None, "missing_audio"
-        else:
-            try:
-                wave = decode_audio(raw[ext])
-            except Exception:  # noqa: BLE001 (soundfile/soxr raise several types on corrupt audio)
-                return None, "audio_decode"
-            out["audio"], out["audio_mask"] = transform_audio(wave, cfg.audio)  # (M, F), (F,)
-    if "text" in mods:
-        text = raw["txt"].decode("utf-8", errors="replace").strip() if "txt" in raw else None
-        if not text:
-            if "text" in cfg.required:
-                return None, "missing_text" if text is None else "empty_caption"
-        elif not drop_text(cfg.seed, epoch, key, cfg.text_dropout):
-            out["text"] = text
-    if "qa" in mods:
-        pairs = list(meta.get("qa", []))
-        if "question" in meta and "answer" in meta:
-            pairs.append({"question": meta["question"], "answer": meta["answer"]})
-        pairs = [p for p in pairs if str(p.get("question", "")).strip() and str(p.get("answer", "")).strip()]
-        if pairs:
-            pick = int(sample_rng(cfg.seed, epoch, key, "qa").integers(len(pairs))) if cfg.shuffle else 0
-            out["question"], out["answer"] = str(pairs[pick]["question"]), str(pairs[pick]["answer"])
-        elif "qa" in cfg.required:
-            return None, "missing_qa"
-    return out, ""
-
-
-def tensor_fields(cfg: LoaderConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Per-sample shape and dtype of each batch tensor (those of the configured modalities, the presence
-    masks and the label)."""
-    fields: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-    if "image" in cfg.modalities:
-        fields["image"] = ((3, cfg.image.size, cfg.image.size), torch.float32)
-    if "audio" in cfg.modalities:
-        fields["audio"] = ((cfg.audio.n_mels, cfg.audio.n_frames), torch.float32)
-        fields["audio_mask"] = ((cfg.audio.n_frames,), torch.bool)
-    fields.update({name: ((), torch.bool) for name in PRESENCE})
-    fields["label"] = ((), torch.long)
-    return fields
-
-
-def _per_sample_values(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Presence flags and labels of the samples."""
-    return {
-        "image_present": ["image" in s for s in samples],
-        "audio_present": ["audio" in s for s in samples],
-        "text_present": ["text" in s for s in samples],  # False also for captions removed by dropout
-        "qa_present": ["question" in s for s in samples],
-        "label": [s["label"] for s in samples],  # -1 where the data has none
-    }
-
-
-def _strings(samples: list[dict[str, Any]]) -> dict[str, list[str]]:
-    return {
-        "text": [s.get("text", "") for s in samples],
-        "question": [s.get("question", "") for s in samples],
-        "answer": [s.get("answer", "") for s in samples],
-        "key": [s["key"] for s in samples],
-    }
-
-
-def collate(samples: list[dict[str, Any]], cfg: LoaderConfig) -> dict[str, Any]:
-    """Stack decoded samples into the contract batch dict.
-
-    A sample without a loaded modality gets zeros there and its present flag False. Tensors of a modality
-    the loader does not load (not in `cfg.modalities`) are left out of the batch (only its all-False
-    present flag stays): a zero (B, 80, 3000) log-mel per image-only batch would cost 61 MB to build,
-    to send from the worker and to move to the device.
-    """
-    values = _per_sample_values(samples)
-    batch: dict[str, Any] = {}
-    for name, (shape, dtype) in tensor_fields(cfg).items():
-        if name in values:
-            batch[name] = torch.tensor(values[name], dtype=dtype)
-        else:
-            batch[name] = torch.stack([s.get(name, torch.zeros(shape, dtype=dtype)) for s in samples])
-    return {**batch, **_strings(samples)}
+Buffers = tuple[int | None, dict[str, torch.Tensor]]  # (pool slot or None, full-size field tensors)
 
 
 class ShardDataset(IterableDataset):
-    """Yields collated batches of one rank; each loader worker plays one stream of the epoch plan."""
+    """Yields the batches of one rank; each loader worker plays one stream of the epoch plan."""
 
     def __init__(self, cfg: LoaderConfig, rank: int, world_size: int):
         self.cfg = cfg
@@ -212,30 +44,50 @@ class ShardDataset(IterableDataset):
         self.counts = [s.num_samples for s in self.shards]
         self.workers_per_rank = max(1, cfg.num_workers)
         self.num_streams = world_size * self.workers_per_rank
-        total = sum(self.counts)
-        self.batches_per_stream = slots_per_stream(total, self.num_streams) // cfg.batch_size
-        if self.batches_per_stream == 0:
-            raise DataError(
-                f"{cfg.shard_dir}: {total} samples cannot give every one of {world_size} rank(s) x "
-                f"{self.workers_per_rank} worker(s) a batch of {cfg.batch_size}; lower data.batch_size "
-                "or data.num_workers, or add data"
-            )
+        self.evaluation = cfg.mode == "eval"
+        self.by_rows = cfg.qa_pairs == "all"  # batches of batch_size rows, not of batch_size plan slots
+        total, bs = sum(self.counts), cfg.batch_size
+        # Plan slots of each of this rank's streams (logical workers), and the batches they make.
+        self.stream_slots = [
+            stream_range(total, self.num_streams, rank * self.workers_per_rank + w, self.evaluation)[1]
+            for w in range(self.workers_per_rank)
+        ]
+        if self.evaluation:
+            self.stream_batches = [-(-n // bs) for n in self.stream_slots]
+            if total == 0:
+                raise DataError(f"{cfg.shard_dir}: the shard index lists no samples")
+        else:
+            self.stream_batches = [n // bs for n in self.stream_slots]
+            self.stream_slots = [n * bs for n in self.stream_batches]  # the remainder is not read
+            if self.stream_batches[0] == 0:
+                raise DataError(
+                    f"{cfg.shard_dir}: {total} samples cannot give every one of {world_size} rank(s) x "
+                    f"{self.workers_per_rank} worker(s) a batch of {bs}; lower batch_size or num_workers, "
+                    "add data, or use mode 'eval'"
+                )
         self.epoch, self.start_batch = 0, 0
         # Only the members the configured modalities use are read (json: labels and QA).
         self.suffixes = {"json"}
         for name, exts in (("image", IMAGE_EXTS), ("audio", AUDIO_EXTS), ("text", ("txt",))):
             if name in cfg.modalities:
                 self.suffixes.update(exts)
-        # (worker, reason) counters in shared memory so the main process sees what workers skipped.
-        self.counters = torch.zeros(self.workers_per_rank, len(BAD_REASONS) + 1, dtype=torch.int64)
-        self.counters.share_memory_()
         self.pool: BatchPool | None = None  # set by ShardLoader for each iteration
 
     def __len__(self) -> int:
-        return self.batches_per_stream * self.workers_per_rank
+        return sum(self.stream_batches)
 
-    def _read(self, plan: StreamPlan, needed: np.ndarray) -> Iterator[tuple[int, dict[str, Any] | None]]:
-        """Yield (read position, raw sample or None when missing) for every needed position."""
+    def _skipped(self, logical: int) -> int:
+        """Batches of stream `logical` before `start_batch` (global batch j comes from stream j % workers)."""
+        return len(range(logical, self.start_batch, self.workers_per_rank))
+
+    def planned_samples(self) -> int:
+        """Plan slots this rank reads in the iteration that starts at `start_batch`."""
+        bs = self.cfg.batch_size
+        return sum(max(0, n - self._skipped(w) * bs) for w, n in enumerate(self.stream_slots))
+
+    def _read(self, plan: StreamPlan, needed: np.ndarray) -> Iterator[tuple[int, dict[str, Any] | str]]:
+        """Yield (read position, raw sample) for every needed position; a sample that never arrives
+        comes as its shard's fault ("unreadable_shard" or "truncated_shard") instead."""
         bounds = np.flatnonzero(np.diff(plan.shard_ids)) + 1
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(plan.shard_ids)]):
             if not needed[lo:hi].any():
@@ -256,17 +108,20 @@ class ShardDataset(IterableDataset):
                 yield lo + ordinal - first, raw
                 if ordinal >= last_needed:
                     break
-            for offset in np.flatnonzero(needed[lo:hi] & ~seen):
-                yield lo + int(offset), None
+            missing = np.flatnonzero(needed[lo:hi] & ~seen)
+            if len(missing):
+                fault = SHARD_FAULTS[1] if starts_like_tar(path) else SHARD_FAULTS[0]
+                for offset in missing:
+                    yield lo + int(offset), fault
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         physical = info.id if info is not None else 0
         wpr = self.workers_per_rank
         # DataLoader takes batches round-robin from worker 0; rotate so global batch j still comes from
-        # logical worker j % wpr after resuming at start_batch.
+        # logical worker j % wpr after resuming at start_batch. (In evaluation the streams' batch counts
+        # do not grow with the worker index, so this holds up to the last, partial round.)
         logical = (physical + self.start_batch) % wpr
-        skip = len(range(logical, self.start_batch, wpr))
         cfg, bs = self.cfg, self.cfg.batch_size
         plan = plan_stream(
             self.counts,
@@ -276,54 +131,98 @@ class ShardDataset(IterableDataset):
             self.num_streams,
             cfg.shuffle,
             cfg.shuffle_buffer,
+            cover_all=self.evaluation,
         )
-        emit = plan.emit_order[skip * bs : self.batches_per_stream * bs]
+        emit = plan.emit_order[self._skipped(logical) * bs : self.stream_slots[logical]]
         needed = np.zeros(len(plan.emit_order), dtype=bool)
         needed[emit] = True
-        reader = self._read(plan, needed)
-        pending: dict[int, dict[str, Any] | None] = {}
-        counts = self.counters.numpy()[physical]  # shared memory: the main process reads it
+        yield from self._batches(emit.tolist(), self._read(plan, needed), plan, physical)
+
+    def _batches(
+        self,
+        emit: list[int],
+        reader: Iterator[tuple[int, dict[str, Any] | str]],
+        plan: StreamPlan,
+        stream: int,
+    ) -> Iterator[dict[str, Any]]:
+        """Decode the positions of `emit` in order; yield the batches, each carrying the report of the
+        samples it was cut from, and report-only items for samples that ended in no batch."""
+        cfg, bs, by_rows = self.cfg, self.cfg.batch_size, self.by_rows
         fields = tensor_fields(cfg)
+        has_image = "image" in fields
+        pending: dict[int, dict[str, Any] | str] = {}
+        rows: list[Row] = []  # rows of the batch being filled
+        buffers: Buffers | None = None
         last_good: dict[str, Any] | None = None  # raw bytes of the last good sample
-        batch: list[dict[str, Any]] = []
-        buffers: tuple[int | None, dict[str, torch.Tensor]] | None = None
-        for i, pos in enumerate(emit.tolist()):
+        read, bad, examples = 0, [0] * len(BAD_REASONS), {}  # the report of the batch being filled
+        exampled: set[str] = set()  # reasons this stream has sent an example of
+        last = len(emit) - 1
+        for i, pos in enumerate(emit):
             if buffers is None:
-                buffers = self._buffers(physical, fields)
-            rows = buffers[1]
+                buffers = self._buffers(stream, fields)
             while pos not in pending:
                 got, raw = next(reader)
                 pending[got] = raw
             raw = pending.pop(pos)
-            image_out = rows["image"][len(batch)] if "image" in rows else None
-            if raw is None:
-                sample, reason = None, "truncated_shard"
+            read += 1
+            if isinstance(raw, str):  # the shard lost this sample
+                sample, reason = None, raw
             else:
+                image_out = buffers[1]["image"][len(rows)] if has_image else None
                 sample, reason = decode_sample(raw, cfg, self.epoch, image_out=image_out)
             if sample is None:
-                counts[BAD_REASONS.index(reason)] += 1
-            else:
-                counts[-1] += 1
-                _place(sample, rows, len(batch))
-                batch.append(sample)
+                bad[REASON_INDEX[reason]] += 1
+                if reason not in exampled:
+                    exampled.add(reason)
+                    examples[reason] = self._shard_path(plan, pos) if isinstance(raw, str) else raw["__key__"]
+            elif not by_rows:
                 last_good = raw
-            if (i + 1) % bs == 0:
-                if not batch:
-                    # Skipping a wholly bad batch would desynchronize ranks: repeat the last good sample,
-                    # or before any, send one sample with every modality absent (all present flags False).
-                    stand_in: dict[str, Any] | None = {"key": "", "label": -1}
-                    if last_good is not None:
-                        image_out = rows["image"][0] if "image" in rows else None
-                        stand_in, _ = decode_sample(last_good, cfg, self.epoch, image_out=image_out)
-                    assert stand_in is not None
-                    _place(stand_in, rows, 0)
-                    batch = [stand_in]
-                yield self._emit(batch, physical, buffers)
-                batch, buffers = [], None
+                place(sample, buffers[1], len(rows))
+                rows.append((sample, sample["qa"][0] if sample["qa"] else None))
+            else:  # one row per QA pair; a batch is cut whenever batch_size rows are filled
+                pairs = sample["qa"] or [None]
+                for j, pair in enumerate(pairs):
+                    if buffers is None:
+                        buffers = self._buffers(stream, fields)
+                    place(sample, buffers[1], len(rows))
+                    rows.append((sample, pair))
+                    if len(rows) == bs:
+                        if j < len(pairs) - 1:  # the sample's next rows copy from it: not from a sent buffer
+                            sample = _own_tensors(sample)
+                        yield self._emit(rows, stream, buffers, (read, bad, examples))
+                        rows, buffers = [], None
+                        read, bad, examples = 0, [0] * len(BAD_REASONS), {}
+            if by_rows or ((i + 1) % bs and i != last):
+                continue
+            if not rows:  # every sample of this batch was bad
+                if self.evaluation:  # nothing to send but the counts; the buffers serve the next batch
+                    yield {REPORT_KEY: (read, bad, examples)}
+                    read, bad, examples = 0, [0] * len(BAD_REASONS), {}
+                    continue
+                # Skipping the batch would desynchronize ranks: repeat the last good sample, or before any,
+                # send one sample with every modality absent (all present flags False).
+                stand_in: dict[str, Any] | None = {"key": "", "label": -1, "qa": []}
+                if last_good is not None:
+                    image_out = buffers[1]["image"][0] if has_image else None
+                    stand_in, _ = decode_sample(last_good, cfg, self.epoch, image_out=image_out)
+                assert stand_in is not None
+                place(stand_in, buffers[1], 0)
+                rows = [(stand_in, stand_in["qa"][0] if stand_in["qa"] else None)]
+            yield self._emit(rows, stream, buffers, (read, bad, examples))
+            rows, buffers = [], None
+            read, bad, examples = 0, [0] * len(BAD_REASONS), {}
+        if rows:  # by rows: the stream's last, short batch
+            yield self._emit(rows, stream, buffers, (read, bad, examples))
+            buffers = None
+        elif read:
+            yield {REPORT_KEY: (read, bad, examples)}
+        if buffers is not None and buffers[0] is not None and self.pool is not None:
+            self.pool.unclaim(stream, buffers[0])
 
-    def _buffers(
-        self, stream: int, fields: dict[str, tuple[tuple[int, ...], torch.dtype]]
-    ) -> tuple[int | None, dict[str, torch.Tensor]]:
+    def _shard_path(self, plan: StreamPlan, pos: int) -> str:
+        return self.shards[int(plan.shard_ids[pos])].path
+
+    def _buffers(self, stream: int, fields: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> Buffers:
         """(pool slot or None, full-size field tensors) that the next batch is written into."""
         claimed = self.pool.claim(stream) if self.pool is not None else None
         if claimed is not None:
@@ -332,31 +231,25 @@ class ShardDataset(IterableDataset):
         return None, {name: _fresh_empty((bs, *shape), dtype) for name, (shape, dtype) in fields.items()}
 
     def _emit(
-        self, samples: list[dict[str, Any]], stream: int, buffers: tuple[int | None, dict[str, torch.Tensor]]
+        self, rows: list[Row], stream: int, buffers: Buffers, report: tuple[int, list[int], dict[str, str]]
     ) -> dict[str, Any]:
-        """The batch as sent: its tensors, or the pool slot holding them (`ShardLoader` attaches them)."""
-        slot, rows = buffers
-        for name, values in _per_sample_values(samples).items():
-            rows[name].numpy()[: len(samples)] = values
-        batch: dict[str, Any] = _strings(samples)
+        """The batch as sent: its tensors, or the pool slot holding them (`ShardLoader` attaches them),
+        and the report of its samples."""
+        slot, tensors = buffers
+        for name, values in row_values(rows).items():
+            tensors[name].numpy()[: len(rows)] = values
+        batch: dict[str, Any] = row_strings(rows)
         if slot is None:
-            batch.update({name: tensor[: len(samples)] for name, tensor in rows.items()})
+            batch.update({name: tensor[: len(rows)] for name, tensor in tensors.items()})
         else:
-            batch[SLOT_KEY] = (stream, slot, len(samples))
+            batch[SLOT_KEY] = (stream, slot, len(rows))
+        batch[REPORT_KEY] = report
         return batch
 
 
-def _place(sample: dict[str, Any], rows: dict[str, torch.Tensor], index: int) -> None:
-    """Put a sample's tensors into row `index` of the batch buffers (zeros where it has none); the image
-    usually is there already (decoded in place)."""
-    for name in MODALITY_TENSORS:  # flags and labels are written per batch by `_emit`
-        if name not in rows:
-            continue
-        value, row = sample.get(name), rows[name][index]
-        if value is None:
-            row.zero_()
-        elif value.data_ptr() != row.data_ptr():
-            row.copy_(value)
+def _own_tensors(sample: dict[str, Any]) -> dict[str, Any]:
+    """The sample with its image (decoded into a batch buffer row) copied out of the buffer."""
+    return {**sample, "image": sample["image"].clone()} if "image" in sample else sample
 
 
 def _fresh_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -366,10 +259,17 @@ def _fresh_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 
 class ShardLoader:
-    """Batches of one rank over a shard directory; `set_epoch` before iterating, `len` = batches/epoch."""
+    """The batches of one rank over a shard directory: `set_epoch` before iterating.
+
+    In mode "train", `len(loader)` batches per epoch, the same on every rank. In mode "eval", every
+    sample of the split exactly once over all ranks and workers: `len(loader)` is this rank's batch
+    count, which may differ between ranks (by one per worker), each stream's last batch may be short,
+    and a batch whose samples are all bad is not yielded (the loop then ends earlier); with
+    `qa_pairs: all` the batch count depends on the data and `len()` raises TypeError.
+    """
 
     def __init__(self, cfg: LoaderConfig, rank: int | None = None, world_size: int | None = None):
-        cfg.validate()
+        cfg.validate()  # again: the config may have been changed since it was constructed
         ready = dist.is_available() and dist.is_initialized()
         if rank is None:
             rank = dist.get_rank() if ready else 0
@@ -381,15 +281,24 @@ class ShardLoader:
         self.dataset = ShardDataset(cfg, rank, world_size)
         self._pool: BatchPool | None = None  # batch buffers reused across iterations
         self._pool_busy = False
+        self._report = self._new_report()
+
+    def _new_report(self) -> EpochReport:
+        return EpochReport(self.cfg.shard_dir, self.cfg.max_bad_fraction, self.dataset.planned_samples())
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch's order; the next iteration yields batches start_batch.. of that epoch."""
-        if not 0 <= start_batch <= len(self):
+        if self.dataset.by_rows:
+            if start_batch != 0:
+                raise DataError(f"start_batch must be 0 with qa_pairs 'all', got {start_batch}")
+        elif not 0 <= start_batch <= len(self):
             raise DataError(f"start_batch {start_batch} is outside the epoch's {len(self)} batches")
         self.dataset.epoch, self.dataset.start_batch = int(epoch), int(start_batch)
-        self.dataset.counters.zero_()
+        self._report = self._new_report()
 
     def __len__(self) -> int:
+        if self.dataset.by_rows:
+            raise TypeError("the batch count of qa_pairs 'all' is known only once the QA pairs are read")
         return len(self.dataset)
 
     @property
@@ -409,27 +318,26 @@ class ShardLoader:
         owns_pool = pool is self._pool
         self._pool_busy |= owns_pool
         self.dataset.pool = pool
+        report = self._report = self._new_report()
         try:
             if self.cfg.num_workers == 0:
                 source: Iterable[dict[str, Any]] = self.dataset
             else:
                 source = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.num_workers)
-            for batch in source:
-                if SLOT_KEY in batch:
-                    batch.update(pool.lease(*batch.pop(SLOT_KEY)))
-                yield batch
+            for item in source:
+                report.add(*item.pop(REPORT_KEY))  # before the batch is handed over: data_report() has it
+                if SLOT_KEY in item:
+                    item.update(pool.lease(*item.pop(SLOT_KEY)))
+                elif "key" not in item:
+                    continue  # counts only: every sample of that batch was bad
+                yield item
         finally:
             if owns_pool:
                 self._pool_busy = False
 
-    def bad_counts(self) -> dict[str, int]:
-        """Samples skipped this epoch on this rank, by reason (summed over workers), plus `good`."""
-        totals = self.dataset.counters.sum(dim=0).tolist()
-        return {**{r: int(n) for r, n in zip(BAD_REASONS, totals)}, "good": int(totals[-1])}
-
-    def bad_counts_all_ranks(self) -> dict[str, int]:
-        """`bad_counts` summed over ranks (a collective: every rank must call it)."""
-        local = self.dataset.counters.sum(dim=0)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(local)
-        return {**{r: int(n) for r, n in zip(BAD_REASONS, local.tolist())}, "good": int(local[-1])}
+    def data_report(self) -> dict[str, Any]:
+        """This rank's report of the current epoch, over the batches delivered so far (from `start_batch`
+        after a resume; every worker's samples included): {"samples": samples read, good and bad,
+        "bad": {reason: count for every reason in BAD_REASONS}, "examples": {reason: the first bad
+        sample's key, or the shard's path for a shard fault}}. Sum it over ranks for the epoch's total."""
+        return self._report.as_dict()

@@ -1,9 +1,10 @@
 """The epoch plan: which stored sample each loader stream reads, in which order.
 
 Every (rank, worker) pair is one stream. Per epoch the shards are permuted from (seed, epoch), their
-samples concatenated into one sequence of slots, and the sequence is cut into equal contiguous
-ranges, one per stream (the remainder is dropped, so every rank gets the same number of batches even
-with fewer shards than streams). Each stream then emits its range in the order of a seeded shuffle
+samples concatenated into one sequence of slots, and the sequence is cut into contiguous ranges, one
+per stream. In training the ranges are equal (the remainder is dropped, so every rank gets the same
+number of batches even with fewer shards than streams); in evaluation they cover every slot, the first
+`num_samples % num_streams` streams holding one slot more. Each stream then emits its range in the order of a seeded shuffle
 buffer simulated on slot indices: the order depends only on (seed, epoch, stream), never on the data,
 so skipping the first k batches needs no decoding and whole shards before the resume point are never
 opened. Memory stays bounded by the buffer size because the order is what a real buffer would emit.
@@ -62,9 +63,13 @@ class StreamPlan:
     emit_order: np.ndarray  # (L,) read positions in emission order
 
 
-def slots_per_stream(num_samples: int, num_streams: int) -> int:
-    """Samples each stream gets per epoch (the remainder of the division is dropped)."""
-    return num_samples // num_streams
+def stream_range(num_samples: int, num_streams: int, stream: int, cover_all: bool) -> tuple[int, int]:
+    """(first slot, number of slots) of `stream`. Equal shares with the remainder dropped, or with
+    `cover_all` every slot, the first `num_samples % num_streams` streams taking one more."""
+    share, extra = divmod(num_samples, num_streams)
+    if not cover_all:
+        return stream * share, share
+    return stream * share + min(stream, extra), share + (stream < extra)
 
 
 def plan_stream(
@@ -75,14 +80,15 @@ def plan_stream(
     num_streams: int,
     shuffle: bool,
     buffer_size: int,
+    cover_all: bool = False,
 ) -> StreamPlan:
-    """The emission order of `stream` (0 <= stream < num_streams) for `epoch` over shards of `counts`."""
+    """The emission order of `stream` (0 <= stream < num_streams) for `epoch` over shards of `counts`;
+    `cover_all` (evaluation) gives every slot to some stream (see `stream_range`)."""
     counts_arr = np.asarray(counts, dtype=np.int64)
     shard_order = plan_rng(seed, epoch).permutation(len(counts)) if shuffle else np.arange(len(counts))
     ordered_counts = counts_arr[shard_order]
     ends = np.cumsum(ordered_counts)  # (S,) end slot of each shard in the epoch sequence
-    length = slots_per_stream(int(ends[-1]) if len(ends) else 0, num_streams)
-    start = stream * length
+    start, length = stream_range(int(ends[-1]) if len(ends) else 0, num_streams, stream, cover_all)
     slots = np.arange(start, start + length)  # (L,) global slots, in read order
     which = np.searchsorted(ends, slots, side="right")  # (L,) index into shard_order
     ordinals = slots - (ends[which] - ordered_counts[which])

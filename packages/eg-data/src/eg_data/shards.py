@@ -183,6 +183,26 @@ def _signed_checksum(header: bytes) -> int:
     return sum(struct.unpack("148b8x356b", header)) + 256
 
 
+def _valid_header(header: bytes) -> bool:
+    """Whether a 512-byte block is a tar member header with a correct checksum."""
+    try:
+        checksum = int(header[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        return False
+    return checksum in (sum(header[:148]) + 256 + sum(header[156:]), _signed_checksum(header))
+
+
+def starts_like_tar(path: str) -> bool:
+    """Whether `path` exists and opens with a tar header: a shard that does not (missing, zero bytes,
+    not a tar) yields nothing at all, one that does but fails later was cut or corrupted inside."""
+    try:
+        with open(path, "rb") as stream:
+            header = stream.read(_BLOCK)
+    except OSError:
+        return False
+    return len(header) == _BLOCK and header != _ZERO_BLOCK and _valid_header(header)
+
+
 def _plain_members(stream: BinaryIO, file_size: int) -> Iterator[tuple[str, int]]:
     """Yield `(name, size)` of each regular member of a plain ustar/GNU/v7 tar, leaving the stream at its
     data; the caller may read those `size` bytes (else they are skipped unread).
@@ -202,11 +222,10 @@ def _plain_members(stream: BinaryIO, file_size: int) -> Iterator[tuple[str, int]
         if header[124] & 0x80:
             raise _NotPlainUstar  # a base-256 size (members over 8 GiB)
         try:
-            checksum = int(header[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
             size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
         except ValueError:
-            checksum = size = -1
-        if checksum != sum(header[:148]) + 256 + sum(header[156:]) and checksum != _signed_checksum(header):
+            size = -1
+        if size < 0 or not _valid_header(header):
             raise tarfile.ReadError(f"corrupt member header at byte {position - _BLOCK}")
         if position + size > file_size:
             raise EOFError("the tar ends inside a member")
@@ -312,11 +331,6 @@ def _tarfile_samples(
         on_error(exn)
 
 
-def encode_json(payload: dict[str, Any]) -> bytes:
-    """JSON bytes as stored in shards."""
-    return json.dumps(payload, sort_keys=True).encode("utf-8")
-
-
 def read_all(shard_dir: str | Path) -> list[dict[str, Any]]:
     """Every raw sample of a shard directory in storage order (for inspection and tests)."""
     errors: list[Exception] = []
@@ -329,7 +343,6 @@ def read_all(shard_dir: str | Path) -> list[dict[str, Any]]:
 __all__ = [
     "ShardInfo",
     "ShardWriter",
-    "encode_json",
     "iter_raw_samples",
     "load_index",
     "read_all",

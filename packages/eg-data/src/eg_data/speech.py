@@ -1,5 +1,6 @@
 """Offline text-to-speech with eSpeak NG: the library and voices ship inside the `espeakng-loader` wheel
-and are driven through ctypes in synchronous mode, a callback collecting the 16-bit samples."""
+and are driven through ctypes in synchronous mode, a callback collecting the 16-bit samples. The wheel
+comes with the `eg-data[demo]` extra."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, is_missing, require_extra
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
@@ -29,6 +30,16 @@ class Voice:
     pitch: int = 50
     pitch_range: int = 50
 
+    def __post_init__(self) -> None:
+        if not is_missing(self.name) and not self.name:
+            raise DataError("name is empty; use an eSpeak voice such as en-us")
+        if not is_missing(self.rate) and not self.rate > 0:
+            raise DataError(f"rate must be > 0 words per minute, got {self.rate}")
+        for key in ("pitch", "pitch_range"):
+            value = getattr(self, key)
+            if not is_missing(value) and not 0 <= value <= 99:
+                raise DataError(f"{key} must be in [0, 99], got {value}")
+
 
 class Speaker:
     """Synthesizes text to float32 mono audio at `self.sample_rate` (22050 Hz for eSpeak NG)."""
@@ -36,10 +47,7 @@ class Speaker:
     _lock = threading.Lock()  # the library holds one global synthesis state per process
 
     def __init__(self) -> None:
-        try:
-            import espeakng_loader
-        except ImportError as exn:
-            raise DataError("espeakng-loader is not installed; `uv sync --all-packages` installs it") from exn
+        espeakng_loader = require_extra("espeakng_loader", "demo", "Speaker (eSpeak NG speech)")
         self._lib = ctypes.CDLL(espeakng_loader.get_library_path())
         self._lib.espeak_Initialize.restype = ctypes.c_int
         self._lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]

@@ -13,11 +13,13 @@ import numpy as np
 import soundfile
 import soxr
 import torch
-import whisper
 from PIL import Image
+
+from .errors import DataError, is_missing
 
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160  # whisper's STFT hop: one mel frame per 10 ms at 16 kHz
+N_MELS = (80, 128)  # the mel filter banks whisper ships
 
 
 @dataclass
@@ -31,6 +33,22 @@ class ImageTransformConfig:
     crop_scale_min: float = 0.8  # smallest crop area fraction when augmenting
     hflip: bool = False  # off by default: mirrored digits and text change meaning
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise DataError naming the first bad key (relative to this dataclass)."""
+        if not is_missing(self.size) and not self.size >= 1:
+            raise DataError(f"size must be >= 1, got {self.size}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not is_missing(values) and len(values) != 3:
+                raise DataError(f"{name} must have 3 values (R, G, B), got {list(values)}")
+        if not is_missing(self.std) and not all(is_missing(v) or v > 0 for v in self.std):
+            raise DataError(f"std must be > 0 per channel, got {list(self.std)}")
+        if not is_missing(self.crop_scale_min) and not 0.0 < self.crop_scale_min <= 1.0:
+            raise DataError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+
 
 @dataclass
 class AudioTransformConfig:
@@ -38,6 +56,18 @@ class AudioTransformConfig:
 
     n_mels: int = 80
     n_samples: int = 480000  # 30 s at 16 kHz for released Whisper models
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise DataError naming the first bad key (relative to this dataclass)."""
+        if not is_missing(self.n_mels) and self.n_mels not in N_MELS:
+            raise DataError(f"n_mels must be 80 or 128 (whisper's filter banks), got {self.n_mels}")
+        if not is_missing(self.n_samples) and not self.n_samples >= HOP_LENGTH:
+            raise DataError(
+                f"n_samples must be >= {HOP_LENGTH} (one mel frame at 16 kHz), got {self.n_samples}"
+            )
 
     @property
     def n_frames(self) -> int:
@@ -119,10 +149,12 @@ def transform_audio(wave: np.ndarray, cfg: AudioTransformConfig) -> tuple[torch.
 
     Returns mel float (n_mels, n_frames) and mask bool (n_frames,) True on frames covering real audio.
     """
+    from whisper.audio import log_mel_spectrogram  # imported on first use: 0.5 s that image-only runs skip
+
     num_valid = min(len(wave), cfg.n_samples)
     audio = torch.zeros(cfg.n_samples, dtype=torch.float32)
     audio[:num_valid] = torch.from_numpy(wave[:num_valid])
-    mel = whisper.log_mel_spectrogram(audio, n_mels=cfg.n_mels)  # (n_mels, n_frames)
+    mel = log_mel_spectrogram(audio, n_mels=cfg.n_mels)  # (n_mels, n_frames)
     assert mel.shape[-1] == cfg.n_frames, (mel.shape, cfg.n_frames)
     valid_frames = min(cfg.n_frames, -(-num_valid // HOP_LENGTH))
     mask = torch.arange(cfg.n_frames) < valid_frames  # (n_frames,)
