@@ -74,20 +74,17 @@ def test_empty_and_malformed_audio_errors(whisper_files):
     with pytest.raises(EncoderError, match=r"audio samples \[0\] have no valid frames"):
         enc(torch.zeros(2, 80, 400), mask)
     with pytest.raises(EncoderError, match="128"):
-        AudioEncoder(AudioEncoderConfig(model_name="", dims=WhisperEncoderDims(128, 50, 32, 2, 1)))(
+        AudioEncoderConfig(model_name="", dims=WhisperEncoderDims(128, 50, 32, 2, 1)).build()(
             torch.zeros(1, 80, 100)
         )
-    with pytest.raises(EncoderError, match="available|Whisper model name"):
-        AudioEncoder(AudioEncoderConfig(model_name="huge-v9"))
-    with pytest.raises(EncoderError, match="both set"):
-        AudioEncoder(AudioEncoderConfig(dims=WhisperEncoderDims()))
+    with pytest.raises(EncoderError, match="^model_name='huge-v9' is neither a Whisper model name"):
+        AudioEncoderConfig(model_name="huge-v9").build()
 
 
 def test_random_init_dims_and_freezing(whisper_files):
     dims = WhisperEncoderDims(n_mels=128, n_audio_ctx=100, n_audio_state=32, n_audio_head=2, n_audio_layer=2)
-    enc = AudioEncoder(
-        AudioEncoderConfig(model_name="", dims=dims, trainable_blocks=1, grad_checkpointing=True)
-    )
+    enc = AudioEncoderConfig(model_name="", dims=dims, trainable_blocks=1, grad_checkpointing=True).build()
+    assert isinstance(enc, AudioEncoder)
     assert enc.audio_spec.n_mels == 128 and enc.audio_spec.n_frames == 200
     out = enc(torch.randn(2, 128, 200), torch.ones(2, 200, dtype=torch.bool))
     (out.pooled * torch.randn(out.pooled.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
@@ -99,3 +96,15 @@ def test_random_init_dims_and_freezing(whisper_files):
     frozen = AudioEncoder(AudioEncoderConfig(**whisper_files))
     assert not any(p.requires_grad for p in frozen.backbone.parameters())
     assert not frozen(torch.randn(1, 80, 40)).pooled.requires_grad
+
+
+def test_pooling_none_returns_tokens_only(whisper_files):
+    torch.manual_seed(0)
+    pooled = AudioEncoderConfig(**whisper_files, pooling=PoolingConfig(type="attention", num_heads=2)).build()
+    bare = AudioEncoderConfig(**whisper_files, pooling=PoolingConfig(type="none")).build()
+    assert bare.pooling is None and not any(n.startswith("pooling.") for n, _ in bare.named_parameters())
+    mel, mask = bare.log_mel([_clip(1.0), _clip(0.5, seed=1)])
+    out, reference = bare.eval()(mel, mask), pooled.eval()(mel, mask)
+    assert out.pooled is None
+    assert torch.equal(out.tokens, reference.tokens) and torch.equal(out.mask, reference.mask)
+    assert out.mask.sum(dim=1).tolist() == [50, 25]

@@ -92,11 +92,34 @@ def test_bad_inputs_and_names(open_clip_files, hf_clip_files):
         VisionEncoder(VisionEncoderConfig(model_name="ViT-Nope-99", pretrained=""))
     with pytest.raises(EncoderError, match="neither a checkpoint file nor a tag"):
         VisionEncoder(dataclasses.replace(VisionEncoderConfig(**open_clip_files), pretrained="/no/such.pt"))
-    with pytest.raises(EncoderError, match="trainable_blocks=5"):
-        VisionEncoder(VisionEncoderConfig(**open_clip_files, trainable_blocks=5))
-    with pytest.raises(EncoderError, match="vision.backend"):
-        VisionEncoder(VisionEncoderConfig(backend="timm"))
-    with pytest.raises(EncoderError, match="backend 'hf'"):
-        VisionEncoder(VisionEncoderConfig(backend="hf", model_name=hf_clip_files["model_name"]))
-    with pytest.raises(EncoderError, match="not a loadable CLIPVisionModel"):
+    with pytest.raises(EncoderError, match="^trainable_blocks=5 is out of range: .* 1..2 "):
+        VisionEncoderConfig(**open_clip_files, trainable_blocks=5).build()  # the depth is known at build
+    with pytest.raises(EncoderError, match="^model_config_file='/no/such.json' does not exist"):
+        dataclasses.replace(VisionEncoderConfig(**open_clip_files), model_config_file="/no/such.json").build()
+    with pytest.raises(EncoderError, match="^model_name='/no/such/dir' is not a loadable CLIPVisionModel"):
         VisionEncoder(VisionEncoderConfig(backend="hf", model_name="/no/such/dir", pretrained=""))
+
+
+def test_pooling_none_returns_tokens_only(open_clip_files):
+    bare = VisionEncoderConfig(**open_clip_files, pooling=PoolingConfig(type="none")).build().eval()
+    assert bare.pooling is None and not any(n.startswith("pooling.") for n, _ in bare.named_parameters())
+    out = bare(_images())
+    assert out.pooled is None and out.tokens.shape == (2, 17, 64) and out.mask.all()
+    reference = VisionEncoderConfig(**open_clip_files).build().eval()(_images())
+    assert torch.equal(out.tokens, reference.tokens)
+
+
+def test_local_open_clip_checkpoint_loads_its_weights_without_a_random_init_warning(tmp_path, caplog):
+    from eg_encoders import debug
+
+    with caplog.at_level("WARNING"):
+        files = debug.write_open_clip_vit(str(tmp_path), seed=3)
+        enc = VisionEncoderConfig(**files).build()
+    assert not [r for r in caplog.records if "pretrained" in r.getMessage()], caplog.text
+    saved = torch.load(files["pretrained"], weights_only=True)
+    visual = {k.removeprefix("visual."): v for k, v in saved.items() if k.startswith("visual.")}
+    loaded = enc.backbone.state_dict()
+    assert set(loaded) == set(visual) - {"proj"}  # the CLIP projection is dropped, nothing else
+    assert all(torch.equal(loaded[k], visual[k]) for k in loaded)
+    fresh = VisionEncoderConfig(**debug.write_open_clip_vit(str(tmp_path / "other"), seed=4)).build()
+    assert not torch.equal(fresh.backbone.conv1.weight, enc.backbone.conv1.weight)  # seeds differ

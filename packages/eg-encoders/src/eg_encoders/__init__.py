@@ -1,14 +1,15 @@
 """eg-encoders: vision (CLIP), audio (Whisper) and text (Sentence-BERT) encoders with pooling and a
-Matryoshka projection head. Every encoder returns an `EncoderOutput(tokens, mask, pooled)`."""
+Matryoshka projection head. Every encoder returns an `EncoderOutput(tokens, mask, pooled)`; every config
+checks itself when constructed and builds its component with `build(...)`."""
 
 from .audio import AudioEncoder, AudioEncoderConfig, AudioSpec, WhisperEncoderDims
 from .common import EncoderError, EncoderOutput
 from .matryoshka import MatryoshkaConfig, MatryoshkaProjection, truncate_normalize
-from .pooling import AttentionPooling, ClsPooling, MeanPooling, PoolingConfig, build_pooling
+from .pooling import AttentionPooling, ClsPooling, MeanPooling, PoolingConfig
 from .text import TextEncoder, TextEncoderConfig
 from .vision import ImageSpec, VisionEncoder, VisionEncoderConfig
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AttentionPooling",
@@ -28,6 +29,5 @@ __all__ = [
     "VisionEncoder",
     "VisionEncoderConfig",
     "WhisperEncoderDims",
-    "build_pooling",
     "truncate_normalize",
 ]

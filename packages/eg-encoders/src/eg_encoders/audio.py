@@ -24,8 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .common import EncoderError, EncoderOutput, apply_trainable_blocks
-from .pooling import PoolingConfig, build_pooling
+from .common import (
+    EncoderError,
+    EncoderOutput,
+    apply_trainable_blocks,
+    check_int,
+    check_trainable_blocks,
+    is_missing,
+)
+from .pooling import PoolingConfig
 
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160  # mel frame = 10 ms; one encoder token = 2 frames = 20 ms
@@ -45,7 +52,10 @@ class AudioSpec:
 
 @dataclass
 class WhisperEncoderDims:
-    """Encoder dimensions for a random-init Whisper encoder (whisper's ModelDimensions, audio half)."""
+    """Encoder dimensions for a random-init Whisper encoder (whisper's ModelDimensions, audio half).
+
+    Checked when constructed: n_mels 80 or 128, every size >= 1, n_audio_head dividing n_audio_state.
+    """
 
     n_mels: int = 80
     n_audio_ctx: int = 1500
@@ -53,10 +63,20 @@ class WhisperEncoderDims:
     n_audio_head: int = 8
     n_audio_layer: int = 6
 
+    def __post_init__(self) -> None:
+        """Raise EncoderError naming the first bad key (values still omegaconf.MISSING are skipped)."""
+        if not is_missing(self.n_mels) and self.n_mels not in (80, 128):
+            raise EncoderError(f"n_mels must be 80 or 128 (Whisper's log-mel sizes), got {self.n_mels}")
+        for key in ("n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer"):
+            check_int(getattr(self, key), key, 1)
+        state, heads = self.n_audio_state, self.n_audio_head
+        if not is_missing(state) and not is_missing(heads) and state % heads:
+            raise EncoderError(f"n_audio_head={heads} must divide n_audio_state={state}")
+
 
 @dataclass
 class AudioEncoderConfig:
-    """Audio encoder settings.
+    """Audio encoder settings; checked when constructed (EncoderError naming the key).
 
     model_name: a Whisper name (tiny, base, small, medium, large-v3, ...: whisper.available_models()) or a
         local .pt checkpoint as whisper.load_model reads it. Must be "" when `dims` is set.
@@ -65,7 +85,10 @@ class AudioEncoderConfig:
     trainable_blocks: 0 = frozen, -1 = train all, k = train the last k blocks (+ final norm).
     grad_checkpointing: recompute block activations in backward.
     trim_padding: drop frames that are padding in every clip of the batch before encoding.
-    pooling: how tokens become the pooled vector.
+    pooling: how tokens become the pooled vector (`type: none`: no pooling, `pooled` is None).
+
+    Whether model_name exists, and k of `trainable_blocks` against the encoder's depth, are checked when
+    the encoder is built.
     """
 
     model_name: str = "base"
@@ -75,6 +98,26 @@ class AudioEncoderConfig:
     grad_checkpointing: bool = False
     trim_padding: bool = True
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
+
+    def __post_init__(self) -> None:
+        """Raise EncoderError naming the first bad key (values still omegaconf.MISSING are skipped)."""
+        check_trainable_blocks(self.trainable_blocks)
+        if is_missing(self.model_name) or is_missing(self.dims):
+            return
+        if self.dims is not None and self.model_name:
+            raise EncoderError(
+                f"model_name={self.model_name!r} and dims are both set; set model_name='' for a "
+                "random-init encoder, or dims=null to load a model"
+            )
+        if self.dims is None and not self.model_name:
+            raise EncoderError(
+                "model_name is empty and dims is null; name a Whisper model or a .pt checkpoint, "
+                "or set dims for a random-init encoder"
+            )
+
+    def build(self) -> AudioEncoder:
+        """An AudioEncoder with these settings (loads the backbone)."""
+        return AudioEncoder(self)
 
 
 class AudioEncoder(nn.Module):
@@ -89,11 +132,9 @@ class AudioEncoder(nn.Module):
         self.audio_spec = AudioSpec(SAMPLE_RATE, n_mels, 2 * n_ctx * HOP_LENGTH, 2 * n_ctx)
         self.output_dim: int = width
         blocks = list(self.backbone.blocks)
-        apply_trainable_blocks(
-            self.backbone, blocks, [self.backbone.ln_post], config.trainable_blocks, "audio.trainable_blocks"
-        )
+        apply_trainable_blocks(self.backbone, blocks, [self.backbone.ln_post], config.trainable_blocks)
         self.frozen = config.trainable_blocks == 0
-        self.pooling = build_pooling(config.pooling, width, "audio.pooling")
+        self.pooling = config.pooling.build(width)  # None for pooling type "none"
         self.num_truncated = 0
         self.train(self.training)
 
@@ -112,7 +153,7 @@ class AudioEncoder(nn.Module):
         audio: log-mels (B, n_mels, T) with `audio_mask` (B, T) bool (True = valid frame; None = all valid),
             or waveforms: a (B, S) tensor with `audio_mask` (B, S) over samples, or a list of 1-D tensors.
         Returns tokens (B, N, D) with N = ceil(T / 2), mask (B, N) True on tokens of valid frames,
-        pooled (B, D).
+        pooled (B, D) (None with pooling type "none").
         """
         is_waveform = not torch.is_tensor(audio) or audio.ndim == 2
         if is_waveform:
@@ -128,7 +169,8 @@ class AudioEncoder(nn.Module):
             frame_mask = F.pad(frame_mask, (0, 1), value=False)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             tokens, token_mask = self._encode(mel, frame_mask)
-        return EncoderOutput(tokens=tokens, mask=token_mask, pooled=self.pooling(tokens, token_mask))
+        pooled = None if self.pooling is None else self.pooling(tokens, token_mask)  # (B, D)
+        return EncoderOutput(tokens=tokens, mask=token_mask, pooled=pooled)
 
     def log_mel(
         self, waveforms: torch.Tensor | Sequence[torch.Tensor], sample_mask: torch.Tensor | None = None
@@ -240,23 +282,13 @@ def _load_whisper_encoder(config: AudioEncoderConfig) -> nn.Module:
     from whisper.model import AudioEncoder as WhisperAudioEncoder
 
     if config.dims is not None:
-        if config.model_name:
-            raise EncoderError(
-                f"audio.model_name={config.model_name!r} and audio.dims are both set; set model_name='' "
-                f"for a random-init encoder, or dims=null to load a model"
-            )
         d = config.dims
-        if d.n_mels not in (80, 128) or d.n_audio_state % d.n_audio_head:
-            raise EncoderError(
-                f"audio.dims: n_mels={d.n_mels} must be 80 or 128 and n_audio_head={d.n_audio_head} "
-                f"must divide n_audio_state={d.n_audio_state}"
-            )
         return WhisperAudioEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
     name = config.model_name
     if name not in whisper.available_models() and not os.path.isfile(name):
         raise EncoderError(
-            f"audio.model_name={name!r} is neither a Whisper model name {whisper.available_models()} nor a "
-            f"local .pt checkpoint file; or set audio.model_name='' with audio.dims for random init"
+            f"model_name={name!r} is neither a Whisper model name {whisper.available_models()} nor a "
+            f"local .pt checkpoint file; or set model_name='' with dims for random init"
         )
     model = whisper.load_model(name, device="cpu", download_root=config.download_root or None)
     return model.encoder

@@ -32,7 +32,9 @@ def write_open_clip_vit(
     """Write a tiny open_clip ViT-CLIP: `<name>.json` (model config) and `<name>.pt` (full CLIP state dict).
 
     Returns VisionEncoderConfig fields: backend, model_name (the config's file stem, registered through
-    model_config_file), pretrained (the checkpoint path), model_config_file.
+    model_config_file), pretrained (the checkpoint path), model_config_file. The model is open_clip's own
+    `CLIP` class built from that config (what `open_clip.create_model` builds, without its "No pretrained
+    weights loaded" warning: random weights are the point here).
     """
     import open_clip
 
@@ -52,10 +54,9 @@ def write_open_clip_vit(
     config_file = os.path.join(out_dir, f"{name}.json")
     with open(config_file, "w", encoding="utf-8") as f:
         json.dump(model_cfg, f, indent=2)
-    open_clip.add_model_config(config_file)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = open_clip.create_model(name, pretrained=None, device="cpu")
+        model = open_clip.CLIP(**model_cfg)
     checkpoint = os.path.join(out_dir, f"{name}.pt")
     torch.save(model.state_dict(), checkpoint)
     return {
@@ -147,8 +148,9 @@ def write_sentence_transformer(
     their whole words, so any text tokenizes (unseen characters map to [UNK]). Returns TextEncoderConfig
     fields: model_name (the directory).
     """
-    from sentence_transformers import SentenceTransformer
+    from .text import import_sentence_transformers
 
+    sentence_transformer = import_sentence_transformers().SentenceTransformer
     try:
         from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     except ImportError:  # sentence-transformers 5.x keeps them in `models`
@@ -161,7 +163,7 @@ def write_sentence_transformer(
     with tempfile.TemporaryDirectory() as bert_dir:
         _write_tiny_bert(bert_dir, vocab, seed, width, layers)
         transformer = Transformer(bert_dir, max_seq_length=64)
-        model = SentenceTransformer(modules=[transformer, Pooling(width, "mean")], device="cpu")
+        model = sentence_transformer(modules=[transformer, Pooling(width, "mean")], device="cpu")
         model.save(out_dir)
     return {"model_name": out_dir}
 

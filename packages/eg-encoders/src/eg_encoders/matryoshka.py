@@ -12,41 +12,49 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import EncoderError
+from .common import EncoderError, check_int, is_missing
 
 MAX_MATRYOSHKA_DIM = 4096
 
 
 @dataclass
 class MatryoshkaConfig:
-    """max_dim: the top Matryoshka dim (<= 4096). hidden_dim: 0 = one linear layer, >0 = a 2-layer MLP."""
+    """max_dim: the top Matryoshka dim (1..4096). hidden_dim: 0 = one linear layer, >0 = a 2-layer MLP.
+
+    Checked when constructed (EncoderError naming the key).
+    """
 
     max_dim: int = 1024
     hidden_dim: int = 0
+
+    def __post_init__(self) -> None:
+        """Raise EncoderError naming the first bad key (values still omegaconf.MISSING are skipped)."""
+        check_int(self.max_dim, "max_dim", 1)
+        if not is_missing(self.max_dim) and self.max_dim > MAX_MATRYOSHKA_DIM:
+            raise EncoderError(f"max_dim must be in 1..{MAX_MATRYOSHKA_DIM}, got {self.max_dim}")
+        check_int(self.hidden_dim, "hidden_dim", 0)
+
+    def build(self, in_dim: int) -> MatryoshkaProjection:
+        """A MatryoshkaProjection for inputs of width `in_dim`."""
+        return MatryoshkaProjection(self, in_dim)
 
 
 class MatryoshkaProjection(nn.Module):
     """Projects (B, in_dim) features to (B, max_dim); `embed` truncates and normalizes."""
 
-    def __init__(self, in_dim: int, max_dim: int = 1024, hidden_dim: int = 0) -> None:
+    def __init__(self, config: MatryoshkaConfig, in_dim: int) -> None:
         super().__init__()
-        if not 1 <= max_dim <= MAX_MATRYOSHKA_DIM:
-            raise EncoderError(f"matryoshka.max_dim={max_dim} must be in 1..{MAX_MATRYOSHKA_DIM}")
-        if in_dim < 1 or hidden_dim < 0:
-            raise EncoderError(f"matryoshka: in_dim={in_dim} must be >= 1 and hidden_dim={hidden_dim} >= 0")
+        if in_dim < 1:
+            raise EncoderError(f"the projection's input width must be >= 1, got {in_dim}")
+        self.config = config
         self.in_dim = in_dim
-        self.max_dim = max_dim
-        if hidden_dim > 0:
+        self.max_dim = config.max_dim
+        if config.hidden_dim > 0:
             self.proj: nn.Module = nn.Sequential(
-                nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, max_dim)
+                nn.Linear(in_dim, config.hidden_dim), nn.GELU(), nn.Linear(config.hidden_dim, config.max_dim)
             )
         else:
-            self.proj = nn.Linear(in_dim, max_dim)
-
-    @classmethod
-    def from_config(cls, config: MatryoshkaConfig, in_dim: int) -> MatryoshkaProjection:
-        """Build from a MatryoshkaConfig for inputs of width `in_dim`."""
-        return cls(in_dim, config.max_dim, config.hidden_dim)
+            self.proj = nn.Linear(in_dim, config.max_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, in_dim) -> (B, max_dim), not normalized."""

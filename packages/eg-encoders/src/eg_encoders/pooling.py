@@ -1,8 +1,10 @@
-"""Pooling of a masked token sequence (B, N, D) into one vector (B, D): cls, masked mean, attention.
+"""Pooling of a masked token sequence (B, N, D) into one vector (B, D): cls, masked mean, attention, or none.
 
 Attention pooling uses learnable queries (one or more) that cross-attend over the valid tokens with
 multi-head attention; the per-query outputs are averaged into the pooled vector, so every query drives
 the result and receives gradient. Padding tokens (mask False) never contribute to any pooling type.
+`type: none` builds no module at all: the encoder then returns tokens only (`EncoderOutput.pooled` is
+None), for a model that reads the tokens with something else (e.g. a Perceiver resampler).
 """
 
 from __future__ import annotations
@@ -12,22 +14,44 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .common import EncoderError, check_choice
+from .common import EncoderError, check_choice, check_int, is_missing
 
-POOLING_TYPES = ("cls", "mean", "attention")
+POOLING_TYPES = ("cls", "mean", "attention", "none")
 
 
 @dataclass
 class PoolingConfig:
-    """How an encoder pools its tokens.
+    """How an encoder pools its tokens; checked when constructed (EncoderError naming the key).
 
-    type: "cls" (first token), "mean" (mean of valid tokens) or "attention" (learnable queries).
-    num_queries / num_heads: attention pooling only; the token width must divide by num_heads.
+    type: "cls" (first token), "mean" (mean of valid tokens), "attention" (learnable queries) or "none"
+        (no pooling: the encoder returns tokens and `pooled=None`).
+    num_queries / num_heads: attention pooling only; the token width must divide by num_heads (checked
+        by `build`, which knows the width).
     """
 
     type: str = "mean"
     num_queries: int = 1
     num_heads: int = 8
+
+    def __post_init__(self) -> None:
+        """Raise EncoderError naming the first bad key (values still omegaconf.MISSING are skipped)."""
+        check_choice(self.type, POOLING_TYPES, "type")
+        check_int(self.num_queries, "num_queries", 1)
+        check_int(self.num_heads, "num_heads", 1)
+
+    def build(self, dim: int) -> nn.Module | None:
+        """The pooling module for tokens of width `dim`, or None for type "none"."""
+        if self.type == "none":
+            return None
+        if self.type == "cls":
+            return ClsPooling()
+        if self.type == "mean":
+            return MeanPooling()
+        if not is_missing(self.num_heads) and dim % self.num_heads != 0:
+            raise EncoderError(
+                f"num_heads={self.num_heads} must divide the token width {dim}; pick a divisor of {dim}"
+            )
+        return AttentionPooling(dim, self.num_queries, self.num_heads)
 
 
 class ClsPooling(nn.Module):
@@ -71,19 +95,3 @@ class AttentionPooling(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """tokens (B, N, D), mask (B, N) -> (B, D)."""
         return self.forward_queries(tokens, mask).mean(dim=1)
-
-
-def build_pooling(config: PoolingConfig, dim: int, key: str = "pooling") -> nn.Module:
-    """Build the pooling module named by `config.type` for tokens of width `dim`."""
-    check_choice(config.type, POOLING_TYPES, f"{key}.type")
-    if config.type == "cls":
-        return ClsPooling()
-    if config.type == "mean":
-        return MeanPooling()
-    if config.num_queries < 1:
-        raise EncoderError(f"{key}.num_queries={config.num_queries} must be >= 1")
-    if config.num_heads < 1 or dim % config.num_heads != 0:
-        raise EncoderError(
-            f"{key}.num_heads={config.num_heads} must divide the token width {dim}; pick a divisor of {dim}"
-        )
-    return AttentionPooling(dim, config.num_queries, config.num_heads)

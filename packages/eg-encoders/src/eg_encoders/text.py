@@ -3,23 +3,30 @@
 `SentenceTransformer.encode()` always runs without gradients, so this encoder tokenizes with the model's
 own preprocessing and calls the modules (`model(features)`) directly: trainable when configured, under
 `torch.no_grad()` when frozen. Tokens are the transformer's token embeddings, the mask its attention mask,
-and pooled the model's sentence embedding (its own Pooling/Dense/Normalize modules).
+and pooled the model's sentence embedding (its own Pooling/Dense/Normalize modules). The text encoder has
+no `pooling` setting: a sentence-transformers model pools by itself (its Pooling module is part of the
+saved model, usually parameter-free), so `pooled` is always set; a caller that only wants tokens ignores it.
+
+sentence-transformers is imported without bitsandbytes (see `import_sentence_transformers`).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 from torch import nn
 
-from .common import EncoderError, EncoderOutput, first_line
+from .common import EncoderError, EncoderOutput, check_int, first_line
 
 
 @dataclass
 class TextEncoderConfig:
-    """Text encoder settings.
+    """Text encoder settings; checked when constructed (EncoderError naming the key).
 
     model_name: a sentence-transformers hub name ("sentence-transformers/all-MiniLM-L6-v2") or a local
         directory saved by SentenceTransformer.save().
@@ -34,6 +41,16 @@ class TextEncoderConfig:
     trainable: bool = False
     grad_checkpointing: bool = False
     max_seq_length: int = 0
+
+    def __post_init__(self) -> None:
+        """Raise EncoderError naming the first bad key (values still omegaconf.MISSING are skipped)."""
+        if self.model_name == "":
+            raise EncoderError("model_name is empty; name a sentence-transformers model or directory")
+        check_int(self.max_seq_length, "max_seq_length", 0)
+
+    def build(self) -> TextEncoder:
+        """A TextEncoder with these settings (loads the model)."""
+        return TextEncoder(self)
 
 
 class TextEncoder(nn.Module):
@@ -55,7 +72,7 @@ class TextEncoder(nn.Module):
             self.model.gradient_checkpointing_enable()
         dim = self.model.get_embedding_dimension()
         if dim is None:
-            raise EncoderError(f"text.model_name={config.model_name!r} has no sentence embedding dimension")
+            raise EncoderError(f"model_name={config.model_name!r} has no sentence embedding dimension")
         self.output_dim: int = int(dim)
         self.train(self.training)
 
@@ -85,16 +102,35 @@ class TextEncoder(nn.Module):
         return EncoderOutput(tokens=out["token_embeddings"], mask=mask, pooled=out["sentence_embedding"])
 
 
+def import_sentence_transformers() -> ModuleType:
+    """Import sentence_transformers without letting it import bitsandbytes.
+
+    sentence_transformers imports transformers' TrainerCallback, whose trainer_utils imports peft when
+    peft is installed, and peft imports bitsandbytes when that is installed (in the Edge Glass workspace
+    both come with eg-decoders). A text encoder uses neither, and importing bitsandbytes costs time and logs
+    a warning on machines without its optional `kernels` package. So while sentence_transformers loads,
+    bitsandbytes is marked unimportable (peft guards that import with try/except), then unmarked: a later
+    `import bitsandbytes` (e.g. an 8-bit decoder) works as usual. The one trace left: peft's `helpers`
+    module keeps `bnb = None`, which only its `find_kappa_target_modules` reads.
+    """
+    if "sentence_transformers" in sys.modules or "bitsandbytes" in sys.modules:
+        return importlib.import_module("sentence_transformers")
+    sys.modules["bitsandbytes"] = None  # type: ignore[assignment]  # makes `import bitsandbytes` raise
+    try:
+        return importlib.import_module("sentence_transformers")
+    finally:
+        if sys.modules.get("bitsandbytes", 0) is None:
+            del sys.modules["bitsandbytes"]
+
+
 def _load_sentence_transformer(config: TextEncoderConfig):
-    from sentence_transformers import SentenceTransformer
+    sentence_transformer = import_sentence_transformers().SentenceTransformer
 
     name = os.path.expanduser(config.model_name)
     if name.startswith((".", "/")) and not os.path.isdir(name):
-        raise EncoderError(
-            f"text.model_name={name!r} is not an existing directory (a sentence-transformers save)"
-        )
+        raise EncoderError(f"model_name={name!r} is not an existing directory (a sentence-transformers save)")
     try:
-        return SentenceTransformer(
+        return sentence_transformer(
             name,
             device="cpu",
             cache_folder=config.cache_dir or None,
@@ -102,7 +138,7 @@ def _load_sentence_transformer(config: TextEncoderConfig):
         )
     except (OSError, ValueError) as exc:
         raise EncoderError(
-            f"text.model_name={name!r} could not be loaded as a sentence-transformers model (a hub name "
+            f"model_name={name!r} could not be loaded as a sentence-transformers model (a hub name "
             f"such as 'sentence-transformers/all-MiniLM-L6-v2' or a local directory): "
             f"{first_line(exc)}"
         ) from None

@@ -15,8 +15,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .common import EncoderError, EncoderOutput, apply_trainable_blocks, check_choice, first_line
-from .pooling import PoolingConfig, build_pooling
+from .common import (
+    EncoderError,
+    EncoderOutput,
+    apply_trainable_blocks,
+    check_choice,
+    check_trainable_blocks,
+    first_line,
+    is_missing,
+)
+from .pooling import PoolingConfig
+
+BACKENDS = ("open_clip", "hf")
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -33,7 +43,7 @@ class ImageSpec:
 
 @dataclass
 class VisionEncoderConfig:
-    """Vision encoder settings.
+    """Vision encoder settings; checked when constructed (EncoderError naming the key).
 
     backend: "open_clip" or "hf".
     model_name: open_clip model name (e.g. "ViT-L-14-336", also "hf-hub:org/repo" / "local-dir:/path") or,
@@ -45,7 +55,10 @@ class VisionEncoderConfig:
     cache_dir: download cache for open_clip tags / HF hub ids ("" = library default).
     trainable_blocks: 0 = frozen, -1 = train all, k = train the last k transformer blocks (+ final norm).
     grad_checkpointing: recompute block activations in backward to save memory.
-    pooling: how tokens become the pooled vector.
+    pooling: how tokens become the pooled vector (`type: none`: no pooling, `pooled` is None).
+
+    Whether names and files exist, and k of `trainable_blocks` against the backbone's depth, are checked
+    when the encoder is built.
     """
 
     backend: str = "open_clip"
@@ -57,13 +70,31 @@ class VisionEncoderConfig:
     grad_checkpointing: bool = False
     pooling: PoolingConfig = field(default_factory=lambda: PoolingConfig(type="cls"))
 
+    def __post_init__(self) -> None:
+        """Raise EncoderError naming the first bad key (values still omegaconf.MISSING are skipped)."""
+        check_choice(self.backend, BACKENDS, "backend")
+        if self.model_name == "":
+            raise EncoderError("model_name is empty; name an open_clip model or a CLIPVisionModel")
+        check_trainable_blocks(self.trainable_blocks)
+        if self.backend == "hf":
+            for key in ("pretrained", "model_config_file"):
+                value = getattr(self, key)
+                if value and not is_missing(value):
+                    raise EncoderError(
+                        f"{key}={value!r} is an open_clip setting; set it to '' for backend 'hf' "
+                        "(put the hub id or local directory in model_name)"
+                    )
+
+    def build(self) -> VisionEncoder:
+        """A VisionEncoder with these settings (loads the backbone)."""
+        return VisionEncoder(self)
+
 
 class VisionEncoder(nn.Module):
     """images (B, 3, S, S), normalized per `image_spec` -> EncoderOutput(tokens (B, 1+P, D), mask, pooled)."""
 
     def __init__(self, config: VisionEncoderConfig) -> None:
         super().__init__()
-        check_choice(config.backend, ("open_clip", "hf"), "vision.backend")
         self.config = config
         if config.backend == "open_clip":
             self.backbone, self.image_spec, blocks, tail = _load_open_clip(config)
@@ -71,16 +102,14 @@ class VisionEncoder(nn.Module):
             self.backbone, self.image_spec, blocks, tail = _load_hf(config)
         self._blocks = blocks
         self.output_dim: int = tail[0].normalized_shape[0]
-        apply_trainable_blocks(
-            self.backbone, blocks, tail, config.trainable_blocks, "vision.trainable_blocks"
-        )
+        apply_trainable_blocks(self.backbone, blocks, tail, config.trainable_blocks)
         self.frozen = config.trainable_blocks == 0
         if config.grad_checkpointing:
             if config.backend == "open_clip":
                 self.backbone.set_grad_checkpointing(True)
             else:
                 self.backbone.gradient_checkpointing_enable()
-        self.pooling = build_pooling(config.pooling, self.output_dim, "vision.pooling")
+        self.pooling = config.pooling.build(self.output_dim)  # None for pooling type "none"
         self.train(self.training)
 
     def train(self, mode: bool = True) -> VisionEncoder:
@@ -91,12 +120,13 @@ class VisionEncoder(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> EncoderOutput:
-        """images (B, 3, S, S) -> tokens (B, 1+P, D) (class token first), mask all True, pooled (B, D)."""
+        """images (B, 3, S, S) -> tokens (B, 1+P, D) (class token first), mask all True, pooled (B, D) or None."""
         self._check_images(images)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             tokens = self._tokens(images)  # (B, 1+P, D)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)  # (B, 1+P)
-        return EncoderOutput(tokens=tokens, mask=mask, pooled=self.pooling(tokens, mask))
+        pooled = None if self.pooling is None else self.pooling(tokens, mask)  # (B, D)
+        return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)
 
     def _tokens(self, images: torch.Tensor) -> torch.Tensor:
         dtype = next(self.backbone.parameters()).dtype
@@ -136,22 +166,22 @@ def _load_open_clip(config: VisionEncoderConfig):
 
     if config.model_config_file:
         if not os.path.isfile(config.model_config_file):
-            raise EncoderError(f"vision.model_config_file={config.model_config_file!r} does not exist")
+            raise EncoderError(f"model_config_file={config.model_config_file!r} does not exist")
         open_clip.add_model_config(config.model_config_file)
     has_schema = config.model_name.startswith(("hf-hub:", "local-dir:"))
     name = config.model_name.replace("/", "-")
     if not has_schema and name not in open_clip.list_models():
         raise EncoderError(
-            f"vision.model_name={config.model_name!r} is not an open_clip model; use a name from "
+            f"model_name={config.model_name!r} is not an open_clip model; use a name from "
             f"open_clip.list_models() (e.g. 'ViT-L-14-336'), 'hf-hub:org/repo', 'local-dir:/path', or set "
-            f"vision.model_config_file to a JSON model config named after its file stem"
+            f"model_config_file to a JSON model config named after its file stem"
         )
     pretrained = config.pretrained or None
     if pretrained and not has_schema and not os.path.isfile(pretrained):
         tags = open_clip.list_pretrained_tags_by_model(name)
         if pretrained not in tags:
             raise EncoderError(
-                f"vision.pretrained={pretrained!r} is neither a checkpoint file nor a tag of {name} "
+                f"pretrained={pretrained!r} is neither a checkpoint file nor a tag of {name} "
                 f"(tags: {tags}); use '' for random init"
             )
     model = open_clip.create_model(
@@ -160,7 +190,7 @@ def _load_open_clip(config: VisionEncoderConfig):
     visual = model.visual
     if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None:
         raise EncoderError(
-            f"vision.model_name={config.model_name!r} is not a plain open_clip ViT (ResNet, timm and CoCa "
+            f"model_name={config.model_name!r} is not a plain open_clip ViT (ResNet, timm and CoCa "
             f"towers are not supported); pick a ViT-* model"
         )
     visual.proj = None  # the CLIP projection is unused here; see the module docstring
@@ -172,17 +202,12 @@ def _load_open_clip(config: VisionEncoderConfig):
 def _load_hf(config: VisionEncoderConfig):
     from transformers import CLIPVisionModel
 
-    if config.pretrained or config.model_config_file:
-        raise EncoderError(
-            "vision.pretrained and vision.model_config_file are open_clip settings; set them to '' for "
-            "backend 'hf' (put the hub id or local directory in vision.model_name)"
-        )
     cache_dir = config.cache_dir or None
     try:
         model = CLIPVisionModel.from_pretrained(config.model_name, cache_dir=cache_dir)
     except OSError as exc:
         raise EncoderError(
-            f"vision.model_name={config.model_name!r} is not a loadable CLIPVisionModel (hub id such as "
+            f"model_name={config.model_name!r} is not a loadable CLIPVisionModel (hub id such as "
             f"'openai/clip-vit-large-patch14' or a local directory with config.json): "
             f"{first_line(exc)}"
         ) from None

@@ -1,0 +1,66 @@
+"""A stage-1 process (encoders, and the losses and resampler where installed) imports no bitsandbytes and
+logs no third-party warning about weights it does load; a later `import bitsandbytes` still works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import importlib.util, json, sys, tempfile
+    import eg_encoders
+    from eg_encoders import AudioEncoderConfig, TextEncoderConfig, VisionEncoderConfig, debug
+    optional = [m for m in ("eg_losses", "eg_resampler") if importlib.util.find_spec(m)]
+    for name in optional:
+        __import__(name)
+    root = tempfile.mkdtemp()
+    encoders = [
+        VisionEncoderConfig(**debug.write_open_clip_vit(root + "/vision")).build(),
+        AudioEncoderConfig(**debug.write_whisper(root + "/audio")).build(),
+        TextEncoderConfig(**debug.write_sentence_transformer(root + "/text")).build(),
+    ]
+    encoders[2](["a photo"])
+    result = {
+        "bitsandbytes_imported": "bitsandbytes" in sys.modules,
+        "peft_imported": "peft" in sys.modules,
+        "bitsandbytes_installed": importlib.util.find_spec("bitsandbytes") is not None,
+        "optional": optional,
+    }
+    print("STAGE1-DONE", file=sys.stderr, flush=True)
+    if result["bitsandbytes_installed"]:
+        import bitsandbytes  # unmarked again after sentence-transformers loaded
+        result["bitsandbytes_later"] = "bitsandbytes" in sys.modules
+    if result["peft_imported"]:
+        import peft.import_utils
+        result["peft_sees_bitsandbytes"] = peft.import_utils.is_bnb_available()
+    print("RESULT " + json.dumps(result))
+    """
+)
+
+
+def test_stage1_imports_and_debug_encoders_leave_bitsandbytes_out(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    stage1_log = done.stderr.split("STAGE1-DONE")[0]
+    assert result["bitsandbytes_imported"] is False, result
+    assert "No pretrained weights loaded" not in stage1_log  # open_clip, for a file it does load
+    assert "bitsandbytes" not in stage1_log and "kernels" not in stage1_log, stage1_log[-2000:]
+    if result["bitsandbytes_installed"]:
+        assert result["bitsandbytes_later"] is True
+    if result["peft_imported"]:  # the workspace: peft came in through transformers, bitsandbytes did not
+        assert result["peft_sees_bitsandbytes"] is result["bitsandbytes_installed"]
