@@ -20,6 +20,9 @@ from eg_data import DownloadConfig, download_urls, read_all
 from eg_data.download import REQUEST_DEADLINE_TIMEOUTS
 from PIL import Image
 
+pytest.importorskip("httpx", reason="needs the eg-data[download] extra (httpx)")
+pytest.importorskip("tqdm", reason="needs the eg-data[download] extra (tqdm)")
+
 TIMEOUT_S = 0.4  # per connect/read operation in these tests
 DEADLINE_S = REQUEST_DEADLINE_TIMEOUTS * TIMEOUT_S  # the whole request, headers and body
 STOP = threading.Event()  # set when the server shuts down: trickling handlers end
