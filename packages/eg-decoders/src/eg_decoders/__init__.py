@@ -1,11 +1,11 @@
 """eg-decoders: decoders for multimodal QA: TRM (tiny recursive), a tiny causal baseline, Qwen with LoRA and 8/4-bit.
 
 Every decoder takes prefix embeddings (from an encoder, through its PrefixProjector), trains on answer
-tokens only, and generates with greedy or sampled decoding that stops at eos.
+tokens only, and generates with greedy or sampled decoding that stops at eos. Each config checks itself
+when constructed and builds its decoder with `build()`; `load_decoder(dir)` rebuilds a saved one.
 """
 
 from eg_decoders.base import Decoder, DecoderOutput, select_next_token
-from eg_decoders.build import build_decoder, decoder_class, load_decoder
 from eg_decoders.config import (
     DECODER_CONFIGS,
     QwenDecoderConfig,
@@ -15,12 +15,14 @@ from eg_decoders.config import (
 )
 from eg_decoders.errors import DecoderError
 from eg_decoders.labels import IGNORE_INDEX, answer_loss, build_answer_only_batch, build_prompt_batch
+from eg_decoders.layers import KVCache
+from eg_decoders.load import load_decoder
 from eg_decoders.projector import PrefixProjector
 from eg_decoders.tiny import TinyDecoder
 from eg_decoders.tokenizer import ByteTokenizer
-from eg_decoders.trm import TRMDecoder
+from eg_decoders.trm import TRMCache, TRMDecoder
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str) -> object:
@@ -39,19 +41,19 @@ __all__ = [
     "Decoder",
     "DecoderError",
     "DecoderOutput",
+    "KVCache",
     "PrefixProjector",
     "QwenDecoder",
     "QwenDecoderConfig",
+    "TRMCache",
     "TRMConfig",
     "TRMDecoder",
     "TinyDecoder",
     "TinyDecoderConfig",
     "answer_loss",
     "build_answer_only_batch",
-    "build_decoder",
     "build_prompt_batch",
     "count_trainable",
-    "decoder_class",
     "decoder_config_from_dict",
     "load_decoder",
     "select_next_token",

@@ -16,6 +16,8 @@ from eg_decoders.errors import DecoderError
 from eg_decoders.labels import build_answer_only_batch, build_prompt_batch
 from eg_decoders.projector import PrefixProjector
 
+CONFIG_FILE = "decoder_config.json"  # what save() writes and load_decoder() reads: the config as a dict
+
 
 @dataclass
 class DecoderOutput:
@@ -94,6 +96,10 @@ class Decoder(nn.Module, abc.ABC):
     def save(self, path: str) -> None:
         """Write everything needed to rebuild this decoder with `load_decoder(path)`."""
 
+    @abc.abstractmethod
+    def load_weights(self, path: str) -> None:
+        """Load the weights save() wrote into path (load_decoder builds from the saved config, then this)."""
+
     @property
     def max_length(self) -> int:
         """Longest text (question + answer tokens) a training batch keeps."""
@@ -108,7 +114,7 @@ class Decoder(nn.Module, abc.ABC):
         if prefix_embeds.shape[-1] != self.hidden_size:
             raise DecoderError(
                 f"prefix_embeds width {prefix_embeds.shape[-1]} != decoder hidden size {self.hidden_size}; "
-                "set decoder.prefix_dim to the encoder width to add a projector"
+                "set the decoder's prefix_dim to the encoder width to add a projector"
             )
         return prefix_embeds
 

@@ -1,15 +1,73 @@
-"""Config dataclasses, one per decoder kind; the `type` string lets an app pick the kind from YAML.
+"""Config dataclasses, one per decoder kind; each checks itself when constructed and builds its decoder.
 
 Plain field types only (str/int/float/bool/list/Optional) so OmegaConf structured configs can hold them.
+The `type` string names the kind in YAML and in a saved `decoder_config.json`; `decoder_config_from_dict`
+reads such a dict. A message starts with the key as the dataclass names it (`hidden_size 30 must be
+divisible by num_heads 4`), without a prefix: the application that nests the config adds its path.
+Values equal to omegaconf's MISSING ("???") are left unchecked until they are set.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from eg_decoders.errors import DecoderError
+from eg_decoders.errors import DecoderError, is_missing
+
+if TYPE_CHECKING:
+    from eg_decoders.qwen import QwenDecoder
+    from eg_decoders.tiny import TinyDecoder
+    from eg_decoders.trm import TRMDecoder
+
+PROJECTOR_KINDS = ("linear", "mlp")
+QUANTIZATIONS = ("none", "8bit", "4bit")
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
+
+
+def _check_type(config: Any, kind: str) -> None:
+    if not is_missing(config.type) and config.type != kind:
+        raise DecoderError(f"type must be '{kind}' for {type(config).__name__}, got {config.type!r}")
+
+
+def _check_int(config: Any, key: str, minimum: int) -> None:
+    value = getattr(config, key)
+    if is_missing(value):
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DecoderError(f"{key} must be an integer, got {value!r}")
+    if value < minimum:
+        raise DecoderError(f"{key} must be >= {minimum}, got {value}")
+
+
+def _check_range(config: Any, key: str, low: float, high: float, high_open: bool) -> None:
+    value = getattr(config, key)
+    if is_missing(value):
+        return
+    inside = low <= value < high if high_open else low <= value <= high
+    if not inside:
+        raise DecoderError(f"{key} must be in [{low}, {high}{')' if high_open else ']'}, got {value}")
+
+
+def _check_choice(config: Any, key: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, key)
+    if not is_missing(value) and value not in choices:
+        raise DecoderError(f"{key} {value!r} is unknown; use one of {list(choices)}")
+
+
+def _check_small(config: Any) -> None:
+    """Checks shared by the byte-level tiny decoders (TRM and the baseline)."""
+    for key in ("hidden_size", "num_layers", "num_heads"):
+        _check_int(config, key, 1)
+    _check_int(config, "max_seq_len", 2)
+    _check_int(config, "prefix_dim", 0)
+    size, heads = config.hidden_size, config.num_heads
+    if not is_missing(size) and not is_missing(heads) and size % heads:
+        raise DecoderError(f"hidden_size {size} must be divisible by num_heads {heads}")
+    if not is_missing(config.mlp_ratio) and not config.mlp_ratio > 0:
+        raise DecoderError(f"mlp_ratio must be > 0, got {config.mlp_ratio}")
+    _check_range(config, "dropout", 0.0, 1.0, high_open=True)
+    _check_choice(config, "projector", PROJECTOR_KINDS)
 
 
 @dataclass
@@ -36,6 +94,22 @@ class TRMConfig:
     prefix_dim: int = 0  # encoder width; 0 means prefix_embeds already have hidden_size (no projector)
     projector: str = "mlp"  # "linear" or "mlp"
 
+    def __post_init__(self) -> None:
+        """Raise DecoderError naming the first bad key."""
+        _check_type(self, "trm")
+        _check_small(self)
+        for key in ("n_latent_steps", "n_cycles", "num_supervision_steps"):
+            _check_int(self, key, 1)
+        if not is_missing(self.halt_loss_weight) and not self.halt_loss_weight >= 0:
+            raise DecoderError(f"halt_loss_weight must be >= 0, got {self.halt_loss_weight}")
+        _check_range(self, "halt_threshold", 0.0, 1.0, high_open=False)
+
+    def build(self) -> TRMDecoder:
+        """A fresh (randomly initialized) TRMDecoder with these settings."""
+        from eg_decoders.trm import TRMDecoder
+
+        return TRMDecoder(self)
+
 
 @dataclass
 class TinyDecoderConfig:
@@ -50,6 +124,17 @@ class TinyDecoderConfig:
     dropout: float = 0.0
     prefix_dim: int = 0
     projector: str = "mlp"
+
+    def __post_init__(self) -> None:
+        """Raise DecoderError naming the first bad key."""
+        _check_type(self, "tiny")
+        _check_small(self)
+
+    def build(self) -> TinyDecoder:
+        """A fresh (randomly initialized) TinyDecoder with these settings."""
+        from eg_decoders.tiny import TinyDecoder
+
+        return TinyDecoder(self)
 
 
 @dataclass
@@ -73,18 +158,43 @@ class QwenDecoderConfig:
     prefix_dim: int = 0
     projector: str = "mlp"
 
+    def __post_init__(self) -> None:
+        """Raise DecoderError naming the first bad key."""
+        _check_type(self, "qwen")
+        if self.model_name == "":
+            raise DecoderError("model_name is empty; name a causal LM (hub id or local directory)")
+        _check_choice(self, "quantization", QUANTIZATIONS)
+        _check_choice(self, "dtype", DTYPE_NAMES)
+        _check_int(self, "lora_r", 1)
+        if not is_missing(self.lora_alpha) and not self.lora_alpha > 0:
+            raise DecoderError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        _check_range(self, "lora_dropout", 0.0, 1.0, high_open=True)
+        targets = self.lora_target_modules
+        if self.use_lora is True and not is_missing(targets) and not list(targets):
+            raise DecoderError("lora_target_modules is empty; use ['all-linear'] or module names")
+        _check_int(self, "max_length", 2)
+        _check_int(self, "prefix_dim", 0)
+        _check_choice(self, "projector", PROJECTOR_KINDS)
 
+    def build(self) -> QwenDecoder:
+        """A QwenDecoder with these settings: the base model loaded from model_name, a fresh LoRA adapter."""
+        from eg_decoders.qwen import QwenDecoder  # deferred: transformers and peft take seconds to import
+
+        return QwenDecoder(self)
+
+
+DecoderConfig = TRMConfig | TinyDecoderConfig | QwenDecoderConfig
 DECODER_CONFIGS: dict[str, type] = {"trm": TRMConfig, "tiny": TinyDecoderConfig, "qwen": QwenDecoderConfig}
 
 
-def decoder_config_from_dict(values: dict[str, Any]) -> TRMConfig | TinyDecoderConfig | QwenDecoderConfig:
-    """Build the config dataclass named by `values["type"]`; unknown types or keys raise DecoderError."""
+def decoder_config_from_dict(values: dict[str, Any]) -> DecoderConfig:
+    """The config dataclass named by `values["type"]` (default "trm"), checked; unknown types or keys raise."""
     kind = values.get("type", "trm")
     if kind not in DECODER_CONFIGS:
-        raise DecoderError(f"decoder.type '{kind}' is unknown; use one of {sorted(DECODER_CONFIGS)}")
+        raise DecoderError(f"type '{kind}' is unknown; use one of {sorted(DECODER_CONFIGS)}")
     cls = DECODER_CONFIGS[kind]
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise DecoderError(f"decoder keys {unknown} are not fields of {cls.__name__}; remove or rename them")
+        raise DecoderError(f"keys {unknown} are not fields of {cls.__name__}; remove or rename them")
     return cls(**values)

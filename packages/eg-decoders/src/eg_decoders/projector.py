@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from eg_decoders.config import PROJECTOR_KINDS
 from eg_decoders.errors import DecoderError
-
-PROJECTOR_KINDS = ("linear", "mlp")
 
 
 class PrefixProjector(nn.Module):
@@ -16,9 +15,9 @@ class PrefixProjector(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, kind: str = "mlp") -> None:
         super().__init__()
         if kind not in PROJECTOR_KINDS:
-            raise DecoderError(f"decoder.projector '{kind}' is unknown; use one of {list(PROJECTOR_KINDS)}")
+            raise DecoderError(f"projector '{kind}' is unknown; use one of {list(PROJECTOR_KINDS)}")
         if in_dim <= 0 or out_dim <= 0:
-            raise DecoderError(f"decoder.prefix_dim must be positive to build a projector, got {in_dim}")
+            raise DecoderError(f"prefix_dim must be positive to build a projector, got {in_dim}")
         self.in_dim, self.out_dim, self.kind = in_dim, out_dim, kind
         if kind == "linear":
             self.net: nn.Module = nn.Linear(in_dim, out_dim)
@@ -29,6 +28,7 @@ class PrefixProjector(nn.Module):
         """Project (B, P, in_dim) -> (B, P, out_dim)."""
         if x.shape[-1] != self.in_dim:
             raise DecoderError(
-                f"prefix_embeds width {x.shape[-1]} != decoder.prefix_dim {self.in_dim}; set prefix_dim to the encoder width"
+                f"prefix_embeds width {x.shape[-1]} != the projector's prefix_dim {self.in_dim}; "
+                "set prefix_dim to the encoder width"
             )
         return self.net(x)

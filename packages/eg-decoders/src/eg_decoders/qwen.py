@@ -2,7 +2,8 @@
 
 The projector is a plain float32 module created after the model is loaded, so bitsandbytes never
 quantizes it, and it is always trainable. save() writes the LoRA adapter (peft format) next to every
-other trainable weight (projector), so load_decoder() rebuilds identical outputs.
+other trainable weight (projector); load_decoder() builds the decoder from the saved config and loads
+both back (`load_weights`), which reproduces identical outputs.
 """
 
 from __future__ import annotations
@@ -12,27 +13,28 @@ import json
 import os
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import (
+    LoraConfig,
+    PeftModel,
+    get_peft_model,
+    prepare_model_for_kbit_training,
+    set_peft_model_state_dict,
+)
+from peft.utils import load_peft_weights
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from eg_decoders.base import Decoder, DecoderOutput
+from eg_decoders.base import CONFIG_FILE, Decoder, DecoderOutput
 from eg_decoders.config import QwenDecoderConfig
 from eg_decoders.errors import DecoderError
 from eg_decoders.labels import answer_loss
 
-CONFIG_FILE = "decoder_config.json"
 ADAPTER_DIR = "adapter"
 TRAINABLE_FILE = "trainable.pt"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-QUANTIZATIONS = ("none", "8bit", "4bit")
 
 
 def _quantization_config(config: QwenDecoderConfig, dtype: torch.dtype) -> BitsAndBytesConfig | None:
-    if config.quantization not in QUANTIZATIONS:
-        raise DecoderError(
-            f"decoder.quantization '{config.quantization}' is unknown; use one of {list(QUANTIZATIONS)}"
-        )
     if config.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     if config.quantization == "4bit":
@@ -46,13 +48,11 @@ def _quantization_config(config: QwenDecoderConfig, dtype: torch.dtype) -> BitsA
 
 
 class QwenDecoder(Decoder):
-    """Prefix-conditioned causal LM; `adapter_dir` reloads a LoRA adapter written by save()."""
+    """Prefix-conditioned causal LM with a fresh LoRA adapter (`load_weights` loads a saved one)."""
 
-    def __init__(self, config: QwenDecoderConfig, adapter_dir: str | None = None) -> None:
+    def __init__(self, config: QwenDecoderConfig) -> None:
         super().__init__()
         self.config = config
-        if config.dtype not in DTYPES:
-            raise DecoderError(f"decoder.dtype '{config.dtype}' is unknown; use one of {sorted(DTYPES)}")
         dtype = DTYPES[config.dtype]
         quantization = _quantization_config(config, dtype)
         try:
@@ -66,7 +66,7 @@ class QwenDecoder(Decoder):
             model = AutoModelForCausalLM.from_pretrained(config.model_name, **kwargs)
         except OSError as err:
             raise DecoderError(
-                f"decoder.model_name '{config.model_name}' could not be loaded (not a local model directory, "
+                f"model_name '{config.model_name}' could not be loaded (not a local model directory, "
                 f"not in the Hugging Face cache, or offline): {str(err).splitlines()[0]}"
             ) from err
         if quantization is not None:
@@ -87,14 +87,12 @@ class QwenDecoder(Decoder):
                         gradient_checkpointing_kwargs={"use_reentrant": False}
                     )
                 model.enable_input_require_grads()
-        if adapter_dir is not None:
-            model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
-        elif config.use_lora:
+        if config.use_lora:
             try:
                 model = get_peft_model(model, self._lora_config())
             except ValueError as err:  # peft: a target module name matches nothing in the model
                 raise DecoderError(
-                    f"decoder.lora_target_modules {config.lora_target_modules}: {str(err).splitlines()[0]}"
+                    f"lora_target_modules {config.lora_target_modules}: {str(err).splitlines()[0]}"
                 ) from err
         self.model = model
         self._hidden = model.config.get_text_config().hidden_size
@@ -104,8 +102,6 @@ class QwenDecoder(Decoder):
 
     def _lora_config(self) -> LoraConfig:
         targets = self.config.lora_target_modules
-        if not targets:
-            raise DecoderError("decoder.lora_target_modules is empty; use ['all-linear'] or module names")
         return LoraConfig(
             r=self.config.lora_r,
             lora_alpha=self.config.lora_alpha,
@@ -242,24 +238,30 @@ class QwenDecoder(Decoder):
         others = {n: t for n, t in self.trainable_state_dict().items() if not n.startswith("model.")}
         torch.save(others, os.path.join(path, TRAINABLE_FILE))
 
-    @classmethod
-    def load(cls, path: str, config: QwenDecoderConfig) -> QwenDecoder:
-        """Rebuild a decoder written by save(): base model from config.model_name, adapter, projector."""
+    def load_weights(self, path: str) -> None:
+        """Load what save() wrote into directory path: the LoRA adapter and trainable.pt (projector, rest)."""
         adapter = os.path.join(path, ADAPTER_DIR)
-        decoder = cls(config, adapter_dir=adapter if os.path.isdir(adapter) else None)
+        if isinstance(self.model, PeftModel):
+            if not os.path.isdir(adapter):
+                raise DecoderError(f"{adapter} not found; this decoder has use_lora set, so save() wrote one")
+            result = set_peft_model_state_dict(self.model, load_peft_weights(adapter, device="cpu"))
+            if result.unexpected_keys:
+                raise DecoderError(
+                    f"{adapter} holds weights {result.unexpected_keys[:3]} this decoder's LoRA does not "
+                    "have; check lora_target_modules and lora_r"
+                )
         file = os.path.join(path, TRAINABLE_FILE)
         if not os.path.isfile(file):
             raise DecoderError(f"{file} not found; point at a directory written by QwenDecoder.save()")
         state = torch.load(file, map_location="cpu", weights_only=True)
-        missing = [n for n in state if n not in dict(decoder.named_parameters())]
+        params = dict(self.named_parameters())
+        missing = [n for n in state if n not in params]
         if missing:
             raise DecoderError(
                 f"{file} holds weights {missing[:3]} this decoder does not have; check its config"
             )
-        params = dict(decoder.named_parameters())
         for name, tensor in state.items():
             params[name].data.copy_(tensor)
-        return decoder
 
 
 def count_trainable(module: nn.Module) -> int:

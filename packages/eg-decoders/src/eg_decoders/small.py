@@ -1,4 +1,10 @@
-"""Shared machinery of the byte-level tiny decoders (TRM and the baseline): embeddings, generation, saving."""
+"""Shared machinery of the byte-level tiny decoders (TRM and the baseline): embeddings, generation, saving.
+
+Generation is incremental by default: the prompt (with the prefix) is run once into a KV cache, then each
+new token is run alone against the cached keys and values, so the cost of a token grows linearly with the
+sequence instead of recomputing it (quadratic). `use_cache=False` keeps the full recompute, which gives
+the same tokens (the tests compare both).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from eg_decoders.base import Decoder, DecoderOutput, select_next_token
+from eg_decoders.base import CONFIG_FILE, Decoder, DecoderOutput, select_next_token
 from eg_decoders.errors import DecoderError
-from eg_decoders.layers import causal_attention_mask
+from eg_decoders.layers import KVCache, causal_attention_mask
 from eg_decoders.tokenizer import ByteTokenizer
 
-CONFIG_FILE = "decoder_config.json"
 WEIGHTS_FILE = "model.pt"
 
 
@@ -25,11 +30,7 @@ class SmallDecoder(Decoder):
 
     def __init__(self, config: Any) -> None:
         super().__init__()
-        if config.hidden_size % config.num_heads != 0:
-            raise DecoderError(
-                f"decoder.hidden_size {config.hidden_size} must be divisible by decoder.num_heads {config.num_heads}"
-            )
-        self.config = config
+        self.config = config  # checked by its own __post_init__
         self.tokenizer = ByteTokenizer()
         self.tok_emb = nn.Embedding(self.tokenizer.vocab_size, config.hidden_size)
         self.pos_emb = nn.Embedding(config.max_seq_len, config.hidden_size)
@@ -65,14 +66,18 @@ class SmallDecoder(Decoder):
         """Total parameter count (projector included)."""
         return sum(p.numel() for p in self.parameters())
 
-    def _embed(
+    def _embed_valid(
         self,
         prefix: torch.Tensor | None,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         prefix_mask: torch.Tensor | None,
+        num_before: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Token + position embeddings of [prefix | text]: x (B, L, D), attention mask (B, 1, L, L), P."""
+        """Token + position embeddings of [prefix | text]: x (B, L, D), valid (B, L) bool, P.
+
+        num_before (B,): valid positions already in a KV cache before this chunk (None: none).
+        """
         x = self.tok_emb(input_ids)  # (B, T, D)
         valid = attention_mask.bool()
         num_prefix = 0
@@ -83,13 +88,27 @@ class SmallDecoder(Decoder):
             x = torch.cat([prefix.to(x.dtype), x], dim=1)  # (B, P + T, D)
             valid = torch.cat([prefix_mask.bool(), valid], dim=1)
         # positions count valid tokens, so a left-padded prompt gets the same positions as an unpadded one
-        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+        counts = valid.long().cumsum(-1)  # (B, L)
+        if num_before is not None:
+            counts = counts + num_before[:, None]
+        positions = (counts - 1).clamp(min=0)  # (B, L)
         if int(positions.max()) >= self.config.max_seq_len:
             raise DecoderError(
-                f"sequence of {int(positions.max()) + 1} positions exceeds decoder.max_seq_len "
+                f"sequence of {int(positions.max()) + 1} positions exceeds max_seq_len "
                 f"{self.config.max_seq_len}; raise max_seq_len or shorten prefix/question/answer"
             )
-        return x + self.pos_emb(positions), causal_attention_mask(valid), num_prefix
+        return x + self.pos_emb(positions), valid, num_prefix
+
+    def _embed(
+        self,
+        prefix: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prefix_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Token + position embeddings of [prefix | text]: x (B, L, D), attention mask (B, 1, L, L), P."""
+        x, valid, num_prefix = self._embed_valid(prefix, input_ids, attention_mask, prefix_mask)
+        return x, causal_attention_mask(valid), num_prefix
 
     @abc.abstractmethod
     def _run(
@@ -99,7 +118,29 @@ class SmallDecoder(Decoder):
 
     @abc.abstractmethod
     def _last_logits(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Next-token logits (B, V) at the last position, for generation."""
+        """Next-token logits (B, V) at the last position of the whole sequence x (no cache)."""
+
+    @abc.abstractmethod
+    def _cached_last_logits(
+        self, x: torch.Tensor, mask: torch.Tensor, cache: KVCache, start: int
+    ) -> torch.Tensor:
+        """Next-token logits (B, V) at the last position of chunk x (positions start.., mask (B, 1, S,
+        start + S)), attending to the cache and writing the chunk's keys and values into it."""
+
+    def _new_cache(self, batch: int, capacity: int, device: torch.device) -> KVCache:
+        """An empty cache for `capacity` positions (TRM keeps more state in a subclass)."""
+        return KVCache(batch, capacity, device)
+
+    def _extend(
+        self, cache: KVCache, prefix: torch.Tensor | None, ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Run a chunk ([prefix |] ids (B, S)) after the cached positions; return the next-token logits."""
+        start = cache.length
+        x, valid, _ = self._embed_valid(prefix, ids, mask, None, num_before=cache.num_valid())
+        cache.valid[:, start : start + x.shape[1]] = valid
+        logits = self._cached_last_logits(x, cache.chunk_mask(start, x.shape[1]), cache, start)
+        cache.length = start + x.shape[1]
+        return logits
 
     def forward(
         self,
@@ -127,33 +168,44 @@ class SmallDecoder(Decoder):
         top_k: int = 0,
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
+        use_cache: bool = True,
     ) -> torch.Tensor:
         """New tokens (B, N <= max_new_tokens) after left-padded prompts; pad after each row's eos.
 
-        Recomputes the whole sequence every step (no KV cache): TRM's y and z states are re-refined
-        at every position anyway, and these models are tiny.
+        use_cache=True runs the prompt once into a KV cache and then one position per token (cost linear
+        in the length); False recomputes the whole sequence for every token (same tokens, for checks).
         """
+        batch = prompt_ids.shape[0]
+        if max_new_tokens < 1:
+            return prompt_ids.new_zeros((batch, 0))
         was_training = self.training
         self.eval()
         prefix = self.project_prefix(prefix_embeds)
         ids = prompt_ids
         mask = torch.ones_like(prompt_ids) if prompt_mask is None else prompt_mask.long()
-        finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        cache: KVCache | None = None
+        if use_cache:
+            num_prefix = 0 if prefix is None else prefix.shape[1]
+            cache = self._new_cache(batch, num_prefix + ids.shape[1] + max_new_tokens, ids.device)
+            logits = self._extend(cache, prefix, ids, mask)  # (B, V)
+        else:
+            logits = self._last_logits(*self._embed(prefix, ids, mask, None)[:2])  # (B, V)
+        finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
         new_tokens = []
-        for _ in range(max_new_tokens):
-            x, attn, _ = self._embed(prefix, ids, mask, None)
-            logits = self._last_logits(x, attn)  # (B, V)
+        for step in range(max_new_tokens):
             token = select_next_token(logits, do_sample, temperature, top_k, top_p, generator)
             token = token.masked_fill(finished, self.pad_id)
             new_tokens.append(token)
             finished |= token == self.eos_id
-            ids = torch.cat([ids, token[:, None]], dim=1)
-            mask = torch.cat([mask, torch.ones_like(token[:, None])], dim=1)
-            if bool(finished.all()):
+            if bool(finished.all()) or step == max_new_tokens - 1:
                 break
+            ones = torch.ones_like(token[:, None])
+            if cache is not None:
+                logits = self._extend(cache, None, token[:, None], ones)
+            else:
+                ids, mask = torch.cat([ids, token[:, None]], dim=1), torch.cat([mask, ones], dim=1)
+                logits = self._last_logits(*self._embed(prefix, ids, mask, None)[:2])
         self.train(was_training)
-        if not new_tokens:
-            return prompt_ids.new_zeros((prompt_ids.shape[0], 0))
         return self._finish_generation(torch.stack(new_tokens, dim=1))
 
     def save(self, path: str) -> None:
@@ -163,12 +215,9 @@ class SmallDecoder(Decoder):
             json.dump(dataclasses.asdict(self.config), f, indent=2)
         torch.save(self.state_dict(), os.path.join(path, WEIGHTS_FILE))
 
-    @classmethod
-    def load(cls, path: str, config: Any) -> SmallDecoder:
-        """Rebuild a decoder from config and the model.pt that save() wrote into directory path."""
+    def load_weights(self, path: str) -> None:
+        """Load the model.pt that save() wrote into directory path."""
         file = os.path.join(path, WEIGHTS_FILE)
         if not os.path.isfile(file):
             raise DecoderError(f"{file} not found; point at a directory written by decoder.save()")
-        decoder = cls(config)
-        decoder.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
-        return decoder
+        self.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))

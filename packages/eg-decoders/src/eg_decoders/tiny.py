@@ -8,7 +8,7 @@ from torch import nn
 from eg_decoders.base import DecoderOutput
 from eg_decoders.config import TinyDecoderConfig
 from eg_decoders.labels import answer_loss
-from eg_decoders.layers import Block, RMSNorm
+from eg_decoders.layers import Block, KVCache, RMSNorm
 from eg_decoders.small import SmallDecoder
 
 
@@ -23,9 +23,11 @@ class TinyDecoder(SmallDecoder):
         )
         self.norm = RMSNorm(config.hidden_size)
 
-    def _hidden(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x, mask)
+    def _hidden(
+        self, x: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None, start: int = 0
+    ) -> torch.Tensor:
+        for layer, block in enumerate(self.blocks):
+            x = block(x, mask, cache, layer, start)
         return self.norm(x)  # (B, L, D)
 
     def _run(
@@ -39,3 +41,8 @@ class TinyDecoder(SmallDecoder):
 
     def _last_logits(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self._hidden(x, mask)[:, -1])  # (B, V)
+
+    def _cached_last_logits(
+        self, x: torch.Tensor, mask: torch.Tensor, cache: KVCache, start: int
+    ) -> torch.Tensor:
+        return self.lm_head(self._hidden(x, mask, cache, start)[:, -1])  # (B, V)

@@ -15,6 +15,17 @@ and z_t depend only on x_1..x_t: training is teacher-forced and generation is le
 The halting head reads y_t and is trained (BCE) on whether the current prediction of token t+1 is
 right; at generation a row stops refining the next token once its halting probability passes
 halt_threshold (the paper's ACT-style early stop, per generated token).
+
+Incremental generation (TRMCache): because every f call is causal, the states of positions 1..t at every
+f call of the recursion are the same whatever follows t. So each f call (supervision step s, cycle c,
+update u, layer l) is a call site with its own keys and values, and a new token runs its own recursion
+alone, attending at each call site to the cached keys and values of the earlier positions at the same
+site: exactly what recomputing the whole sequence gives for that position. Halting may stop a token
+after fewer supervision steps than an earlier one needed, or need more than the earlier positions have:
+the cache keeps every position at the same number of steps (the most any token needed so far); when a
+token needs a step the cached positions lack, they are brought to it first from their stored (x, y, z)
+("catch-up"), and a token that halted early still runs the steps the others have. Memory: keys and values
+of num_supervision_steps * n_cycles * (n_latent_steps + 1) * num_layers call sites, each (B, L, D) twice.
 """
 
 from __future__ import annotations
@@ -25,19 +36,33 @@ from torch import nn
 
 from eg_decoders.base import DecoderOutput
 from eg_decoders.config import TRMConfig
-from eg_decoders.errors import DecoderError
 from eg_decoders.labels import IGNORE_INDEX, answer_loss
-from eg_decoders.layers import Block
+from eg_decoders.layers import Block, KVCache, causal_attention_mask
 from eg_decoders.small import SmallDecoder
+
+
+class TRMCache(KVCache):
+    """A KVCache plus what catch-up needs: x, y, z (B, C, D) of the cached positions after `num_steps`
+    supervision steps (every cached position has run exactly that many)."""
+
+    def __init__(self, batch: int, capacity: int, device: torch.device) -> None:
+        super().__init__(batch, capacity, device)
+        self.num_steps = 0
+        self.num_catch_ups = 0  # steps run again over the cached positions (reported by tests/benchmarks)
+        self.states: dict[str, torch.Tensor] = {}  # "x", "y", "z": (B, C, D)
+
+    def store(self, start: int, **chunk: torch.Tensor) -> None:
+        """Write x, y, z (B, S, D) of positions start..start+S."""
+        for name, value in chunk.items():
+            if name not in self.states:
+                self.states[name] = value.new_zeros(value.shape[0], self.capacity, value.shape[-1])
+            self.states[name][:, start : start + value.shape[1]] = value
 
 
 class TRMDecoder(SmallDecoder):
     """One tiny post-norm network applied recursively to (x, y, z); see the module docstring for the mapping."""
 
     def __init__(self, config: TRMConfig) -> None:
-        for key in ("n_latent_steps", "n_cycles", "num_supervision_steps", "num_layers"):
-            if getattr(config, key) < 1:
-                raise DecoderError(f"decoder.{key} must be >= 1, got {getattr(config, key)}")
         super().__init__(config)
         self.blocks = nn.ModuleList(
             Block(config.hidden_size, config.num_heads, config.mlp_ratio, config.dropout, post_norm=True)
@@ -52,20 +77,39 @@ class TRMDecoder(SmallDecoder):
             nn.init.zeros_(self.halt_head.weight)
             nn.init.constant_(self.halt_head.bias, -5.0)  # start by never halting, as the paper's q head
 
-    def net(self, h: torch.Tensor, injection: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The tiny network f: (B, L, D) state plus injected (B, L, D) -> new (B, L, D) state."""
+    def net(
+        self,
+        h: torch.Tensor,
+        injection: torch.Tensor,
+        mask: torch.Tensor,
+        cache: KVCache | None = None,
+        site: tuple[int, ...] = (),
+        start: int = 0,
+    ) -> torch.Tensor:
+        """The tiny network f: (B, L, D) state plus injected (B, L, D) -> new (B, L, D) state.
+
+        With a cache, `site` names this f call and the chunk holds positions start.. (see the module).
+        """
         h = h + injection
-        for block in self.blocks:
-            h = block(h, mask)
+        for layer, block in enumerate(self.blocks):
+            h = block(h, mask, cache, (*site, layer), start)
         return h
 
     def cycle(
-        self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, mask: torch.Tensor
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        z: torch.Tensor,
+        mask: torch.Tensor,
+        cache: KVCache | None = None,
+        site: tuple[int, ...] = (),
+        start: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One cycle: z refined n times from (x, y, z), then y once from (y, z)."""
-        for _ in range(self.config.n_latent_steps):
-            z = self.net(z, x + y, mask)
-        y = self.net(y, z, mask)
+        n = self.config.n_latent_steps
+        for update in range(n):
+            z = self.net(z, x + y, mask, cache, (*site, update), start)
+        y = self.net(y, z, mask, cache, (*site, n), start)
         return y, z
 
     def recurse(
@@ -155,5 +199,60 @@ class TRMDecoder(SmallDecoder):
                 done |= torch.sigmoid(self.halt_head(y[:, -1]).squeeze(-1)) > self.config.halt_threshold
                 if bool(done.all()):
                     break
+        assert result is not None
+        return result
+
+    def _new_cache(self, batch: int, capacity: int, device: torch.device) -> TRMCache:
+        return TRMCache(batch, capacity, device)
+
+    def _cached_step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        z: torch.Tensor,
+        mask: torch.Tensor,
+        cache: TRMCache,
+        step: int,
+        start: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Supervision step `step` (its T cycles) of positions start.. through the cache's call sites."""
+        for cycle in range(self.config.n_cycles):
+            y, z = self.cycle(x, y, z, mask, cache, (step, cycle), start)
+        return y, z
+
+    def _catch_up(self, cache: TRMCache, step: int, end: int) -> None:
+        """Run supervision step `step` over cached positions 0..end-1 (which have run `step` steps)."""
+        states = cache.states
+        x, y, z = states["x"][:, :end], states["y"][:, :end], states["z"][:, :end]
+        mask = causal_attention_mask(cache.valid[:, :end])  # (B, 1, E, E)
+        y, z = self._cached_step(x, y, z, mask, cache, step, 0)
+        cache.store(0, y=y, z=z)
+        cache.num_catch_ups += 1
+
+    def _cached_last_logits(
+        self, x: torch.Tensor, mask: torch.Tensor, cache: KVCache, start: int
+    ) -> torch.Tensor:
+        assert isinstance(cache, TRMCache)
+        y, z = self.initial_state(x)
+        result: torch.Tensor | None = None
+        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        steps_run = 0
+        for step in range(self.config.num_supervision_steps):
+            if step >= cache.num_steps:  # the cached positions lack this step: bring them to it first
+                if start > 0:
+                    self._catch_up(cache, step, start)
+                cache.num_steps = step + 1
+            y, z = self._cached_step(x, y, z, mask, cache, step, start)
+            steps_run = step + 1
+            logits = self.lm_head(y[:, -1])  # (B, V)
+            # rows that already halted keep the prediction they halted with (as in _last_logits)
+            result = logits if result is None else torch.where(done[:, None], result, logits)
+            if self.halt_head is not None and self.config.halt_at_inference:
+                done |= torch.sigmoid(self.halt_head(y[:, -1]).squeeze(-1)) > self.config.halt_threshold
+                if bool(done.all()):
+                    break
+        for step in range(steps_run, cache.num_steps):  # keep every cached position at num_steps
+            y, z = self._cached_step(x, y, z, mask, cache, step, start)
+        cache.store(start, x=x, y=y, z=z)
         assert result is not None
         return result
