@@ -74,6 +74,8 @@ class ShardDataset(IterableDataset):
         self.pool: BatchPool | None = None  # set by ShardLoader for each iteration
 
     def __len__(self) -> int:
+        if self.by_rows:
+            raise TypeError("the batch count of qa_pairs 'all' is known only once the QA pairs are read")
         return sum(self.stream_batches)
 
     def _skipped(self, logical: int) -> int:
@@ -297,8 +299,6 @@ class ShardLoader:
         self._report = self._new_report()
 
     def __len__(self) -> int:
-        if self.dataset.by_rows:
-            raise TypeError("the batch count of qa_pairs 'all' is known only once the QA pairs are read")
         return len(self.dataset)
 
     @property
