@@ -95,3 +95,25 @@ def run_app(script: Path, args: list[str], cwd: Path, timeout: float = 300) -> s
         text=True,
         timeout=timeout,
     )
+
+
+def copy_split(src: Path, dst: Path, num_samples: int, per_shard: int) -> Path:
+    """The first `num_samples` samples of the shard folder `src`, rewritten into `dst` as shards of
+    `per_shard` samples (the last one shorter): uneven, e.g. prime-sized, held-out splits."""
+    import webdataset as wds
+    from eg_data import ShardInfo, read_all
+    from eg_data.shards import write_index
+
+    dst.mkdir(parents=True, exist_ok=True)
+    samples = read_all(src)[:num_samples]
+    assert len(samples) == num_samples, f"{src} has only {len(samples)} samples"
+    shards = []
+    for start in range(0, num_samples, per_shard):
+        chunk = samples[start : start + per_shard]
+        name = f"shard-{len(shards):05d}.tar"
+        with wds.TarWriter(str(dst / name), encoder=False, mtime=0) as writer:
+            for sample in chunk:
+                writer.write({k: v for k, v in sample.items() if k != "__url__"})
+        shards.append(ShardInfo(path=name, num_samples=len(chunk)))
+    write_index(dst, shards)
+    return dst

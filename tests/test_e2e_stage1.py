@@ -20,7 +20,7 @@ from PIL import Image
 sys.path.insert(
     0, str(Path(__file__).resolve().parent)
 )  # --import-mode=importlib: make conftest's helpers importable
-from conftest import EVALUATE_SCRIPT, TRAIN_SCRIPT, app_env, run_app, tiny_config, write_config
+from conftest import EVALUATE_SCRIPT, TRAIN_SCRIPT, app_env, copy_split, run_app, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +57,7 @@ def test_train_writes_every_output_and_evaluate_recomputes(tmp_path: Path, demo_
     assert done.returncode == 0, done.stderr[-3000:]
     assert "vision_to_text" in done.stdout  # the printed table
     report = _check_outputs(tmp_path, "tiny", 4)
+    outputs_before = [p.name for p in (tmp_path / "outputs" / "tiny").iterdir()]
     (tmp_path / "outputs" / "tiny" / "eval.json").unlink()
     again = run_app(
         EVALUATE_SCRIPT,
@@ -71,6 +72,7 @@ def test_train_writes_every_output_and_evaluate_recomputes(tmp_path: Path, demo_
     assert again.returncode == 0, again.stderr[-3000:]
     recomputed = json.loads((tmp_path / "outputs" / "tiny" / "eval.json").read_text())
     assert recomputed["checkpoint_step"] == 4
+    assert sorted(p.name for p in (tmp_path / "outputs" / "tiny").iterdir()) == sorted(outputs_before)
     for pair, per_dim in report["retrieval"].items():  # same weights, same data: the same numbers
         for dim, directions in per_dim.items():
             for direction, metrics in directions.items():
@@ -78,6 +80,22 @@ def test_train_writes_every_output_and_evaluate_recomputes(tmp_path: Path, demo_
                     assert recomputed["retrieval"][pair][dim][direction][name] == pytest.approx(
                         value, abs=1e-6
                     )
+
+    # a prime-sized split in uneven shards, by --split-dir: every sample scored once, nothing else written
+    split = copy_split(demo_data / "test", tmp_path / "split53", 53, 20)
+    files_before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    checkpoint = str(tmp_path / "checkpoints" / "tiny" / "checkpoint_latest.pt")
+    done = run_app(
+        EVALUATE_SCRIPT,
+        ["--config", str(config), "--checkpoint", checkpoint, "--split-dir", str(split)],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "outputs" / "tiny" / "eval.json").read_text())["num_samples"] == 53
+    changed = {
+        p.name for p in tmp_path.rglob("*") if p.is_file() and files_before.get(p) != p.stat().st_mtime_ns
+    }
+    assert changed == {"eval.json", "embedding_space.png"}, changed
 
 
 def test_killed_run_resumes_through_the_app(tmp_path: Path, demo_data: Path) -> None:
@@ -126,7 +144,15 @@ def test_killed_run_resumes_through_the_app(tmp_path: Path, demo_data: Path) -> 
 
 
 def test_two_process_torchrun_gloo(tmp_path: Path, demo_data: Path) -> None:
-    cfg = tiny_config(tmp_path, demo_data, **{"train.max_steps": 3, "train.val_every": 3})
+    """Two gloo ranks train, validate and evaluate; prime-sized val/test splits (97 and 101 samples in uneven
+    shards) are scored whole, each sample once: eval.json's num_samples is the split size."""
+    val = copy_split(demo_data / "val", tmp_path / "val97", 97, 40)
+    test = copy_split(demo_data / "test", tmp_path / "test101", 101, 30)
+    cfg = tiny_config(
+        tmp_path,
+        demo_data,
+        **{"train.max_steps": 3, "train.val_every": 3, "data.val_dir": str(val), "data.test_dir": str(test)},
+    )
     config = write_config(tmp_path, cfg)
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     done = subprocess.run(
@@ -140,7 +166,11 @@ def test_two_process_torchrun_gloo(tmp_path: Path, demo_data: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "outputs" / "tiny" / "eval.json").read_text())
-    assert report["num_samples"] == 180  # both ranks' shares gathered, nothing counted twice
+    assert report["num_samples"] == 101  # both ranks' shares gathered, nothing counted twice or dropped
+    assert report["data"]["samples"] == 101 and not any(report["data"]["bad"].values())
+    with open(tmp_path / "outputs" / "tiny" / "metrics.csv", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("val/retrieval/mean_recall@1")]
+    assert rows and float(rows[-1]["val/loss"]) > 0  # the validation loss ran on both ranks too
     assert (
         torch.load(
             tmp_path / "checkpoints" / "tiny" / "checkpoint_latest.pt", map_location="cpu", weights_only=True

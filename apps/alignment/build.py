@@ -7,15 +7,15 @@ backbones and data where configured and missing), so evaluating or loading a che
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from eg_data import build_demo_dataset, read_all
-from eg_encoders import AudioEncoder, TextEncoder, VisionEncoder
-from eg_train import load_checkpoint, load_model_weights
-from eg_train.distributed import barrier
+from eg_encoders import MatryoshkaConfig, PoolingConfig
+from eg_train import barrier, load_checkpoint, load_model_weights
 from torch import nn
 
 from apps.alignment import demo_models
@@ -35,7 +35,7 @@ def prepare_assets(cfg: AlignmentConfig, is_main: bool) -> None:
     barrier()
     if cfg.data.build_demo and is_main:
         vision = cfg.model.vision
-        size = VisionEncoder(vision.encoder).image_spec.size if vision is not None else 32
+        size = vision.encoder.build().image_spec.size if vision is not None else 32
         build_demo_dataset(cfg.data.build_demo, image_size=size, seed=cfg.seed)
     barrier()
     if cfg.demo_models is not None and is_main:
@@ -52,23 +52,21 @@ def prepare_assets(cfg: AlignmentConfig, is_main: bool) -> None:
     barrier()
 
 
+def _tower(name: str, tower_cfg: Any, projection: MatryoshkaConfig) -> ModalityTower:
+    """A ModalityTower; with a resampler the encoder returns tokens only and the tower pools the latents."""
+    encoder_cfg = tower_cfg.encoder
+    resampler = getattr(tower_cfg, "resampler", None)
+    if resampler is None:
+        return ModalityTower(name, encoder_cfg.build(), projection)
+    tokens_only = dataclasses.replace(encoder_cfg, pooling=PoolingConfig(type="none"))
+    return ModalityTower(name, tokens_only.build(), projection, resampler, encoder_cfg.pooling)
+
+
 def build_towers(cfg: AlignmentConfig) -> nn.ModuleDict:
     """One ModalityTower per configured modality, its encoder loaded from the configured backbone."""
-    model_cfg = cfg.model
     towers = nn.ModuleDict()
-    if model_cfg.vision is not None:
-        towers["vision"] = ModalityTower(
-            "vision",
-            VisionEncoder(model_cfg.vision.encoder),
-            model_cfg.projection,
-            model_cfg.vision.resampler,
-        )
-    if model_cfg.audio is not None:
-        towers["audio"] = ModalityTower(
-            "audio", AudioEncoder(model_cfg.audio.encoder), model_cfg.projection, model_cfg.audio.resampler
-        )
-    if model_cfg.text is not None:
-        towers["text"] = ModalityTower("text", TextEncoder(model_cfg.text.encoder), model_cfg.projection)
+    for name in cfg.modalities():
+        towers[name] = _tower(name, getattr(cfg.model, name), cfg.model.projection)
     return towers
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from eg_data import ShardLoader
-from eg_train.distributed import all_gather_objects
+from eg_data import ShardLoader, merge_data_reports
+from eg_train import all_gather_objects
 from torch import nn
 
 from apps.alignment.config import BATCH_KEY, AlignmentConfig
@@ -31,7 +31,8 @@ def collect_embeddings(
 ) -> dict[str, Any]:
     """Embed a split: {"embeddings": {m: (N, max_dim)}, "present": {m: (N,)}, "labels": (N,), "keys": [N]}.
 
-    Runs on every rank and returns the whole split on every rank (gathered, de-duplicated by key).
+    Runs on every rank and returns the whole split on every rank (gathered), with `data`: the split's
+    sample and bad-sample counts summed over ranks (eg-data's data_report).
     """
     model = getattr(model, "module", model)  # DDP's wrapper
     was_training = model.training
@@ -76,29 +77,25 @@ def collect_embeddings(
             },
             "labels": torch.cat(local["labels"]) if local["labels"] else torch.empty(0, dtype=torch.long),
             "keys": local["keys"],
+            "data": loader.data_report(),
         }
     )
-    keep_rows: list[tuple[int, int]] = []
-    keys: list[str] = []
-    taken: set[str] = set()
-    for rank, part in enumerate(parts):
-        for row, key in enumerate(part["keys"]):
-            if key not in taken:
-                taken.add(key)
-                keys.append(key)
-                keep_rows.append((rank, row))
+    # eg-data's eval mode gives every sample to exactly one rank and worker: concatenate, then order by key
+    # so that the rows (and the plot's subsample) are the same whatever the world size and worker count.
+    rows = sorted((key, rank, row) for rank, part in enumerate(parts) for row, key in enumerate(part["keys"]))
     if max_samples:
-        keep_rows, keys = keep_rows[:max_samples], keys[:max_samples]
+        rows = rows[:max_samples]
 
     def pick(getter: Any) -> torch.Tensor:
-        return torch.stack([getter(parts[r])[i] for r, i in keep_rows]) if keep_rows else torch.empty(0)
+        return torch.stack([getter(parts[r])[i] for _, r, i in rows]) if rows else torch.empty(0)
 
     modalities = list(model.towers)
     return {
         "embeddings": {m: pick(lambda p, m=m: p["emb"][m]) for m in modalities},
         "present": {m: pick(lambda p, m=m: p["present"][m]) for m in modalities},
         "labels": pick(lambda p: p["labels"]),
-        "keys": keys,
+        "keys": [key for key, _, _ in rows],
+        "data": merge_data_reports(p["data"] for p in parts),
     }
 
 
@@ -162,6 +159,7 @@ def write_evaluation(
         "split": split,
         "checkpoint": checkpoint,
         "num_samples": len(collected["keys"]),
+        "data": collected["data"],
         "pair_samples": pair_counts(collected["present"], cfg.model.pairs),
         "dims": dims,
         "retrieval": result,
@@ -191,6 +189,11 @@ def print_report(report: dict[str, Any]) -> None:
         f"pairs: {report['pair_samples']}):"
     )
     print(format_table(report["retrieval"]))
+    bad = {reason: n for reason, n in report["data"]["bad"].items() if n}
+    if bad:
+        examples = report["data"]["examples"]
+        listed = ", ".join(f"{reason} {n} (e.g. {examples.get(reason, '?')!r})" for reason, n in bad.items())
+        print(f"skipped {sum(bad.values())} unreadable samples of the {report['split']} split: {listed}")
 
 
 def encoders_of(model: nn.Module) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from eg_encoders import MatryoshkaProjection, MeanPooling, build_pooling
-from eg_losses import ContrastiveLoss, MatryoshkaLoss, MatryoshkaLossConfig, resolve_mrl_dims
-from eg_resampler import PerceiverResampler, PerceiverResamplerConfig
+from eg_encoders import MatryoshkaConfig, PoolingConfig
+from eg_losses import MatryoshkaLossConfig, resolve_mrl_dims
+from eg_resampler import PerceiverResamplerConfig
 from torch import nn
 
 from apps.alignment.config import BATCH_KEY, AlignmentConfig
@@ -30,17 +30,18 @@ from apps.common.config import ConfigError
 class ModalityTower(nn.Module):
     """One modality's path into the shared space: (B, ...) inputs -> (B, max_dim) projections (not normalized).
 
-    With a resampler, the encoder's tokens become a fixed number of latents which the tower pools with the
-    encoder's pooling settings; the encoder's own pooling over raw tokens is then replaced by a parameter-free
-    mean, whose output is unused (its learnable queries would otherwise sit idle and stall DDP).
+    Without a resampler the encoder pools its own tokens. With one, the encoder is built with `pooling: none`
+    (it returns tokens only), the tokens become a fixed number of latents, and the tower pools those with the
+    pooling settings the YAML gives the encoder (`pooling_cfg`).
     """
 
     def __init__(
         self,
         name: str,
         encoder: nn.Module,
-        projection_cfg: Any,
+        projection_cfg: MatryoshkaConfig,
         resampler_cfg: PerceiverResamplerConfig | None = None,
+        pooling_cfg: PoolingConfig | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -48,8 +49,15 @@ class ModalityTower(nn.Module):
         self.resampler: nn.Module | None = None
         self.pooling: nn.Module | None = None
         width = encoder.output_dim
-        if resampler_cfg is not None:
-            if not hasattr(encoder, "pooling"):
+        own_pooling = getattr(encoder.config, "pooling", None)
+        if resampler_cfg is None:
+            if own_pooling is not None and own_pooling.type == "none":
+                raise ConfigError(
+                    f"model.{name}.encoder.pooling.type=none needs model.{name}.resampler (the tower projects "
+                    "one pooled vector); use cls, mean or attention"
+                )
+        else:
+            if own_pooling is None or pooling_cfg is None:
                 raise ConfigError(
                     f"model.{name}.resampler is not supported: the {name} encoder pools by itself"
                 )
@@ -58,13 +66,15 @@ class ModalityTower(nn.Module):
                     f"model.{name}.resampler.input_dim={resampler_cfg.input_dim} differs from the "
                     f"{name} encoder's width {width}; leave it unset"
                 )
-            self.resampler = PerceiverResampler.from_config(
-                dataclasses.replace(resampler_cfg, input_dim=width)
-            )
+            self.resampler = dataclasses.replace(resampler_cfg, input_dim=width).build()
             width = resampler_cfg.dim
-            self.pooling = build_pooling(encoder.config.pooling, width, f"model.{name}.encoder.pooling")
-            encoder.pooling = MeanPooling()
-        self.projection = MatryoshkaProjection.from_config(projection_cfg, width)
+            self.pooling = pooling_cfg.build(width)
+            if self.pooling is None:
+                raise ConfigError(
+                    f"model.{name}.encoder.pooling.type=none: the tower pools the resampler's latents with "
+                    "this setting; use cls, mean or attention"
+                )
+        self.projection = projection_cfg.build(width)
 
     @property
     def token_dim(self) -> int:
@@ -115,7 +125,7 @@ class AlignmentModel(nn.Module):
         self.contrastive = nn.ModuleDict()
         self.mrl = nn.ModuleDict()
         for index, pair in enumerate(self.pairs):
-            self.contrastive[pair] = ContrastiveLoss(losses.infonce)
+            self.contrastive[pair] = losses.infonce.build()
             mrl_cfg = MatryoshkaLossConfig(
                 dims=list(self.mrl_dims),
                 weights=None if losses.mrl_weights is None else list(losses.mrl_weights),
@@ -123,7 +133,7 @@ class AlignmentModel(nn.Module):
                 num_sampled_dims=losses.num_sampled_mrl_dims,
                 seed=cfg.seed + index,
             )
-            self.mrl[pair] = MatryoshkaLoss(self.contrastive[pair], self.max_dim, mrl_cfg)
+            self.mrl[pair] = mrl_cfg.build(self.contrastive[pair], self.max_dim)
 
     def embed(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Projections of every configured modality present in the batch: {modality: (B, max_dim)}."""

@@ -12,9 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from eg_data import ShardLoader
-from eg_train import Trainer, init_distributed
-from eg_train.distributed import barrier
+from eg_train import Trainer, barrier, init_distributed
 
 from apps.alignment.build import build_model, prepare_assets
 from apps.alignment.config import AlignmentConfig
@@ -27,7 +25,7 @@ from apps.alignment.evaluate import (
     write_evaluation,
 )
 from apps.common.config import to_dict, to_yaml
-from apps.common.loaders import check_shard_dir, eval_loader, loader_for_encoders
+from apps.common.loaders import check_shard_dir, eval_loader, loader_for_encoders, loss_loader
 
 
 def train(cfg: AlignmentConfig) -> None:
@@ -46,14 +44,15 @@ def train(cfg: AlignmentConfig) -> None:
     dims = eval_dims(cfg, model.mrl_dims)
 
     loader_cfg = loader_for_encoders(cfg.data.train, encoders_of(model), "data.train")
-    train_data = ShardLoader(loader_cfg)
-    val_data = eval_loader(loader_cfg, cfg.data.val_dir, cfg.eval.batch_size, "data.val_dir")
-    evaluator = RetrievalEvaluator(cfg, val_data, dims, info.device)
+    train_data = loader_cfg.build()
+    val_retrieval = eval_loader(loader_cfg, cfg.data.val_dir, cfg.eval.batch_size, "data.val_dir")
+    val_loss = loss_loader(loader_cfg, cfg.data.val_dir, cfg.eval.batch_size, "data.val_dir")
+    evaluator = RetrievalEvaluator(cfg, val_retrieval, dims, info.device)
     trainer = Trainer(
         model,
         cfg.train,
         train_data,
-        val_data=val_data,
+        val_data=val_loss,
         param_groups=model.param_groups(cfg.train.lr),
         evaluate_fn=evaluator,
         run_config=to_dict(cfg),

@@ -62,26 +62,46 @@ def loader_for_encoders(loader: LoaderConfig, encoders: Mapping[str, Any], key: 
 def eval_loader(
     train_cfg: LoaderConfig, shard_dir: str, batch_size: int, key: str, **changes: Any
 ) -> ShardLoader:
-    """A loader over `shard_dir` with the training settings minus shuffling, augmentation and text dropout.
-
-    `changes` overrides further LoaderConfig fields (e.g. the QA stage asks every QA pair).
+    """A loader over `shard_dir` yielding every sample exactly once across ranks and workers (eg-data's eval
+    mode: a short last batch, no repeats), with the training settings minus shuffling, augmentation and
+    text dropout. `changes` overrides further LoaderConfig fields (e.g. the QA stage asks every QA pair).
     """
     check_shard_dir(key, shard_dir)
-    streams = max(1, train_cfg.num_workers) * (dist.get_world_size() if dist.is_initialized() else 1)
-    per_stream = sum(info.num_samples for info in load_index(shard_dir)) // streams
-    # eg-data drops a stream's last partial batch; a divisor of the stream's share keeps every sample.
-    divisors = [b for b in range(1, min(batch_size, max(per_stream, 1)) + 1) if per_stream % b == 0]
-    if divisors and divisors[-1] >= batch_size // 4:
-        batch_size = divisors[-1]
     cfg = dataclasses.replace(
         train_cfg,
         shard_dir=shard_dir,
         batch_size=batch_size,
+        mode="eval",
         shuffle=False,
         text_dropout=0.0,
         image=dataclasses.replace(train_cfg.image, augment=False),
         **changes,
     )
-    loader = ShardLoader(cfg)
+    loader = cfg.build()
+    loader.set_epoch(0)
+    return loader
+
+
+def loss_loader(train_cfg: LoaderConfig, shard_dir: str, batch_size: int, key: str) -> ShardLoader:
+    """A loader for the validation *loss*: training mode (the same number of equal batches on every rank, as a
+    loss that gathers across ranks needs), without shuffling, augmentation or text dropout. It may leave out
+    the remainder of an uneven split; the retrieval / QA metrics use `eval_loader`, which never does.
+    """
+    check_shard_dir(key, shard_dir)
+    streams = max(1, train_cfg.num_workers) * (dist.get_world_size() if dist.is_initialized() else 1)
+    per_stream = sum(info.num_samples for info in load_index(shard_dir)) // streams
+    top = max(1, min(batch_size, per_stream))
+    # the batch size in [top/4, top] that leaves the fewest samples out (the larger one on a tie)
+    batch_size = min(range(max(1, top // 4), top + 1), key=lambda b: (per_stream % b, -b))
+    cfg = dataclasses.replace(
+        train_cfg,
+        shard_dir=shard_dir,
+        batch_size=batch_size,
+        mode="train",
+        shuffle=False,
+        text_dropout=0.0,
+        image=dataclasses.replace(train_cfg.image, augment=False),
+    )
+    loader = cfg.build()
     loader.set_epoch(0)
     return loader
