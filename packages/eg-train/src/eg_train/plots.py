@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .metrics import FIXED_COLUMNS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TRAIN_LABEL = "train loss (window mean)"  # each train point averages the steps since the previous row
 VAL_LABEL = "val loss"
@@ -22,6 +26,11 @@ def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
 
 
 def draw_training_curves(rows: list[dict], path: Path) -> None:
+    """Write `training_curves_figure(rows)` to `path`."""
+    training_curves_figure(rows).savefig(path)
+
+
+def training_curves_figure(rows: list[dict]) -> Figure:
     """Train loss (mean over each logging window) and validation loss, labelled apart in the legend (log
     scale when positive and spanning decades), with the learning rate underneath."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -49,7 +58,7 @@ def draw_training_curves(rows: list[dict], path: Path) -> None:
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     ax_lr.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    return fig
 
 
 def draw_loss_components(rows: list[dict], path: Path) -> None:
