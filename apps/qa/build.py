@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from eg_data import LoaderConfig
-from eg_decoders import Decoder, build_decoder
+from eg_decoders import Decoder
 
 from apps.common.config import ConfigError
 from apps.common.loaders import loader_for_encoders
@@ -52,7 +52,7 @@ def load_stage1(cfg: QAConfig, device: str | torch.device = "cpu") -> Any:
 
 def make_decoder(choice: DecoderChoice) -> Decoder:
     """A fresh decoder of the chosen variant (no projector of its own: the QA model projects per modality)."""
-    return build_decoder(choice.variant())
+    return choice.variant().build()
 
 
 def build_model(cfg: QAConfig, towers: Any) -> QAModel:

@@ -16,6 +16,7 @@ from eg_decoders import QwenDecoderConfig, TinyDecoderConfig, TRMConfig
 from eg_train import TrainerConfig
 
 from apps.common.config import ConfigError
+from apps.qa.demo_qwen import DemoQwenConfig
 
 MISSING = "???"  # omegaconf.MISSING: a required value not given yet (load_config refuses it)
 PREFIX_ORDER = ("vision", "audio")  # the decoder sees [image tokens][audio tokens][question][answer]
@@ -32,13 +33,14 @@ class Stage1Config:
 
 @dataclass
 class DecoderChoice:
-    """`type` picks the decoder; only its key (`trm`, `tiny` or `qwen`) may be set, unset means its defaults.
+    """`type` (required) picks the decoder; only its key (`trm`, `tiny` or `qwen`) may be set; left unset,
+    it takes that variant's defaults (filled in, so the resolved config shows every setting).
 
     The variant's `prefix_dim` stays 0: the QA model puts one PrefixProjector per modality in front of the
     decoder (the variant's `projector` picks its kind), since modalities differ in width.
     """
 
-    type: str = "trm"
+    type: str = MISSING
     trm: TRMConfig | None = None
     tiny: TinyDecoderConfig | None = None
     qwen: QwenDecoderConfig | None = None
@@ -57,8 +59,6 @@ class DecoderChoice:
         if getattr(self, self.type) is None:
             setattr(self, self.type, DECODER_VARIANTS[self.type]())
         variant = self.variant()
-        if getattr(variant, "type", self.type) != self.type:
-            raise ConfigError(f"{self.type}.type={variant.type!r} must be {self.type!r} (or left out)")
         if variant.prefix_dim != 0:
             raise ConfigError(
                 f"{self.type}.prefix_dim={variant.prefix_dim}: the QA model projects each modality "
@@ -170,6 +170,9 @@ class QAEvalConfig:
 class QAConfig:
     """A stage-2 experiment: `uv run apps/train --config FILE` with `stage: qa`.
 
+    demo_qwen: when set, a tiny random-init Qwen2 and its tokenizer are written (once) to `demo_qwen.dir`
+    before the decoder loads it from there (`model.decoder.qwen.model_name`).
+
     Outputs go to `train.output_dir` / `train.checkpoint_dir`, by default outputs/<experiment_name> and
     checkpoints/<experiment_name>. `seed` seeds the decoder's initialization; `train.seed` the trainer's
     per-rank RNG, which also draws the modality dropout.
@@ -184,6 +187,7 @@ class QAConfig:
     model: QAModelConfig = field(default_factory=QAModelConfig)
     train: TrainerConfig = field(default_factory=TrainerConfig)
     eval: QAEvalConfig = field(default_factory=QAEvalConfig)
+    demo_qwen: DemoQwenConfig | None = None  # write a tiny random-init Qwen2 first (the Qwen demo)
 
     def __post_init__(self) -> None:
         if self.stage != "qa":
@@ -208,3 +212,10 @@ class QAConfig:
             )
         if "qa" not in self.data.train.modalities:
             raise ConfigError("data.train.modalities must include 'qa'")
+        if self.demo_qwen is not None:
+            decoder = self.model.decoder
+            if decoder.type != "qwen" or decoder.variant().model_name != self.demo_qwen.dir:
+                raise ConfigError(
+                    f"demo_qwen.dir={self.demo_qwen.dir!r} is written for the decoder to load, so set "
+                    "model.decoder.type: qwen and model.decoder.qwen.model_name to it (or remove demo_qwen)"
+                )

@@ -3,7 +3,7 @@ every modality, each modality alone, and none (blind), beside the majority answe
 exact match and token F1, overall and per question; eval.json and the printed table.
 
 Each rank answers its share of the split; the shares are gathered and de-duplicated by (sample key,
-question), so the scores are those of the whole split whatever the world size.
+QA index), so the scores are those of the whole split whatever the world size.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def collect_answers(
     """Answer every QA row of `loader` with each prefix variant: [{key, question, reference, generated}].
 
     Runs on every rank and returns the whole split on every rank (gathered, de-duplicated by
-    (key, question)), in key then question order. `max_samples` > 0 stops after that many samples per rank.
+    (key, qa_index, question)), in that order. `max_samples` > 0 stops after that many samples per rank.
     """
     model = getattr(model, "module", model)  # DDP's wrapper
     local: list[dict[str, Any]] = []
@@ -125,6 +125,7 @@ def collect_answers(
             break
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         has_qa = batch.get("qa_present")
+        qa_index = batch.get("qa_index")
         rows = [i for i in range(len(batch["question"])) if has_qa is None or bool(has_qa[i])]
         if not rows:
             continue
@@ -134,15 +135,16 @@ def collect_answers(
             local.append(
                 {
                     "key": batch["key"][i],
+                    "qa_index": -1 if qa_index is None else int(qa_index[i]),
                     "question": batch["question"][i],
                     "reference": batch["answer"][i],
                     "generated": {name: answers[name][i] for name in variants},
                 }
             )
-    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    merged: dict[tuple[str, int, str], dict[str, Any]] = {}
     for part in all_gather_objects(local):
         for row in part:
-            merged.setdefault((row["key"], row["question"]), row)
+            merged.setdefault((row["key"], row["qa_index"], row["question"]), row)
     return [merged[k] for k in sorted(merged)]
 
 

@@ -22,6 +22,7 @@ from apps.common.config import to_dict, to_yaml
 from apps.common.loaders import eval_loader
 from apps.qa.build import build_model, load_stage1, qa_loader_config
 from apps.qa.config import QAConfig
+from apps.qa.demo_qwen import write_demo_qwen
 from apps.qa.evaluate import (
     QAValidator,
     build_report,
@@ -32,7 +33,7 @@ from apps.qa.evaluate import (
     write_report,
 )
 
-ALL_PAIRS: dict[str, Any] = {"qa_pairs": "all"}  # eg-data: every QA pair of a sample is a row of its own
+ALL_PAIRS: dict[str, Any] = {"mode": "eval", "qa_pairs": "all"}  # every sample once, each QA pair a row
 
 
 def qa_eval_loader(loader_cfg: LoaderConfig, shard_dir: str, batch_size: int, key: str) -> ShardLoader:
@@ -80,8 +81,13 @@ def train(cfg: QAConfig) -> None:
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(to_yaml(cfg))
-    model = build_model(cfg, aligned.towers)
     loader_cfg = qa_loader_config(cfg, aligned.towers)
+    if cfg.demo_qwen is not None:
+        if info.is_main:
+            pairs = list(training_pairs(loader_cfg, cfg.eval.batch_size))
+            write_demo_qwen(cfg.demo_qwen, [text for pair in pairs for text in pair])
+        barrier()
+    model = build_model(cfg, aligned.towers)
     train_data = ShardLoader(loader_cfg)
     val_data = qa_eval_loader(loader_cfg, cfg.data.val_dir, cfg.eval.batch_size, "data.val_dir")
     validator = QAValidator(cfg, val_data, info.device) if cfg.eval.max_val_samples >= 0 else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from eg_decoders import IGNORE_INDEX, TinyDecoderConfig, TRMConfig, build_decoder
+from eg_decoders import IGNORE_INDEX, TinyDecoderConfig, TRMConfig
 from torch import nn
 
 from apps.qa.config import DecoderChoice, ModalityDropoutConfig, QAModelConfig
@@ -49,7 +49,7 @@ def build(kind: str, dropout: ModalityDropoutConfig | None = None, **model_kwarg
     choice = DecoderChoice(type=kind, **{kind: variant})
     cfg = QAModelConfig(decoder=choice, modality_dropout=dropout or ModalityDropoutConfig(), **model_kwargs)
     torch.manual_seed(1)
-    return QAModel(cfg, towers(model_kwargs.get("train_resampler", False)), build_decoder(variant))
+    return QAModel(cfg, towers(model_kwargs.get("train_resampler", False)), variant.build())
 
 
 def rows_of(b: dict, index: slice) -> dict:
