@@ -8,6 +8,10 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+QWEN_EXTRA = "the Qwen decoder needs the extra: pip install 'eg-decoders[qwen]'"
+for _module in ("transformers", "peft", "tokenizers"):
+    pytest.importorskip(_module, reason=QWEN_EXTRA)
+
 from eg_decoders import DecoderError, QwenDecoder, QwenDecoderConfig, count_trainable, load_decoder
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -97,6 +101,7 @@ def test_chat_template_wraps_the_question(model_dir):
 
 @pytest.mark.parametrize("quantization", ["8bit", "4bit"])
 def test_quantized_forward_backward_on_cpu(model_dir, quantization):
+    pytest.importorskip("bitsandbytes", reason=QWEN_EXTRA)
     decoder = QwenDecoder(config(model_dir, quantization=quantization, gradient_checkpointing=True)).train()
     linear = decoder.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
     assert type(linear).__name__ == ("Linear8bitLt" if quantization == "8bit" else "Linear4bit")

@@ -5,9 +5,10 @@ tokens only, and generates with greedy or sampled decoding that stops at eos. Ea
 when constructed and builds its decoder with `build()`; `load_decoder(dir)` rebuilds a saved one.
 """
 
-from eg_decoders.base import Decoder, DecoderOutput, select_next_token
+from eg_decoders.base import Decoder, DecoderOutput, count_trainable, select_next_token
 from eg_decoders.config import (
     DECODER_CONFIGS,
+    QWEN_EXTRA_INSTALL,
     QwenDecoderConfig,
     TinyDecoderConfig,
     TRMConfig,
@@ -26,11 +27,13 @@ __version__ = "0.2.0"
 
 
 def __getattr__(name: str) -> object:
-    # the Qwen decoder pulls in transformers and peft (seconds of import); tiny-decoder users skip that
-    if name in ("QwenDecoder", "count_trainable"):
-        from eg_decoders import qwen
-
-        return getattr(qwen, name)
+    # the Qwen decoder pulls in transformers and peft (the `qwen` extra, seconds of import); imported on use
+    if name == "QwenDecoder":
+        try:
+            from eg_decoders.qwen import QwenDecoder
+        except ModuleNotFoundError as err:
+            raise ImportError(f"QwenDecoder needs {err.name}, not installed: {QWEN_EXTRA_INSTALL}") from err
+        return QwenDecoder
     raise AttributeError(f"module 'eg_decoders' has no attribute '{name}'")
 
 

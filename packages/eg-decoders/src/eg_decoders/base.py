@@ -140,3 +140,8 @@ class Decoder(nn.Module, abc.ABC):
         is_eos = new_tokens == self.eos_id
         after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
         return new_tokens.masked_fill(after_eos, self.pad_id)
+
+
+def count_trainable(module: nn.Module) -> int:
+    """Number of trainable parameters of module."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -10,6 +10,7 @@ Values equal to omegaconf's MISSING ("???") are left unchecked until they are se
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 PROJECTOR_KINDS = ("linear", "mlp")
 QUANTIZATIONS = ("none", "8bit", "4bit")
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
+# what the Qwen decoder imports (the `qwen` extra); the last two only for 8/4-bit loading
+QWEN_MODULES = ("transformers", "peft", "bitsandbytes", "accelerate")
+QWEN_EXTRA_INSTALL = "pip install 'eg-decoders[qwen]'"
 
 
 def _check_type(config: Any, kind: str) -> None:
@@ -177,7 +181,17 @@ class QwenDecoderConfig:
         _check_choice(self, "projector", PROJECTOR_KINDS)
 
     def build(self) -> QwenDecoder:
-        """A QwenDecoder with these settings: the base model loaded from model_name, a fresh LoRA adapter."""
+        """A QwenDecoder with these settings: the base model loaded from model_name, a fresh LoRA adapter.
+
+        Needs the `qwen` extra (transformers, peft; bitsandbytes and accelerate when quantized): without
+        it, a one-line DecoderError says which library is missing and how to install the extra.
+        """
+        needed = QWEN_MODULES if self.quantization != "none" else QWEN_MODULES[:2]
+        missing = [name for name in needed if importlib.util.find_spec(name) is None]
+        if missing:
+            raise DecoderError(
+                f"type 'qwen' needs {' and '.join(missing)}, not installed: {QWEN_EXTRA_INSTALL}"
+            )
         from eg_decoders.qwen import QwenDecoder  # deferred: transformers and peft take seconds to import
 
         return QwenDecoder(self)

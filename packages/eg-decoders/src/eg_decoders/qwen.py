@@ -21,7 +21,6 @@ from peft import (
     set_peft_model_state_dict,
 )
 from peft.utils import load_peft_weights
-from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from eg_decoders.base import CONFIG_FILE, Decoder, DecoderOutput
@@ -262,8 +261,3 @@ class QwenDecoder(Decoder):
             )
         for name, tensor in state.items():
             params[name].data.copy_(tensor)
-
-
-def count_trainable(module: nn.Module) -> int:
-    """Number of trainable parameters of module."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
