@@ -1,4 +1,5 @@
-"""2-process DDP on CPU (gloo, launched by torchrun) equals 1 process on the same global batch."""
+"""2-process DDP on CPU (gloo, launched by torchrun) equals 1 process on the same global batch, and the
+data report counts are summed over the ranks."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def test_two_process_gloo_ddp_matches_one_process(toy, tmp_path):
         {
             "dir": str(tmp_path / "single"),
             "batch_size": 8,
+            "data": "reporting",
             "config": config,
             "params_out": str(tmp_path / "single.pt"),
         }
@@ -28,6 +30,7 @@ def test_two_process_gloo_ddp_matches_one_process(toy, tmp_path):
     opts = {
         "dir": str(tmp_path / "ddp"),
         "batch_size": 4,
+        "data": "reporting",
         "config": config,
         "params_out": str(tmp_path / "ddp.pt"),
     }
@@ -66,6 +69,9 @@ def test_two_process_gloo_ddp_matches_one_process(toy, tmp_path):
     for r1, r2 in zip(rows_1, rows_2):
         for key in ("loss", "grad_norm", "mse", "index_mean", "samples_seen"):
             assert float(r2[key]) == pytest.approx(float(r1[key]), abs=1e-6), key
+        for key in ("data/samples", "data/bad/corrupt_image", "data/bad/truncated_tar"):
+            assert r2[key] == r1[key], key  # each rank counts its half; the rows show the sum
+    assert rows_2[-1]["data/samples"] == "64" and int(rows_2[-1]["data/bad/corrupt_image"]) > 0
     ckpt = eg_train.load_checkpoint(tmp_path / "ddp/checkpoints/checkpoint_latest.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2  # each rank's RNG state is saved
     assert not torch.equal(ckpt["ranks"][0]["rng"]["torch"], ckpt["ranks"][1]["rng"]["torch"])

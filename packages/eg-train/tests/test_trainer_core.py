@@ -155,3 +155,49 @@ def test_outputs_tensorboard_plots_and_epochs(toy, tmp_path):
     val_steps = [r["step"] for r in rows if r["val/loss"]]
     assert val_steps == ["8", "16"]  # validation at each epoch end
     assert [r["epoch"] for r in rows if r["step"] in ("3", "9")] == ["0", "1"]
+
+
+class LinearRegression(torch.nn.Module):
+    """One linear layer with an MSE loss: its gradient has a closed form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1)
+
+    def forward(self, batch: dict) -> dict:
+        pred = self.linear(batch["x"]).squeeze(-1)  # (B,)
+        return {"loss": ((pred - batch["y"]) ** 2).mean()}
+
+
+def test_grad_clip_rescales_the_gradient_the_optimizer_sees(toy, tmp_path):
+    torch.manual_seed(0)
+    model, data, clip = LinearRegression(), toy.ToyData(), 0.1
+    idx = data.batch_indices(0, 0)  # the first batch of the run
+    x, y = data.x[idx], data.y[idx]  # (B, D), (B,)
+    residual = x @ model.linear.weight.detach()[0] + model.linear.bias.detach() - y  # (B,)
+    grad_w = 2 / len(y) * (residual @ x)  # d mean(r^2) / dw, (D,)
+    grad_b = 2 / len(y) * residual.sum()
+    norm = torch.sqrt((grad_w**2).sum() + grad_b**2)
+    assert norm > 10 * clip  # clipping must act
+
+    trainer = eg_train.Trainer(model, toy.make_config(tmp_path, max_steps=1, grad_clip=clip), data)
+    seen: list[list[torch.Tensor]] = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: seen.append([p.grad.clone() for g in opt.param_groups for p in g["params"]])
+    )
+    trainer.fit()
+    (got_w, got_b) = seen[0]  # default groups: matrices (decay), then vectors (no decay)
+    scale = clip / (norm + 1e-6)  # torch's clip_grad_norm_ coefficient
+    torch.testing.assert_close(got_w[0], grad_w * scale, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(got_b[0], grad_b * scale, rtol=1e-5, atol=1e-8)
+    assert torch.sqrt((got_w**2).sum() + (got_b**2).sum()).item() == pytest.approx(clip, rel=1e-5)
+    row = toy.read_rows(tmp_path / "outputs/metrics.csv")[0]
+    assert float(row["grad_norm"]) == pytest.approx(norm.item(), rel=1e-5)  # logged before clipping
+
+
+def test_training_curves_legend_says_which_curve_is_which():
+    from eg_train.plots import training_curves_figure
+
+    rows = [{"step": 1, "loss": 2.0, "lr": 0.1}, {"step": 2, "loss": 1.5, "lr": 0.1, "val/loss": 1.7}]
+    legend = training_curves_figure(rows).axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["train loss (window mean)", "val loss"]
