@@ -10,7 +10,8 @@ follows them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,3 +102,23 @@ def check_trainable_blocks(value: Any) -> None:
             f"trainable_blocks={value!r} is out of range: use 0 (frozen), -1 (train all) or k >= 1 "
             "(train the last k blocks)"
         )
+
+
+@contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Turn off transformers' (and huggingface_hub's) tqdm bars for one load or save, then restore them.
+
+    transformers 5 draws a "Loading weights" bar for every `from_pretrained` (and "Writing model shards"
+    for `save_pretrained`), so each stage-1 start would print one per Hugging Face backbone. Only the bars
+    are silenced, not warnings or errors; if they were already off, they stay off.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if was_enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -16,6 +16,8 @@ from dataclasses import asdict
 
 import torch
 
+from .common import quiet_progress_bars
+
 DEBUG_TEXTS = (
     "a photo of a red square",
     "a photo of a blue circle",
@@ -88,7 +90,8 @@ def write_hf_clip_vision(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPVisionModel(config)
-    model.save_pretrained(out_dir)
+    with quiet_progress_bars():
+        model.save_pretrained(out_dir)
     preprocessor = {
         "image_processor_type": "CLIPImageProcessor",
         "size": {"shortest_edge": image_size},
@@ -160,7 +163,7 @@ def write_sentence_transformer(
     chars = sorted({c for w in words for c in w} | set("abcdefghijklmnopqrstuvwxyz0123456789.,?!'"))
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *[f"##{c}" for c in chars]]
     vocab += [w for w in words if w not in set(vocab)]
-    with tempfile.TemporaryDirectory() as bert_dir:
+    with tempfile.TemporaryDirectory() as bert_dir, quiet_progress_bars():
         _write_tiny_bert(bert_dir, vocab, seed, width, layers)
         transformer = Transformer(bert_dir, max_seq_length=64)
         model = sentence_transformer(modules=[transformer, Pooling(width, "mean")], device="cpu")

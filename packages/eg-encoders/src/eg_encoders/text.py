@@ -21,7 +21,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from .common import EncoderError, EncoderOutput, check_int, first_line
+from .common import EncoderError, EncoderOutput, check_int, first_line, quiet_progress_bars
 
 
 @dataclass
@@ -130,12 +130,13 @@ def _load_sentence_transformer(config: TextEncoderConfig):
     if name.startswith((".", "/")) and not os.path.isdir(name):
         raise EncoderError(f"model_name={name!r} is not an existing directory (a sentence-transformers save)")
     try:
-        return sentence_transformer(
-            name,
-            device="cpu",
-            cache_folder=config.cache_dir or None,
-            local_files_only=os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"),
-        )
+        with quiet_progress_bars():
+            return sentence_transformer(
+                name,
+                device="cpu",
+                cache_folder=config.cache_dir or None,
+                local_files_only=os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"),
+            )
     except (OSError, ValueError) as exc:
         raise EncoderError(
             f"model_name={name!r} could not be loaded as a sentence-transformers model (a hub name "

@@ -23,6 +23,7 @@ from .common import (
     check_trainable_blocks,
     first_line,
     is_missing,
+    quiet_progress_bars,
 )
 from .pooling import PoolingConfig
 
@@ -204,7 +205,8 @@ def _load_hf(config: VisionEncoderConfig):
 
     cache_dir = config.cache_dir or None
     try:
-        model = CLIPVisionModel.from_pretrained(config.model_name, cache_dir=cache_dir)
+        with quiet_progress_bars():
+            model = CLIPVisionModel.from_pretrained(config.model_name, cache_dir=cache_dir)
     except OSError as exc:
         raise EncoderError(
             f"model_name={config.model_name!r} is not a loadable CLIPVisionModel (hub id such as "
