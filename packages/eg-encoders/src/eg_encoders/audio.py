@@ -15,6 +15,7 @@ every clip of the batch are dropped before the encoder (N shrinks to the longest
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,16 @@ from .pooling import PoolingConfig
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160  # mel frame = 10 ms; one encoder token = 2 frames = 20 ms
 MIN_SAMPLES = 400  # one STFT window (whisper's N_FFT)
+# (n_mels, n_audio_ctx) of the released Whisper models (the `dims` of their checkpoints): 30 s windows,
+# 128 mel bins from large-v3 on ("large" and "turbo" are large-v3 and large-v3-turbo)
+WHISPER_INPUT_DIMS = {
+    **dict.fromkeys(
+        ["tiny.en", "tiny", "base.en", "base", "small.en", "small", "medium.en", "medium", "large-v1"],
+        (80, 1500),
+    ),
+    "large-v2": (80, 1500),
+    **dict.fromkeys(["large-v3", "large", "large-v3-turbo", "turbo"], (128, 1500)),
+}
 
 
 @dataclass
@@ -118,6 +129,39 @@ class AudioEncoderConfig:
     def build(self) -> AudioEncoder:
         """An AudioEncoder with these settings (loads the backbone)."""
         return AudioEncoder(self)
+
+    def n_mels(self) -> int | None:
+        """Log-mel bins `build()` will expect (its `audio_spec.n_mels`), known without loading weights; None
+        when not (see `n_samples`)."""
+        dims = self._input_dims()
+        return None if dims is None else dims[0]
+
+    def n_samples(self) -> int | None:
+        """Most 16 kHz samples one clip may have (`audio_spec.n_samples`; longer clips are cut), known
+        without loading weights: from `dims`, from the released Whisper models' dimensions for a Whisper
+        name, or from the `dims` entry of a local .pt checkpoint (memory-mapped: its tensors are not read).
+        None when it cannot be known so (a missing file, a checkpoint torch cannot map) or while a value is
+        still omegaconf.MISSING."""
+        dims = self._input_dims()
+        return None if dims is None else 2 * dims[1] * HOP_LENGTH
+
+    def _input_dims(self) -> tuple[int, int] | None:
+        """(n_mels, n_audio_ctx) of the encoder this config builds, or None when unknown without loading."""
+        if is_missing(self.model_name) or is_missing(self.dims):
+            return None
+        if self.dims is not None:
+            mels, ctx = self.dims.n_mels, self.dims.n_audio_ctx
+            return None if is_missing(mels) or is_missing(ctx) else (mels, ctx)
+        if self.model_name in WHISPER_INPUT_DIMS:
+            return WHISPER_INPUT_DIMS[self.model_name]
+        if not os.path.isfile(self.model_name):
+            return None
+        try:  # mmap: only the pickled structure is read, tensors stay on disk (a large checkpoint is GBs)
+            checkpoint = torch.load(self.model_name, map_location="cpu", mmap=True, weights_only=True)
+            dims = checkpoint["dims"]
+            return int(dims["n_mels"]), int(dims["n_audio_ctx"])
+        except (OSError, RuntimeError, pickle.UnpicklingError, KeyError, TypeError, ValueError):
+            return None  # not mappable or not a Whisper checkpoint: build() loads it and says what is wrong
 
 
 class AudioEncoder(nn.Module):
