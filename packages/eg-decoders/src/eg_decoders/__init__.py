@@ -9,6 +9,7 @@ from eg_decoders.base import Decoder, DecoderOutput, count_trainable, select_nex
 from eg_decoders.config import (
     DECODER_CONFIGS,
     QWEN_EXTRA_INSTALL,
+    QWEN_MODULES,
     QwenDecoderConfig,
     TinyDecoderConfig,
     TRMConfig,
@@ -32,7 +33,9 @@ def __getattr__(name: str) -> object:
         try:
             from eg_decoders.qwen import QwenDecoder
         except ModuleNotFoundError as err:
-            raise ImportError(f"QwenDecoder needs {err.name}, not installed: {QWEN_EXTRA_INSTALL}") from err
+            if (err.name or "").split(".")[0] not in QWEN_MODULES:
+                raise
+            raise ImportError(f"QwenDecoder needs {err.name} (not installed): {QWEN_EXTRA_INSTALL}") from err
         return QwenDecoder
     raise AttributeError(f"module 'eg_decoders' has no attribute '{name}'")
 

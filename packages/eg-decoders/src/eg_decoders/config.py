@@ -190,7 +190,7 @@ class QwenDecoderConfig:
         missing = [name for name in needed if importlib.util.find_spec(name) is None]
         if missing:
             raise DecoderError(
-                f"type 'qwen' needs {' and '.join(missing)}, not installed: {QWEN_EXTRA_INSTALL}"
+                f"type 'qwen' needs {', '.join(missing)} (not installed): {QWEN_EXTRA_INSTALL}"
             )
         from eg_decoders.qwen import QwenDecoder  # deferred: transformers and peft take seconds to import
 
