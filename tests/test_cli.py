@@ -100,3 +100,15 @@ def test_bad_values_refused_at_load_naming_the_yaml_key(
     assert captured.err.startswith(f"error: {config}: {key}"), captured.err
     assert captured.err[len(f"error: {config}: {key}")] in " =:", captured.err  # the whole key, not a prefix
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+
+
+def test_image_size_against_the_encoder_is_checked_at_load(capsys: pytest.CaptureFixture[str]) -> None:
+    """A loader image size the vision encoder's own config contradicts (ViT-L-14-336 takes 336 px; 224, the
+    default, means unset) is refused
+    by --print-config, before any weights exist."""
+    config = CONFIGS_DIR / "pixmo_alignment.yaml"
+    code = train_main(["--config", str(config), "--set", "data.train.image.size=256", "--print-config"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {config}: data.train.image.size=256 differs"), err
+    assert "336" in err
+    assert train_main(["--config", str(config), "--set", "data.train.image.size=336", "--print-config"]) == 0

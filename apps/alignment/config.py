@@ -11,8 +11,9 @@ encoder) are checked against the file instead of being overwritten silently.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from eg_data import LoaderConfig
+from eg_data import AudioTransformConfig, ImageTransformConfig, LoaderConfig
 from eg_encoders import AudioEncoderConfig, MatryoshkaConfig, TextEncoderConfig, VisionEncoderConfig
 from eg_losses import ContrastiveLossConfig
 from eg_resampler import PerceiverResamplerConfig
@@ -21,6 +22,17 @@ from eg_train import TrainerConfig
 from apps.alignment.demo_models import DemoModelsConfig
 
 MODALITIES = ("vision", "audio", "text")
+
+
+def _declared(spec: Any) -> Any:
+    """An encoder's input spec read from its config files, or None where that needs the weights or a file
+    not written yet (the demo writes its backbones at the start of the run; the build checks then)."""
+    try:
+        return spec()
+    except ValueError:
+        return None
+
+
 # The eg-data batch key (and presence mask prefix) that feeds each modality's encoder.
 BATCH_KEY = {"vision": "image", "audio": "audio", "text": "text"}
 
@@ -194,6 +206,7 @@ class AlignmentConfig:
         if self.eval.max_val_samples < 0 or self.eval.plot_max_points < 0:
             raise ValueError("eval.max_val_samples and eval.plot_max_points must be >= 0")
         self._check_dims()
+        self._check_input_specs()
         batch_keys = {BATCH_KEY[m] for m in present}
         wanted = set(self.data.train.modalities)
         if not batch_keys <= wanted:
@@ -238,6 +251,28 @@ class AlignmentConfig:
                     f"eval.dims={list(self.eval.dims)} must be non-empty and within 1..{top} "
                     "(model.projection.max_dim)"
                 )
+
+    def _check_input_specs(self) -> None:
+        """An image size or audio setting in data.train that the encoder's own config contradicts, refused at
+        load where the encoder's input spec can be read without loading weights (else at build)."""
+        image, audio = self.data.train.image, self.data.train.audio
+        if self.model.vision is not None and image.size != ImageTransformConfig().size:
+            declared = _declared(self.model.vision.encoder.image_size)
+            if declared is not None and declared != image.size:
+                raise ValueError(
+                    f"data.train.image.size={image.size} differs from the vision encoder's input size {declared} "
+                    "(model.vision.encoder); remove data.train.image.size, it is taken from the encoder"
+                )
+        if self.model.audio is not None:
+            defaults = AudioTransformConfig()
+            for key in ("n_mels", "n_samples"):
+                configured = getattr(audio, key)
+                declared = _declared(getattr(self.model.audio.encoder, key))
+                if configured != getattr(defaults, key) and declared is not None and declared != configured:
+                    raise ValueError(
+                        f"data.train.audio.{key}={configured} differs from the audio encoder's {declared} "
+                        f"(model.audio.encoder); remove data.train.audio.{key}, it is taken from the encoder"
+                    )
 
     def modalities(self) -> list[str]:
         """The configured modalities, in the fixed order vision, audio, text."""
