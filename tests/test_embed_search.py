@@ -147,6 +147,18 @@ def test_exact_search_equals_brute_force_and_faiss() -> None:
     assert torch.equal(f_ids, torch_search.search(queries, k=10)[1])
 
 
+def test_ties_rank_in_index_order_like_the_evaluations_argmax() -> None:
+    b = [0.0, 1.0, 0.0]
+    items = torch.tensor([[1.0, 0.0, 0.0], b, b, [0.0, 0.8, 0.6], b, [0.0, 0.0, 1.0]])  # b at rows 1, 2, 4
+    query = torch.tensor([[0.0, 2.0, 0.1]])
+    searcher = MatryoshkaSearcher(items)
+    for k, want in ((1, [1]), (2, [1, 2]), (3, [1, 2, 4]), (4, [1, 2, 4, 3])):
+        assert searcher.search(query, k=k)[1].tolist() == [want], k
+        assert searcher.search(query, k=k, shortlist_dim=2, shortlist=5)[1].tolist() == [want], k
+    sims = truncate_normalize(query, 3) @ truncate_normalize(items, 3).T
+    assert int(sims.argmax()) == 1
+
+
 def test_funnel_shortlist_at_low_dim_then_rerank_at_full_dim() -> None:
     # At dim 2 the query [1, 0] prefers a (cos 1) over b (cos 0.994); at dim 4 b wins (0.821 vs 0.707).
     items = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.9, 0.1, 5.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
