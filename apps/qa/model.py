@@ -4,6 +4,9 @@ The decoder sees `[image tokens][audio tokens][question][answer]` and is scored 
 (eg-decoders' answer-only labels). The modality tokens are a tower's resampler latents, or its encoder's
 tokens where it has no resampler (`ModalityTower.tokens`).
 
+With `cache_tokens`, the frozen towers run once per training sample (each sample alone, so the values do
+not depend on the batch, and a resumed run sees the same ones); validation and evaluation always run them.
+
 A sample contributes the tokens of the modalities it has and keeps: in training, modality dropout removes
 a modality from a sample with a configured probability, through the prefix mask, which the decoders treat
 as removal (masked tokens are neither attended to nor counted in positions). `generate` puts only the kept
@@ -48,6 +51,8 @@ class QAModel(nn.Module):
                 if tower.resampler is not None:
                     tower.resampler.requires_grad_(True)
         self.drop_prob = torch.tensor([float(getattr(config.modality_dropout, m)) for m in self.modalities])
+        # training samples' frozen tower tokens, {modality: {key: (n, D)}}; see model.cache_tokens
+        self._token_cache: dict[str, dict[str, torch.Tensor]] = {}
 
     def train(self, mode: bool = True) -> QAModel:
         """Frozen towers stay in eval mode (no dropout); a trainable resampler follows `mode`."""
@@ -95,10 +100,37 @@ class QAModel(nn.Module):
         grad = self.training and self.train_resampler
         out = {}
         for m in names:
-            with contextlib.nullcontext() if grad else torch.no_grad():
-                tokens, mask = self.towers[m].tokens(batch)  # (B, N, D), (B, N)
+            if self.training and self.config.cache_tokens:
+                tokens, mask = self._cached_tokens(batch, m)
+            else:
+                with contextlib.nullcontext() if grad else torch.no_grad():
+                    tokens, mask = self.towers[m].tokens(batch)  # (B, N, D), (B, N)
             out[m] = (self.projectors[m](tokens.float()), mask.bool())  # (B, N, H)
         return out
+
+    @torch.no_grad()
+    def _cached_tokens(self, batch: dict[str, Any], modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen tower's tokens of each training sample, computed once per sample key, alone.
+
+        Computing each sample by itself makes its tokens independent of the batch it first came in, so a
+        resumed run (empty cache) trains on the very same values as an uninterrupted one.
+        """
+        cache = self._token_cache.setdefault(modality, {})
+        keys = list(batch["key"])
+        size = len(keys)
+        for i, key in enumerate(keys):
+            if key not in cache:
+                one = {k: v[i : i + 1] if _per_sample(v, size) else v for k, v in batch.items()}
+                tokens, mask = self.towers[modality].tokens(one)  # (1, N, D), (1, N)
+                cache[key] = tokens[0][mask[0].bool()].float()  # (n, D): valid tokens only
+        rows = [cache[k] for k in keys]
+        length = max(r.shape[0] for r in rows)
+        tokens = rows[0].new_zeros(size, length, rows[0].shape[-1])  # (B, N, D)
+        mask = torch.zeros(size, length, dtype=torch.bool, device=tokens.device)
+        for i, r in enumerate(rows):
+            tokens[i, : r.shape[0]] = r
+            mask[i, : r.shape[0]] = True
+        return tokens, mask
 
     def prefix(
         self, tokens: dict[str, tuple[torch.Tensor, torch.Tensor]], keep: torch.Tensor
@@ -196,3 +228,10 @@ class QAModel(nn.Module):
     def num_trainable(self) -> int:
         """Number of trainable parameters (decoder or its LoRA, projectors, an unfrozen resampler)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _per_sample(value: Any, size: int) -> bool:
+    """Whether a batch entry holds one item per sample (a (B, ...) tensor or a list of B values)."""
+    if torch.is_tensor(value):
+        return value.ndim > 0 and value.shape[0] == size
+    return isinstance(value, list) and len(value) == size

@@ -33,7 +33,7 @@ from apps.qa.evaluate import (
     write_report,
 )
 
-ALL_PAIRS: dict[str, Any] = {"mode": "eval", "qa_pairs": "all"}  # every sample once, each QA pair a row
+ALL_PAIRS: dict[str, Any] = {"qa_pairs": "all"}  # with eval mode: every sample once, each QA pair a row
 
 
 def qa_eval_loader(loader_cfg: LoaderConfig, shard_dir: str, batch_size: int, key: str) -> ShardLoader:

@@ -230,3 +230,28 @@ def test_towers_frozen_unless_the_resampler_switch() -> None:
     grads = {n for n, p in unfrozen.named_parameters() if p.grad is not None}
     assert any(n.startswith("towers.audio.resampler") for n in grads)
     assert not any(n.startswith("towers.vision") or ".encoder." in n for n in grads)
+
+
+def test_cached_tokens_are_each_sample_alone_and_only_in_training() -> None:
+    model = build("tiny", cache_tokens=True)
+    calls = []
+    tower = model.towers["audio"]
+    original = tower.tokens
+
+    def counting(b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(len(b["key"]))
+        return original(b)
+
+    tower.tokens = counting  # type: ignore[method-assign]
+    b = batch()
+    model.train()
+    first = model.modality_tokens(b, ["audio"])["audio"]
+    assert calls == [1, 1, 1]  # each sample alone, once
+    again = model.modality_tokens(b, ["audio"])["audio"]
+    assert calls == [1, 1, 1] and torch.equal(first[0], again[0])
+    for i in range(3):  # the cached values are the sample's own tokens
+        alone, _ = original(rows_of(b, slice(i, i + 1)))
+        assert torch.equal(model._token_cache["audio"][b["key"][i]], alone[0])
+    model.eval()
+    model.modality_tokens(b, ["audio"])
+    assert calls == [1, 1, 1, 3]  # evaluation runs the tower on the batch
