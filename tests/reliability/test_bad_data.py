@@ -1,12 +1,15 @@
 """Bad data through the real app: shards holding garbage image bytes, an empty caption, undecodable
 audio, samples missing a required modality, a tar cut short and a zero-byte shard. The run completes
-and every skipped sample is counted by reason in the log, in metrics.csv and in eval.json."""
+and every skipped sample is counted by reason in the log, in metrics.csv and in eval.json; data that is
+mostly unreadable stops the run with one line (max_bad_fraction)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,29 +91,33 @@ def _corrupt_train(out: Path, good: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def _corrupt_eval(out: Path, good: list[dict[str, Any]]) -> dict[str, int]:
-    """22 good samples + a garbage image + an empty caption, in one shard."""
+    """27 good samples + a garbage image + an empty caption: 29 (prime) in one shard."""
     broken = _broken(good[:5])
-    records = good[5:27]
+    records = good[5:32]
     records.insert(5, broken["image_decode"])
     records.insert(15, broken["empty_caption"])
     write_split(out, records, per_shard=len(records))
     return {"image_decode": 1, "empty_caption": 1}
 
 
-@pytest.mark.slow
-def test_run_on_corrupt_shards_completes_and_reports_by_reason(
-    demo_data: Path, suite_root: Path, tmp_path: Path
-):
-    """Guarantee: a run on shards with garbage image bytes, an empty caption, undecodable audio, a
-    sample missing its audio, one missing its image, a tar cut short and a zero-byte shard completes
-    (exit 0), and the skipped samples are reported by reason, exactly: one summary line in the log with
-    an example per reason, the data/bad/<reason> and data/samples columns of metrics.csv at the epoch's
-    last step, and eval.json's counts for the test split, whose every good sample is scored once."""
+@dataclass
+class CorruptRun:
+    workdir: Path
+    done: subprocess.CompletedProcess
+    want_train: dict[str, int]
+    want_eval: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def corrupt_run(demo_data: Path, suite_root: Path, tmp_path_factory: pytest.TempPathFactory) -> CorruptRun:
+    """One epoch of training on the corrupt train split, validated and tested on corrupt eval splits
+    (29 samples each, 2 of them bad, in eval batches of 8: a short last batch)."""
     from eg_data import read_all
 
+    workdir = tmp_path_factory.mktemp("corrupt_run")
     train = [sample_record(r) for r in read_all(demo_data / "train")[:80]]
-    test = [sample_record(r) for r in read_all(demo_data / "test")[:27]]
-    data = tmp_path / "data"
+    test = [sample_record(r) for r in read_all(demo_data / "test")[:32]]
+    data = workdir / "data"
     want_train = _corrupt_train(data / "train", train)
     want_eval = _corrupt_eval(data / "test", test)
     _corrupt_eval(data / "val", test)
@@ -120,32 +127,97 @@ def test_run_on_corrupt_shards_completes_and_reports_by_reason(
             "train.max_steps": 0,
             "train.epochs": 1,
             "train.log_every": 1,
-            "train.val_every": 0,
+            "train.val_every": 0,  # validated once, at the end
             "train.keep_last_n": 0,
             "eval.plot_max_points": 0,
+            "eval.batch_size": 8,
         },
     )
     cfg["data"].update(val_dir=str(data / "val"), test_dir=str(data / "test"))
     cfg["data"]["train"]["shard_dir"] = str(data / "train")
-    done = run_train(write_config(tmp_path, cfg), tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_train(write_config(workdir, cfg), workdir)
+    return CorruptRun(workdir, done, want_train, want_eval)
 
+
+@pytest.mark.slow
+def test_run_on_corrupt_shards_completes_and_reports_by_reason(corrupt_run: CorruptRun) -> None:
+    """Guarantee: a run on shards with garbage image bytes, an empty caption, undecodable audio, a
+    sample missing its audio, one missing its image, a tar cut short and a zero-byte shard completes
+    (exit 0), and the skipped training samples are reported by reason, exactly: one summary line in the
+    log with an example per reason, and the data/bad/<reason> and data/samples columns of metrics.csv at
+    the epoch's last step."""
+    done, want = corrupt_run.done, corrupt_run.want_train
+    assert done.returncode == 0, done.stderr[-3000:]
     readable = 57
-    num_bad = sum(want_train.values())
+    num_bad = sum(want.values())
     lines = [line for line in done.stdout.splitlines() if "data: skipped" in line]
     assert len(lines) == 1, done.stdout[-3000:]
     assert f"skipped {num_bad} of {readable + num_bad} samples in epoch 0" in lines[0]
-    for reason, count in want_train.items():
+    for reason, count in want.items():
         assert f"{reason} {count}, e.g. " in lines[0], lines[0]
 
-    last = read_rows(metrics_path(tmp_path))[-1]
+    last = read_rows(metrics_path(corrupt_run.workdir))[-1]
     bad_columns = {
         k.removeprefix("data/bad/"): float(v) for k, v in last.items() if k.startswith("data/bad/")
     }
-    assert {k: v for k, v in bad_columns.items() if v} == {k: float(v) for k, v in want_train.items()}
+    assert {k: v for k, v in bad_columns.items() if v} == {k: float(v) for k, v in want.items()}
     assert float(last["data/samples"]) == readable + num_bad
 
-    report = json.loads((tmp_path / "outputs" / "tiny" / "eval.json").read_text())
-    assert report["num_samples"] == 22
-    assert {k: v for k, v in report["data"]["bad"].items() if v} == want_eval
-    assert report["data"]["samples"] == 24
+
+@pytest.mark.slow
+def test_test_split_bad_samples_in_eval_json(corrupt_run: CorruptRun) -> None:
+    """Guarantee: the held-out evaluation scores every good sample of the test split exactly once (27
+    of 29, in batches of 8 with a short last one) and reports the 2 bad ones by reason in eval.json
+    (`data`) and in one printed line."""
+    assert corrupt_run.done.returncode == 0, corrupt_run.done.stderr[-3000:]
+    report = json.loads((corrupt_run.workdir / "outputs" / "tiny" / "eval.json").read_text())
+    assert report["num_samples"] == 27
+    assert {k: v for k, v in report["data"]["bad"].items() if v} == corrupt_run.want_eval
+    assert report["data"]["samples"] == 29
+    lines = [line for line in corrupt_run.done.stdout.splitlines() if "of the test split" in line]
+    assert len(lines) == 1 and "skipped 2 " in lines[0], corrupt_run.done.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_validation_split_bad_samples_are_reported(corrupt_run: CorruptRun) -> None:
+    """Guarantee: the validation split's bad samples are reported too, by reason, in the validation
+    row of metrics.csv (val/data/bad/<reason>, val/data/samples), as the training split's are."""
+    assert corrupt_run.done.returncode == 0, corrupt_run.done.stderr[-3000:]
+    rows = [r for r in read_rows(metrics_path(corrupt_run.workdir)) if r.get("val/loss")]
+    assert rows, "no validation row"
+    val = rows[-1]
+    bad = {
+        k.removeprefix("val/data/bad/"): float(v)
+        for k, v in val.items()
+        if k.startswith("val/data/bad/") and v and float(v)
+    }
+    columns = sorted(k for k in val if k.startswith("val/data/"))
+    assert bad == {k: float(v) for k, v in corrupt_run.want_eval.items()}, f"val/data columns: {columns}"
+    assert float(val["val/data/samples"]) == 29
+
+
+@pytest.mark.slow
+def test_mostly_unreadable_data_stops_with_one_line(demo_data: Path, suite_root: Path, tmp_path: Path):
+    """Guarantee: a run whose training data is mostly unreadable (a zero-byte shard indexed for 64
+    samples beside 40 good ones, above the default max_bad_fraction 0.5) stops with exit status 2 and
+    one error line naming max_bad_fraction, instead of training on almost nothing."""
+    from eg_data import read_all
+    from eg_data.shards import ShardInfo, ShardWriter, write_index
+
+    good = [sample_record(r) for r in read_all(demo_data / "train")[:104]]
+    train = tmp_path / "data" / "train"
+    shards = []
+    for prefix, records in (("a", good[:40]), ("b", good[40:])):
+        with ShardWriter(train, max_samples_per_shard=len(records), prefix=prefix) as writer:
+            for record in records:
+                writer.write(record)
+        shards.append(ShardInfo(writer.shards[0].path, len(records)))
+    write_index(train, shards)
+    (train / shards[1].path).write_bytes(b"")
+    cfg = base_config(suite_root, **{"train.max_steps": 0, "train.epochs": 1, "train.val_every": 0})
+    cfg["data"]["train"]["shard_dir"] = str(train)
+    done = run_train(write_config(tmp_path, cfg), tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "max_bad_fraction" in errors[0], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
