@@ -1,5 +1,6 @@
-"""apps/data end to end: --help, the `urls` command against a loopback server, and a user error printed
-as one line with exit status 2 (the `demo` command's builder is covered by eg-data's own tests)."""
+"""apps/data end to end: --help, the `urls` command against a loopback server, `speak` over a process
+pool, `audio-captions` with a bad file, and user errors printed as one line with exit status 2 (the
+builders themselves are covered by eg-data's own tests)."""
 
 import io
 import json
@@ -51,12 +52,20 @@ def server():
     httpd.server_close()
 
 
-def test_help_lists_both_commands():
+def test_help_lists_every_command():
     result = run_app("--help")
-    assert result.returncode == 0 and "demo" in result.stdout and "urls" in result.stdout
+    assert result.returncode == 0
+    for command in ("demo", "urls", "speak", "audio-captions"):
+        assert command in result.stdout
     help_text = run_app("urls", "--help").stdout
     for key in ("num_samples", "timeout_s", "num_threads", "backoff_s", "user_agent", "extra_cols"):
         assert key in help_text  # every DownloadConfig field is settable with --set
+    help_text = run_app("speak", "--help").stdout
+    for key in ("voices", "rate_min", "pitch_max", "max_words", "max_seconds", "num_workers", "seed"):
+        assert key in help_text
+    help_text = run_app("audio-captions", "--help").stdout
+    for key in ("file_col", "file_format", "caption_cols", "min_peak", "samples_per_shard"):
+        assert key in help_text
 
 
 def test_urls_command_writes_shards(tmp_path, server):
@@ -96,3 +105,50 @@ def test_user_error_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "missing.parquet" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_speak_command_over_a_process_pool(tmp_path):
+    """Two worker processes, three shards; the report is JSON on stdout and the output loads."""
+    pytest.importorskip("espeakng_loader", reason="needs eg-data[demo] (espeakng-loader)")
+    from eg_data import ShardWriter, read_all
+
+    with ShardWriter(tmp_path / "in", 2) as writer:
+        for i in range(6):
+            writer.write({"key": f"k{i}", "text": "" if i == 5 else f"caption number {i}", "json": {"i": i}})
+    result = run_app(
+        "speak", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--set", "num_workers=2"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] == 5 and report["failed"] == {"empty_caption": 1} and report["shards_written"] == 3
+    samples = read_all(tmp_path / "out")
+    assert [s["__key__"] for s in samples] == ["k0", "k1", "k2", "k3", "k4"]
+    assert all("flac" in s and json.loads(s["json"])["speech"]["seconds"] > 0.5 for s in samples)
+    result = run_app(
+        "speak", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "o2"), "--set", "rate_min=0"
+    )
+    assert (
+        result.returncode == 2
+        and result.stderr.startswith("error: ")
+        and "rate_min must be >= 1" in result.stderr
+    )
+
+
+def test_audio_captions_command_counts_a_bad_file(tmp_path):
+    import numpy as np
+    import soundfile
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    soundfile.write(audio / "ok.wav", 0.2 * np.sin(np.arange(16000) / 5.0), 16000)
+    (audio / "bad.wav").write_bytes(b"not a wav")
+    table = tmp_path / "clotho.csv"
+    table.write_text("file_name,caption_1,caption_2\nok.wav,a hum,a tone\nbad.wav,broken,\n")
+    args = ["--input", str(table), "--audio-dir", str(audio), "--out", str(tmp_path / "out")]
+    result = run_app("audio-captions", *args, "--set", "num_workers=1")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] == 1 and report["failed"] == {"unreadable": 1}
+    assert report["examples"] == {"unreadable": "bad.wav"}
+    result = run_app("audio-captions", *args[:4], "--out", str(tmp_path / "o2"), "--set", "file_col=name")
+    assert result.returncode == 2 and "lacks column(s) ['name']" in result.stderr

@@ -43,8 +43,9 @@ def _default(field: dataclasses.Field) -> Any:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line: `demo` and `urls`, each with --config FILE and repeatable --set KEY=VALUE."""
-    from eg_data import DownloadConfig
+    """The command line: `demo`, `urls`, `speak` and `audio-captions`, each with --config FILE and
+    repeatable --set KEY=VALUE."""
+    from eg_data import AudioCaptionsConfig, DownloadConfig, SpeakConfig
 
     parser = argparse.ArgumentParser(prog="apps/data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,7 +62,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     urls.add_argument("--input", required=True, help="a .parquet, .csv or .jsonl URL list")
     urls.add_argument("--out", required=True, help="output shard directory")
-    for command in (demo, urls):
+    speak = sub.add_parser(
+        "speak",
+        help="add spoken captions ({key}.flac, eSpeak NG) to shards, written as new shards (resumable)",
+        epilog=_keys_help(SpeakConfig),
+    )
+    speak.add_argument(
+        "--input", required=True, help="shard directory whose captions are spoken (not modified)"
+    )
+    speak.add_argument("--out", required=True, help="output shard directory")
+    captions = sub.add_parser(
+        "audio-captions",
+        help="audio files + captions listed in a CSV/JSONL (Clotho, AudioCaps) into shards (resumable)",
+        epilog=_keys_help(AudioCaptionsConfig),
+    )
+    captions.add_argument("--input", required=True, help="a .csv or .jsonl table of audio files and captions")
+    captions.add_argument("--audio-dir", required=True, help="folder the table's file paths are relative to")
+    captions.add_argument("--out", required=True, help="output shard directory")
+    for command in (demo, urls, speak, captions):
         command.add_argument("--config", metavar="FILE", help="YAML of the command's settings (optional)")
         command.add_argument(
             "--set",
@@ -69,7 +87,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="override one setting, e.g. --set num_threads=8 (repeatable)",
+            help="override one setting, e.g. --set num_workers=8 (repeatable)",
         )
     return parser.parse_args(argv)
 
@@ -79,15 +97,20 @@ def data_main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
 
     def main() -> int:
-        from eg_data import DownloadConfig, build_demo_dataset, download_urls
+        import eg_data
 
         if args.command == "demo":
             cfg = load_config(DemoDataConfig, args.config, args.overrides)
-            report = build_demo_dataset(args.out, image_size=cfg.image_size, seed=cfg.seed)
+            report = eg_data.build_demo_dataset(args.out, image_size=cfg.image_size, seed=cfg.seed)
+        elif args.command == "urls":
+            cfg = load_config(eg_data.DownloadConfig, args.config, args.overrides)
+            report = eg_data.download_urls(args.input, args.out, cfg)
+        elif args.command == "speak":
+            cfg = load_config(eg_data.SpeakConfig, args.config, args.overrides)
+            report = eg_data.speak_shards(args.input, args.out, cfg)
         else:
-            report = download_urls(
-                args.input, args.out, load_config(DownloadConfig, args.config, args.overrides)
-            )
+            cfg = load_config(eg_data.AudioCaptionsConfig, args.config, args.overrides)
+            report = eg_data.import_audio_captions(args.input, args.audio_dir, args.out, cfg)
         print(json.dumps(report, indent=1, sort_keys=True))
         return 0
 

@@ -4,6 +4,7 @@ and the offline demo dataset. Produces the batch dict of the Edge Glass architec
 The demo builder and the URL downloader need extras (`eg-data[demo]`, `eg-data[download]`); importing
 eg_data needs neither."""
 
+from .audio_captions import AUDIO_CAPTION_REASONS, AudioCaptionsConfig, import_audio_captions
 from .buffers import BatchPool
 from .config import LoaderConfig
 from .demo import build_demo_dataset, is_demo_complete
@@ -13,13 +14,18 @@ from .loader import ShardLoader
 from .report import BAD_REASONS, merge_data_reports
 from .samples import decode_sample
 from .shards import ShardInfo, ShardWriter, load_index, read_all
-from .speech import Speaker, Voice
+from .speak import SPEAK_REASONS, SpeakConfig, speak_shards
+from .speech import VOICES, Speaker, Voice
 from .transforms import AudioTransformConfig, ImageTransformConfig, transform_audio, transform_image
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
+    "AUDIO_CAPTION_REASONS",
     "BAD_REASONS",
+    "SPEAK_REASONS",
+    "VOICES",
+    "AudioCaptionsConfig",
     "AudioTransformConfig",
     "BatchPool",
     "DataError",
@@ -29,16 +35,19 @@ __all__ = [
     "ShardInfo",
     "ShardLoader",
     "ShardWriter",
+    "SpeakConfig",
     "Speaker",
     "Voice",
     "build_demo_dataset",
     "decode_sample",
     "download_urls",
+    "import_audio_captions",
     "is_demo_complete",
     "load_index",
     "merge_data_reports",
     "read_all",
     "read_url_list",
+    "speak_shards",
     "transform_audio",
     "transform_image",
 ]

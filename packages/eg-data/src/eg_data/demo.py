@@ -19,25 +19,12 @@ from PIL import Image
 
 from .errors import DataError, require_extra
 from .shards import ShardWriter
-from .speech import Speaker, Voice
+from .speech import VOICES, Speaker, Voice
 
 DEMO_VERSION = 2
 MANIFEST = "demo.json"
 SPLITS = ("train", "val", "test")
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-VOICES = (
-    "en-us",
-    "en-gb-x-rp",
-    "en-us+f3",
-    "en+m3",
-    "en-029",
-    "en-gb-scotland",
-    "en-us+f2",
-    "en+f4",
-    "en-us-nyc",
-    "en+Annie",
-    "en+Alex",
-)
 TEMPLATES = (
     "a {thick} handwritten {word}",
     "the digit {word}, {slant}",
@@ -148,6 +135,7 @@ def build_demo_dataset(
         return json.loads((out / MANIFEST).read_text())
     load_digits = require_extra("sklearn.datasets", "demo", "build_demo_dataset").load_digits
     speaker = Speaker()  # before the slow part: fails at once without the extra
+    speaker.reset()  # the same bytes whatever this process spoke before (as in a fresh process)
     digits = load_digits()
     images, labels = digits.images, digits.target.astype(int)  # (N, 8, 8), (N,)
     props = measure_digits(images)

@@ -124,11 +124,12 @@ def _count_tar_samples(path: Path) -> int:
     return len(keys)
 
 
-def load_index(shard_dir: str | Path, build_if_missing: bool = True) -> list[ShardInfo]:
+def load_index(shard_dir: str | Path, build_if_missing: bool = True, save: bool = True) -> list[ShardInfo]:
     """Shards of a directory with their sample counts (absolute paths).
 
     Reads `shards.json`; else img2dataset's `{shard}_stats.json` (`successes`); else, when
-    `build_if_missing`, counts samples by scanning the tars once and writes `shards.json`.
+    `build_if_missing`, counts samples by scanning the tars once. The index made by either fallback is
+    written as `shards.json` unless `save` is False (a folder that must stay untouched).
     """
     root = Path(shard_dir)
     if not root.is_dir():
@@ -159,7 +160,8 @@ def load_index(shard_dir: str | Path, build_if_missing: bool = True) -> list[Sha
                 )
             count = _count_tar_samples(tar)
         shards.append(ShardInfo(tar.name, count))
-    write_index(root, shards)
+    if save:
+        write_index(root, shards)
     return [ShardInfo(str(root / s.path), s.num_samples) for s in shards]
 
 
