@@ -102,6 +102,9 @@ class Hostile(BaseHTTPRequestHandler):
         elif path == "/trickle-body":
             head = b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: 100000\r\n\r\n"
             self._trickle(head + GOOD[:16])
+        elif path == "/trickle-unsized":  # no length: the body ends when the connection does
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\nconnection: close\r\n\r\n"
+            self._trickle(head + GOOD[:16])
         elif path == "/trickle-headers":
             self._trickle(b"HTTP/1.1 200 OK\r\nx-padding: ")
         elif path == "/bomb.png":
@@ -161,6 +164,7 @@ CASES = [
     ("/huge-declared", "too_large"),
     ("/endless", "too_large"),
     ("/trickle-body", "timeout"),
+    ("/trickle-unsized", "timeout"),
     ("/trickle-headers", "timeout"),
     ("/bomb.png", "too_many_pixels"),
     ("/bomb-warn.png", "too_many_pixels"),
@@ -207,4 +211,5 @@ def test_all_hostile_urls_in_one_list(tmp_path: Path, server: str) -> None:
     assert report["failed"] == dict(sorted(expected.items())) and report["ok"] == 3
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["failed"] == report["failed"]
-    assert [s["txt"].decode() for s in read_all(tmp_path / "out")] == ["c9", "c10", "c11"]
+    n = len(CASES)
+    assert [s["txt"].decode() for s in read_all(tmp_path / "out")] == [f"c{n}", f"c{n + 1}", f"c{n + 2}"]

@@ -167,6 +167,8 @@ def fetch(client: httpx.Client, url: str, cfg: DownloadConfig) -> tuple[bytes | 
                         return None, "too_large"
                     if time.monotonic() > deadline:
                         raise httpx.ReadTimeout("request deadline passed")
+                if watchdog.fired:  # a body without a length "ends" when the watchdog cuts the socket
+                    raise httpx.ReadTimeout("request deadline passed")
                 return bytes(buf), ""
         except httpx.UnsupportedProtocol:  # the URL was http(s): a redirect left it
             return None, "bad_redirect"
