@@ -299,8 +299,9 @@ def test_search_queries_and_refusals_in_process(
     not_index = tmp_path / "not_index.npz"
     not_index.write_text("hello")
     refusals = [
-        (["--image", str(tmp_path / "missing.png")], "image 0 '.*missing.png' does not exist"),
-        (["--image", str(garbage)], "image 0 '.*garbage.png' is not a readable image"),
+        (["--image", str(tmp_path / "missing.png")], "--image '.*missing.png' does not exist"),
+        (["--image", str(garbage)], "--image '.*garbage.png' is not a readable image"),
+        (["--audio", str(garbage)], "--audio '.*garbage.png' is not readable audio"),
         (
             ["--text", "a one", "--checkpoint", str(other)],
             f"was built from .*checkpoint_latest.pt \\(weights {embedder.fingerprint}\\), not from .*other.pt",

@@ -354,21 +354,30 @@ def _run_index(args: argparse.Namespace) -> None:
 def _run_query(args: argparse.Namespace) -> None:
     index = SearchIndex.load(args.index)
     rows = index.rows(args.modality)
+    # read the query before loading the model, so that a bad file is refused at once
+    if args.text is not None:
+        if not args.text.strip():
+            raise InputError("--text is empty; pass a non-empty string")
+        kind, item, shown = "text", args.text, f"text {args.text!r}"
+    elif args.image is not None:
+        kind, item, shown = "image", read_image(args.image, "--image"), f"image {args.image}"
+    else:
+        kind, item, shown = "audio", read_audio(args.audio, "--audio"), f"audio {args.audio}"
     embedder = query_embedder(index, args.index, args.checkpoint, args.device)
     dim = embedder.check_dim(args.dim)
     shortlist_dim = None if args.dim_shortlist is None else embedder.check_dim(args.dim_shortlist)
-    if args.text is not None:
-        query, shown = embedder.project_texts([args.text]), f"text {args.text!r}"
-    elif args.image is not None:
-        query, shown = embedder.project_images([args.image]), f"image {args.image}"
-    else:
-        query, shown = embedder.project_audio([args.audio]), f"audio {args.audio}"
+    project = {
+        "text": embedder.project_texts,
+        "image": embedder.project_images,
+        "audio": embedder.project_audio,
+    }
+    query = project[kind]([item])  # (1, max_dim)
     searcher = MatryoshkaSearcher(index.embeddings[rows])
     scores, ids = searcher.search(query, args.k, dim, shortlist_dim, args.shortlist)
     how = (
         f"exact at dim {dim}"
         if shortlist_dim is None
-        else (f"funnel: {min(args.shortlist, len(rows))} at dim {shortlist_dim}, re-ranked at dim {dim}")
+        else f"funnel: {min(args.shortlist, len(rows))} at dim {shortlist_dim}, re-ranked at dim {dim}"
     )
     print(f"{shown} -> top {ids.shape[1]} of {len(rows)} {args.modality or 'indexed'} items ({how}):")
     has_labels = bool((index.labels >= 0).any())
