@@ -74,9 +74,11 @@ def write_config(workdir: Path, cfg: dict[str, Any], name: str = "tiny.yaml") ->
 
 
 def app_env() -> dict[str, str]:
-    """The environment of an app subprocess: offline, one thread (2 shared cores)."""
+    """The environment of an app subprocess: offline, one thread (2 shared cores), bytecode caches on (a
+    machine-wide PYTHONDONTWRITEBYTECODE would make every app recompile torch and transformers: ~9 s)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     return {
-        **os.environ,
+        **env,
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
