@@ -6,11 +6,12 @@ eg_data needs neither."""
 
 from .audio_captions import AUDIO_CAPTION_REASONS, AudioCaptionsConfig, import_audio_captions
 from .buffers import BatchPool
-from .config import LoaderConfig
+from .config import LoaderConfig, SourceConfig
 from .demo import build_demo_dataset, is_demo_complete
 from .download import DownloadConfig, download_urls, read_url_list
 from .errors import DataError
 from .loader import ShardLoader
+from .mixture import MixtureLoader
 from .report import BAD_REASONS, merge_data_reports
 from .samples import decode_sample
 from .shards import ShardInfo, ShardWriter, load_index, read_all
@@ -32,9 +33,11 @@ __all__ = [
     "DownloadConfig",
     "ImageTransformConfig",
     "LoaderConfig",
+    "MixtureLoader",
     "ShardInfo",
     "ShardLoader",
     "ShardWriter",
+    "SourceConfig",
     "SpeakConfig",
     "Speaker",
     "Voice",

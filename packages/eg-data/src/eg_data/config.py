@@ -1,20 +1,63 @@
-"""`LoaderConfig`: how a shard directory becomes batches. Validated when constructed (plain field types,
-so OmegaConf structured configs can hold it); `build()` makes the `ShardLoader`."""
+"""`LoaderConfig`: how a shard directory, or a weighted mixture of several (`sources`), becomes batches.
+Validated when constructed (plain field types, so OmegaConf structured configs can hold it); `build()`
+makes the `ShardLoader`, or the `MixtureLoader` of a config with sources."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import DataError, is_missing
+from .errors import MISSING, DataError, is_missing
 from .transforms import AudioTransformConfig, ImageTransformConfig
 
 if TYPE_CHECKING:
     from .loader import ShardLoader
+    from .mixture import MixtureLoader
 
 MODALITIES = ("image", "audio", "text", "qa")
 MODES = ("train", "eval")
 QA_PAIRS = ("sample", "first", "all")
+DEFAULT_SHARD_DIR = "data/demo/train"
+
+
+@dataclass
+class SourceConfig:
+    """One source of a mixture: a shard folder, what its samples have, and how often it is drawn.
+
+    shard_dir: the source's training shards (required).
+    modalities: what every sample of the source has, of image/audio/text/qa (required): those the
+        loader reads are required of each of its samples (a sample lacking one is bad), the others are
+        absent from its batches (presence False, zeros).
+    weight: the source's share of the batches (weights are normalized over the sources; > 0).
+    name: how reports and metrics name it ("" = its shard_dir).
+    val_dir / test_dir: the source's own held-out folders, for per-source evaluation ("" = none).
+    """
+
+    shard_dir: str = MISSING
+    modalities: list[str] = MISSING  # type: ignore[assignment]  # omegaconf MISSING: must be set
+    weight: float = 1.0
+    name: str = ""
+    val_dir: str = ""
+    test_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if not is_missing(self.shard_dir) and not self.shard_dir:
+            raise DataError("shard_dir is empty; name the source's folder of .tar shards")
+        if not is_missing(self.modalities):
+            unknown = [m for m in self.modalities if m not in MODALITIES]
+            if unknown or not self.modalities:
+                raise DataError(
+                    f"modalities must list what the source's samples have, of {list(MODALITIES)}; "
+                    f"got {list(self.modalities)}"
+                )
+        if not is_missing(self.weight) and not self.weight > 0:
+            raise DataError(f"weight must be > 0, got {self.weight}")
+
+    @property
+    def label(self) -> str:
+        """The source's name in reports: `name`, else its shard_dir."""
+        return self.name or str(self.shard_dir)
 
 
 @dataclass
@@ -32,9 +75,14 @@ class LoaderConfig:
     max_bad_fraction: stop with a DataError when more than this fraction of the samples read in an epoch
         on a rank is bad, checked once 100 samples were read (or all of them, when the rank reads fewer);
         1.0 never stops.
+    sources: a mixture instead of one folder (leave shard_dir unset): each batch comes from one source,
+        drawn with the sources' weights from (seed, epoch, batch index); every source's batches carry
+        every modality of `modalities` (zeros and presence False where the source has none). `required`
+        must be had by every source; each source requires of its samples what its own `modalities`
+        list. Needs mode "train" (evaluate a source's folder on its own). See `mixture.py`.
     """
 
-    shard_dir: str = "data/demo/train"
+    shard_dir: str = DEFAULT_SHARD_DIR
     batch_size: int = 32
     num_workers: int = 0
     seed: int = 0
@@ -48,15 +96,18 @@ class LoaderConfig:
     max_bad_fraction: float = 0.5
     image: ImageTransformConfig = field(default_factory=ImageTransformConfig)
     audio: AudioTransformConfig = field(default_factory=AudioTransformConfig)
+    sources: list[SourceConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.sources and self.shard_dir == DEFAULT_SHARD_DIR:
+            self.shard_dir = ""  # unset: a mixture reads its sources' folders only
         self.validate()
 
     def validate(self) -> None:
         """Raise DataError naming the first bad key relative to this dataclass (`image.size` for a nested
         one; the nested configs also validate themselves when constructed)."""
-        if not is_missing(self.shard_dir) and not self.shard_dir:
-            raise DataError("shard_dir is empty; name a folder of .tar shards")
+        if not is_missing(self.shard_dir) and not self.shard_dir and not self.sources:
+            raise DataError("shard_dir is empty; name a folder of .tar shards (or list sources)")
         for key, low in (("batch_size", 1), ("num_workers", 0), ("shuffle_buffer", 1)):
             value = getattr(self, key)
             if not is_missing(value) and not value >= low:
@@ -91,9 +142,74 @@ class LoaderConfig:
                     nested.validate()
                 except DataError as exn:
                     raise DataError(f"{key}.{exn}") from None
+        if self.sources:
+            self._validate_sources()
 
-    def build(self, rank: int | None = None, world_size: int | None = None) -> ShardLoader:
-        """The loader of this config (rank and world size from torch.distributed when not given)."""
+    def _validate_sources(self) -> None:
+        if not is_missing(self.shard_dir) and self.shard_dir:
+            raise DataError(
+                f"shard_dir ({self.shard_dir!r}) and sources are both set; a mixture reads each source's "
+                "shard_dir: remove shard_dir"
+            )
+        if not is_missing(self.mode) and self.mode != "train":
+            raise DataError(
+                f"mode {self.mode!r} with sources: a mixture is for training; evaluate each source's folder "
+                "on its own (sources[i].val_dir / test_dir)"
+            )
+        labels: dict[str, int] = {}
+        for i, source in enumerate(self.sources):
+            if not isinstance(source, SourceConfig):
+                raise DataError(f"sources[{i}] must be a SourceConfig, got {type(source).__name__}")
+            if is_missing(source.modalities) or is_missing(self.modalities):
+                continue
+            if source.label in labels:
+                raise DataError(
+                    f"sources[{i}].name {source.label!r} is also sources[{labels[source.label]}]'s"
+                )
+            labels[source.label] = i
+            if not any(m in self.modalities for m in source.modalities):
+                raise DataError(
+                    f"sources[{i}].modalities {list(source.modalities)} has none of modalities "
+                    f"{list(self.modalities)}: nothing of it would be read"
+                )
+            if not is_missing(self.required):
+                lacking = [m for m in self.required if m not in source.modalities]
+                if lacking:
+                    raise DataError(
+                        f"required has {lacking[0]!r}, which source {source.label!r} (sources[{i}]) does not "
+                        "have; with sources, list in required only what every source has"
+                    )
+
+    def source_configs(self) -> dict[str, LoaderConfig]:
+        """{source name: the single-folder config that reads it}: this config's settings with the
+        source's shard_dir, requiring of its samples what the source has (of `modalities`). The mixture
+        loader reads these; an app evaluates a source's val_dir/test_dir with them."""
+        return {
+            source.label: dataclasses.replace(
+                self,
+                shard_dir=source.shard_dir,
+                sources=[],
+                required=[m for m in self.modalities if m in source.modalities],
+            )
+            for source in self.sources
+        }
+
+    def sources_with(self, *modalities: str) -> list[str]:
+        """Names of the sources whose samples have every one of `modalities` (and the loader reads them);
+        for a single folder, [shard_dir] when `modalities` reads them all. Which pairs a config can train."""
+        if not all(m in self.modalities for m in modalities):
+            return []
+        if not self.sources:
+            return [self.shard_dir]
+        return [s.label for s in self.sources if all(m in s.modalities for m in modalities)]
+
+    def build(self, rank: int | None = None, world_size: int | None = None) -> ShardLoader | MixtureLoader:
+        """The loader of this config: a `ShardLoader`, or with sources a `MixtureLoader` (rank and world
+        size from torch.distributed when not given)."""
+        if self.sources:
+            from .mixture import MixtureLoader
+
+            return MixtureLoader(self, rank=rank, world_size=world_size)
         from .loader import ShardLoader
 
         return ShardLoader(self, rank=rank, world_size=world_size)

@@ -1,7 +1,8 @@
 """The offline demo dataset: scikit-learn's 1,797 handwritten digits as images, short captions from
 varied templates that name measured instance properties (stroke thickness, slant, size), each caption
 spoken by eSpeak NG with a varied voice, pitch and speed, QA pairs whose answers need the image, and
-the digit as `label`. Deterministic, with fixed stratified 80/10/10 train/val/test splits.
+the digit as `label`. Deterministic, with fixed stratified 80/10/10 train/val/test splits, and the train
+split also as two disjoint single-pair sources (image-text, audio-text) for the mixture demo.
 
 scikit-learn and espeakng-loader come with the `eg-data[demo]` extra and are imported on first use."""
 
@@ -18,12 +19,13 @@ import soundfile
 from PIL import Image
 
 from .errors import DataError, require_extra
-from .shards import ShardWriter
+from .shards import ShardWriter, load_index, write_subset
 from .speech import VOICES, Speaker, Voice
 
 DEMO_VERSION = 2
 MANIFEST = "demo.json"
 SPLITS = ("train", "val", "test")
+SOURCES = {"image_text": ("image", "text"), "audio_text": ("audio", "text")}  # the mixture demo's sources
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TEMPLATES = (
     "a {thick} handwritten {word}",
@@ -124,15 +126,18 @@ def is_demo_complete(out_dir: str | Path, image_size: int = 32) -> bool:
 def build_demo_dataset(
     out_dir: str | Path, image_size: int = 32, samples_per_shard: int = 256, seed: int = 0
 ) -> dict[str, Any]:
-    """Build the demo shards under `out_dir/{train,val,test}` (no-op when already complete).
+    """Build the demo shards under `out_dir/{train,val,test}` (no-op when already complete), and the
+    train split as a two-source mixture: `image_text/train` and `audio_text/train` (see `_write_sources`).
 
-    Returns the manifest: version, image_size, per-split sample counts, and the audio sample rate.
+    Returns the manifest: version, image_size, per-split sample counts, the audio sample rate, and
+    `sources`: the sample count of each mixture source.
     """
     out = Path(out_dir)
     if image_size < 8:
         raise DataError(f"demo image_size must be >= 8 (the digits are 8x8), got {image_size}")
     if is_demo_complete(out, image_size):
-        return json.loads((out / MANIFEST).read_text())
+        manifest = json.loads((out / MANIFEST).read_text())
+        return {**manifest, "sources": _write_sources(out, rebuild=False)}
     load_digits = require_extra("sklearn.datasets", "demo", "build_demo_dataset").load_digits
     speaker = Speaker()  # before the slow part: fails at once without the extra
     speaker.reset()  # the same bytes whatever this process spoke before (as in a fresh process)
@@ -190,4 +195,22 @@ def build_demo_dataset(
         "seed": seed,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    return manifest
+    return {**manifest, "sources": _write_sources(out, rebuild=True)}
+
+
+def _write_sources(out: Path, rebuild: bool) -> dict[str, int]:
+    """The demo as a two-source mixture: the train split's even-position samples with image and text
+    (`image_text/train`) and its odd-position samples with audio and text (`audio_text/train`). No
+    image ever meets an audio clip in one sample, so vision-audio retrieval on the tri-modal test split
+    measures what the shared text space transfers. Written when missing (or with a rebuilt train split)."""
+    counts = {}
+    for part, (name, keep) in enumerate(SOURCES.items()):
+        folder = out / name / "train"
+        if rebuild or not (folder / "shards.json").exists():
+            if folder.exists():
+                shutil.rmtree(folder)  # a partial or stale earlier one
+            write_subset(
+                out / "train", folder, keep, num_parts=len(SOURCES), part=part, samples_per_shard=256
+            )
+        counts[name] = sum(info.num_samples for info in load_index(folder))
+    return counts

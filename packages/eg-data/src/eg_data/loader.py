@@ -272,6 +272,8 @@ class ShardLoader:
 
     def __init__(self, cfg: LoaderConfig, rank: int | None = None, world_size: int | None = None):
         cfg.validate()  # again: the config may have been changed since it was constructed
+        if cfg.sources:
+            raise DataError("sources are set: a mixture is read by MixtureLoader (LoaderConfig.build())")
         ready = dist.is_available() and dist.is_initialized()
         if rank is None:
             rank = dist.get_rank() if ready else 0

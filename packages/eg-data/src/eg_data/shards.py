@@ -88,6 +88,16 @@ class ShardWriter:
         self._count += 1
         self.shards[-1].num_samples = self._count
 
+    def write_raw(self, record: dict[str, Any]) -> None:
+        """Append one sample as stored: `__key__` and suffix -> bytes (e.g. a raw sample of another shard,
+        without its `__url__`)."""
+        if self._writer is None or self._count >= self.max_samples_per_shard:
+            self._roll()
+        assert self._writer is not None
+        self._writer.write({k: v for k, v in record.items() if k == "__key__" or not k.startswith("__")})
+        self._count += 1
+        self.shards[-1].num_samples = self._count
+
     def close(self) -> list[ShardInfo]:
         """Finish the last shard and write `shards.json`; returns the shard list."""
         self._close_current()
@@ -333,6 +343,39 @@ def _tarfile_samples(
         on_error(exn)
 
 
+MODALITY_SUFFIXES = {"image": IMAGE_EXTS, "audio": AUDIO_EXTS, "text": ("txt",)}
+
+
+def write_subset(
+    in_dir: str | Path,
+    out_dir: str | Path,
+    keep: Collection[str],
+    num_parts: int = 1,
+    part: int = 0,
+    samples_per_shard: int = 1000,
+) -> int:
+    """Write part of a shard folder, with only some modalities, as a new shard folder; returns its size.
+
+    The samples at storage positions i with i % num_parts == part (num_parts 2: every other sample),
+    holding the members of the modalities in `keep` (of image, audio, text) and their json (labels, QA);
+    other members are dropped. E.g. the demo's image-text and audio-text sources: two halves of one
+    tri-modal split that share no sample.
+    """
+    unknown = [m for m in keep if m not in MODALITY_SUFFIXES]
+    if unknown or not 0 <= part < num_parts:
+        raise DataError(
+            f"write_subset: keep {list(keep)} (of {list(MODALITY_SUFFIXES)}), part {part} of {num_parts}"
+        )
+    suffixes = {"json", *(ext for m in keep for ext in MODALITY_SUFFIXES[m])}
+    count = 0
+    with ShardWriter(out_dir, samples_per_shard) as writer:
+        for i, raw in enumerate(read_all(in_dir)):
+            if i % num_parts == part:
+                writer.write_raw({k: v for k, v in raw.items() if k == "__key__" or k in suffixes})
+                count += 1
+    return count
+
+
 def read_all(shard_dir: str | Path) -> list[dict[str, Any]]:
     """Every raw sample of a shard directory in storage order (for inspection and tests)."""
     errors: list[Exception] = []
@@ -343,10 +386,12 @@ def read_all(shard_dir: str | Path) -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "MODALITY_SUFFIXES",
     "ShardInfo",
     "ShardWriter",
     "iter_raw_samples",
     "load_index",
     "read_all",
     "write_index",
+    "write_subset",
 ]

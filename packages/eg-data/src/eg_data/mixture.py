@@ -1,0 +1,133 @@
+"""Weighted mixtures of shard folders (`LoaderConfig.sources`): each batch comes from one source, drawn
+with the sources' weights, and each source is read by its own `ShardLoader` as a continuous stream of its
+own epochs.
+
+Why not webdataset's `RandomMix` / `ResampledShards`: they draw per sample from Python's global random
+state as samples arrive, so neither the position after k batches nor the batch counts per rank can be
+known without replaying the stream: no exact mid-epoch resume, no equal batches per rank under DDP.
+Here everything is a function of numbers known in advance:
+
+- An epoch has `sum(len(source loader))` batches. Batch j of epoch e comes from source
+  `draws(e)[j]`, drawn from (seed, e) with probabilities proportional to the weights: the same on every
+  rank, so every rank trains the same pair(s) at each step and DDP's collectives line up.
+- Source s is read as one stream across epochs: its k-th batch overall (counting its draws in all
+  earlier epochs) is batch `k % len_s` of its own epoch `k // len_s`, so a small source with a large
+  weight is cycled (each pass a new seeded permutation) and a large one is read on from where it was.
+- `set_epoch(e, start_batch=j)` counts the draws before (e, j), positions each source loader with its own
+  exact `set_epoch(source_epoch, start_batch)`, and yields exactly batches j.. of the uninterrupted epoch,
+  decoding nothing it skips.
+
+A batch of a source that lacks a modality has zeros there and its presence flag False, so a model that
+masks each pair's loss by presence trains each pair on the sources that have both sides. The per-batch
+cost is one array lookup; per-sample work is that of the source's `ShardLoader`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from .config import LoaderConfig
+from .errors import DataError
+from .loader import ShardLoader
+from .order import plan_rng
+from .report import merge_data_reports
+
+MIX_STREAM = -1  # plan_rng part of the source draws (the loader's streams use 1 + stream >= 1)
+
+
+class MixtureLoader:
+    """The batches of one rank over a mixture of sources (`cfg.sources`): `set_epoch` before iterating.
+
+    `len(loader)` batches per epoch, the same on every rank; `data_report()` sums the sources' reports
+    over the batches delivered this epoch (`source_reports()` keeps them apart).
+    """
+
+    def __init__(self, cfg: LoaderConfig, rank: int | None = None, world_size: int | None = None):
+        cfg.validate()
+        if not cfg.sources:
+            raise DataError("sources is empty; a MixtureLoader needs at least one source")
+        self.cfg = cfg
+        self.names = [source.label for source in cfg.sources]
+        self.loaders = [ShardLoader(config, rank, world_size) for config in cfg.source_configs().values()]
+        self.lengths = np.array([len(loader) for loader in self.loaders], dtype=np.int64)  # (S,)
+        weights = np.array([float(source.weight) for source in cfg.sources])
+        self.probs = weights / weights.sum()  # (S,)
+        self.epoch_batches = int(self.lengths.sum())
+        self.epoch, self.start_batch = 0, 0
+        self._consumed: dict[int, np.ndarray] = {0: np.zeros(len(self.loaders), dtype=np.int64)}
+        self._finished: list[list[dict[str, Any]]] = [[] for _ in self.loaders]  # earlier source epochs
+        self._active: set[int] = set()  # sources read in the current iteration
+
+    def draws(self, epoch: int) -> np.ndarray:
+        """(len(self),) the source index of each batch of `epoch`: a function of (seed, epoch) only."""
+        rng = plan_rng(self.cfg.seed, epoch, MIX_STREAM)
+        return rng.choice(len(self.loaders), size=self.epoch_batches, p=self.probs)
+
+    def consumed_before(self, epoch: int) -> np.ndarray:
+        """(S,) batches taken from each source in the epochs before `epoch`."""
+        known = max(e for e in self._consumed if e <= epoch)
+        total = self._consumed[known].copy()
+        for e in range(known, epoch):
+            total += np.bincount(self.draws(e), minlength=len(self.loaders))
+            self._consumed[e + 1] = total.copy()
+        return total
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch; the next iteration yields batches start_batch.. of that epoch."""
+        if not 0 <= start_batch <= len(self):
+            raise DataError(f"start_batch {start_batch} is outside the epoch's {len(self)} batches")
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+        self._finished = [[] for _ in self.loaders]
+        self._active = set()
+
+    def __len__(self) -> int:
+        return self.epoch_batches
+
+    @property
+    def num_samples(self) -> int:
+        """Samples stored in all sources (from their indexes)."""
+        return sum(loader.num_samples for loader in self.loaders)
+
+    def _stream(self, source: int, position: int) -> Iterator[dict[str, Any]]:
+        """Source `source`'s batches from its `position`-th batch overall, across its own epochs."""
+        loader = self.loaders[source]
+        source_epoch, batch = divmod(position, int(self.lengths[source]))
+        while True:
+            loader.set_epoch(source_epoch, batch)
+            yield from loader
+            self._finished[source].append(loader.data_report())
+            source_epoch, batch = source_epoch + 1, 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        draws = self.draws(self.epoch)
+        position = self.consumed_before(self.epoch)
+        position += np.bincount(draws[: self.start_batch], minlength=len(self.loaders))
+        self._finished = [[] for _ in self.loaders]
+        self._active = set()
+        streams: dict[int, Iterator[dict[str, Any]]] = {}
+        try:
+            for source in draws[self.start_batch :].tolist():
+                if source not in streams:
+                    streams[source] = self._stream(source, int(position[source]))
+                    self._active.add(source)
+                yield next(streams[source])
+        finally:
+            for stream in streams.values():
+                stream.close()  # stops the source loaders' workers
+
+    def source_reports(self) -> dict[str, dict[str, Any]]:
+        """{source name: its bad-sample report over the batches delivered this epoch}."""
+        return {
+            name: merge_data_reports(
+                self._finished[i] + ([self.loaders[i].data_report()] if i in self._active else [])
+            )
+            for i, name in enumerate(self.names)
+        }
+
+    def data_report(self) -> dict[str, Any]:
+        """This rank's report of the current epoch over the batches delivered so far (from `start_batch`
+        after a resume), every source summed: the same format as `ShardLoader.data_report()`."""
+        return merge_data_reports(self.source_reports().values())
