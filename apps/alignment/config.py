@@ -107,6 +107,8 @@ class DataConfig:
 
     train: eg-data's loader settings for training (shard_dir, batch size, workers, text dropout, ...);
         `image.size/mean/std` and `audio.n_mels/n_samples` come from the encoders and need not be set.
+        `train.sources` (instead of shard_dir) mixes several folders, each with a weight and the
+        modalities its samples have; every pair of model.pairs must have a source with both sides.
     val_dir / test_dir: shard folders for validation during training and the final held-out evaluation;
         they are read with train's settings minus shuffling, augmentation and text dropout.
     build_demo: a folder; when the shards are missing there, eg-data's demo dataset is built into it first
@@ -212,6 +214,13 @@ class AlignmentConfig:
         if not batch_keys <= wanted:
             missing = sorted(batch_keys - wanted)
             raise ValueError(f"data.train.modalities {sorted(wanted)} lacks {missing}, which model.* needs")
+        for pair in self.model.pairs:  # a mixture trains a pair on the sources that have both sides
+            sides = [BATCH_KEY[m] for m in pair.split("_")]
+            if self.losses.pair_weights.get(pair, 1.0) > 0 and not self.data.train.sources_with(*sides):
+                raise ValueError(
+                    f"model.pairs: {pair!r} needs samples with both {sides[0]} and {sides[1]}, and no source in "
+                    "data.train.sources has both (give it losses.pair_weights 0 to evaluate it only)"
+                )
 
     def _check_dims(self) -> None:
         """Matryoshka and evaluation dims against the projection width (two components: checked here)."""
