@@ -134,11 +134,16 @@ class RetrievalEvaluator:
         self.cfg, self.loader, self.dims, self.device = cfg, loader, dims, device
 
     def __call__(self, model: nn.Module, step: int) -> dict[str, float]:
-        """Return {"<pair>/<dim>/<dir>/<metric>": value, "retrieval/mean_recall@1": ...} (prefixed val/ by eg-train)."""
+        """{"<pair>/<dim>/<dir>/<metric>": value, "retrieval/mean_recall@1": ..., "data/samples": n,
+        "data/bad/<reason>": n} (prefixed val/ by eg-train): the split's bad samples are reported too."""
         collected = collect_embeddings(
             model, self.loader, self.device, self.cfg.train.precision, self.cfg.eval.max_val_samples
         )
-        return flatten_metrics(retrieval_result(collected, self.cfg, self.dims))
+        metrics = flatten_metrics(retrieval_result(collected, self.cfg, self.dims))
+        data = collected["data"]
+        metrics["data/samples"] = float(data["samples"])
+        metrics.update({f"data/bad/{reason}": float(n) for reason, n in data["bad"].items()})
+        return metrics
 
 
 def write_evaluation(

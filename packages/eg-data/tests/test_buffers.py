@@ -126,7 +126,7 @@ def test_spawned_workers_fill_the_same_batches(shard_set, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[-2:] == ["36", "0"]  # the report crossed the process boundary too
-    spawned = torch.load(tmp_path / "b.pt", weights_only=False)
+    spawned = torch.load(tmp_path / "b.pt", weights_only=True)
     forked = make_loader(root, num_workers=2)
     forked.set_epoch(0)
     want = [snapshot(b) for b in forked]

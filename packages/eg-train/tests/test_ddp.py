@@ -59,7 +59,8 @@ def test_two_process_gloo_ddp_matches_one_process(toy, tmp_path):
     for proc in procs:
         out, _ = proc.communicate(timeout=240)
         assert proc.returncode == 0, out[-3000:]
-    single, ddp = torch.load(tmp_path / "single.pt"), torch.load(tmp_path / "ddp.pt")
+    single = torch.load(tmp_path / "single.pt", weights_only=True)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     for name in single:
         if name != "num_forward":  # counts this rank's forward calls: 8 in both runs
             torch.testing.assert_close(ddp[name], single[name], atol=1e-6, rtol=0, msg=name)
