@@ -22,6 +22,7 @@ from apps.alignment import demo_models
 from apps.alignment.config import AlignmentConfig
 from apps.alignment.model import AlignmentModel, ModalityTower
 from apps.common.config import ConfigError, build_config
+from apps.common.loaders import train_folders
 
 
 def prepare_assets(cfg: AlignmentConfig, is_main: bool) -> None:
@@ -39,15 +40,14 @@ def prepare_assets(cfg: AlignmentConfig, is_main: bool) -> None:
         build_demo_dataset(cfg.data.build_demo, image_size=size, seed=cfg.seed)
     barrier()
     if cfg.demo_models is not None and is_main:
-        train_dir = cfg.data.train.shard_dir
-        if not Path(train_dir).is_dir():
-            raise ConfigError(
-                f"data.train.shard_dir={train_dir!r} does not exist; the demo text model needs it"
-            )
-        captions = [
-            s["txt"].decode() if isinstance(s.get("txt"), bytes) else str(s.get("txt", ""))
-            for s in read_all(train_dir)
-        ]
+        captions = []
+        for key, train_dir in train_folders(cfg.data.train):  # every source of a mixture
+            if not Path(train_dir).is_dir():
+                raise ConfigError(f"{key}={train_dir!r} does not exist; the demo text model needs it")
+            captions += [
+                s["txt"].decode() if isinstance(s.get("txt"), bytes) else str(s.get("txt", ""))
+                for s in read_all(train_dir)
+            ]
         demo_models.write_text(cfg.demo_models, captions)
     barrier()
 

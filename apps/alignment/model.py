@@ -136,8 +136,29 @@ class AlignmentModel(nn.Module):
             self.mrl[pair] = mrl_cfg.build(self.contrastive[pair], self.max_dim)
 
     def embed(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Projections of every configured modality present in the batch: {modality: (B, max_dim)}."""
-        return {name: tower(batch) for name, tower in self.towers.items()}
+        """Projections of every configured modality: {modality: (B, max_dim)}, zeros in rows that lack it.
+
+        The vision and audio towers encode only the rows where their modality is present: a mixture source
+        without audio gives all-padding log-mels, which the audio encoder refuses, and a batch of a source
+        without images should not pay for the vision tower. The losses never read the zero rows (they mask
+        by presence).
+        """
+        size = len(batch["key"]) if "key" in batch else None
+        out: dict[str, torch.Tensor] = {}
+        for name, tower in self.towers.items():
+            mask = batch.get(f"{BATCH_KEY[name]}_present")
+            # text dropout leaves "" captions that the text tower encodes as usual (the losses mask them)
+            if name == "text" or mask is None or bool(mask.all()):
+                out[name] = tower(batch)
+                continue
+            mask = mask.bool()
+            rows = torch.zeros(size or mask.shape[0], self.max_dim, device=mask.device)
+            if bool(mask.any()):
+                rows[mask] = tower(_select_rows(batch, mask)).to(rows.dtype)
+            else:  # nothing to encode: a zero that still reaches the tower's trainable weights (DDP)
+                rows = rows + 0.0 * sum(p.sum() for p in tower.parameters() if p.requires_grad)
+            out[name] = rows
+        return out
 
     @staticmethod
     def present(batch: dict[str, Any], modality: str, size: int, device: torch.device) -> torch.Tensor:
@@ -148,7 +169,12 @@ class AlignmentModel(nn.Module):
         return mask.to(device=device, dtype=torch.bool)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The batch dict -> {"loss", "<pair>/contrastive", "<pair>/mrl", "<pair>/logit_scale"}."""
+        """The batch dict -> {"loss", "<pair>/contrastive", "<pair>/mrl", "<pair>/logit_scale"}.
+
+        A pair without a single sample that has both sides (a mixture batch from a source that lacks one)
+        adds its zero loss but reports no parts, so the logged per-pair curves average only the steps that
+        trained the pair.
+        """
         z = self.embed(batch)
         any_z = next(iter(z.values()))
         size, device = any_z.shape[0], any_z.device
@@ -158,11 +184,13 @@ class AlignmentModel(nn.Module):
         for pair in self.pairs:
             first, second = pair.split("_")
             valid = self.present(batch, first, size, device) & self.present(batch, second, size, device)
+            report = bool(valid.any())
             a, b = z[first], z[second]  # (B, max_dim) each
             pair_loss = any_z.new_zeros(())
             if w_con > 0:
                 con = self.contrastive[pair](a, b, valid=valid)
-                out[f"{pair}/contrastive"] = con
+                if report:
+                    out[f"{pair}/contrastive"] = con
                 pair_loss = pair_loss + w_con * con
             if w_mrl > 0:
                 mrl = (
@@ -170,7 +198,8 @@ class AlignmentModel(nn.Module):
                     if self.training
                     else self._mrl_all_dims(pair, a, b, valid)
                 )
-                out[f"{pair}/mrl"] = mrl
+                if report:
+                    out[f"{pair}/mrl"] = mrl
                 pair_loss = pair_loss + w_mrl * mrl
             out[f"{pair}/logit_scale"] = self.contrastive[pair].logit_scale.detach()
             total = total + self.pair_weights[pair] * pair_loss
@@ -208,6 +237,19 @@ class AlignmentModel(nn.Module):
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
         groups += _split_decay(rest, default_lr, "heads")
         return [g for g in groups if g["params"]]
+
+
+def _select_rows(batch: dict[str, Any], mask: torch.Tensor) -> dict[str, Any]:
+    """The batch's rows where `mask` (B,) is True: tensors indexed, lists of strings filtered."""
+    index = mask.nonzero().squeeze(1).tolist()
+    return {
+        k: v[mask.to(v.device)]
+        if torch.is_tensor(v) and v.ndim and v.shape[0] == mask.shape[0]
+        else [v[i] for i in index]
+        if isinstance(v, list) and len(v) == mask.shape[0]
+        else v
+        for k, v in batch.items()
+    }
 
 
 def _split_decay(params: list[nn.Parameter], lr: float, name: str) -> list[dict[str, Any]]:

@@ -25,7 +25,13 @@ from apps.alignment.evaluate import (
     write_evaluation,
 )
 from apps.common.config import to_dict, to_yaml
-from apps.common.loaders import check_shard_dir, eval_loader, loader_for_encoders, loss_loader
+from apps.common.loaders import (
+    check_shard_dir,
+    eval_loader,
+    loader_for_encoders,
+    loss_loader,
+    train_folders,
+)
 
 
 def train(cfg: AlignmentConfig) -> None:
@@ -39,7 +45,8 @@ def train(cfg: AlignmentConfig) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(to_yaml(cfg))
     prepare_assets(cfg, info.is_main)
-    check_shard_dir("data.train.shard_dir", cfg.data.train.shard_dir)
+    for key, shard_dir in train_folders(cfg.data.train):
+        check_shard_dir(key, shard_dir)
     model = build_model(cfg).to(info.device)  # seeded: the same initialization on every rank
     dims = eval_dims(cfg, model.mrl_dims)
 

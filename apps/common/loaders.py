@@ -30,6 +30,13 @@ def check_shard_dir(key: str, shard_dir: str) -> None:
         raise ConfigError(f"{key}={shard_dir!r}: no shards there (expected *.tar files and shards.json)")
 
 
+def train_folders(loader: LoaderConfig, key: str = "data.train") -> list[tuple[str, str]]:
+    """(YAML key, folder) of every training shard folder: shard_dir, or each source's of a mixture."""
+    if not loader.sources:
+        return [(f"{key}.shard_dir", loader.shard_dir)]
+    return [(f"{key}.sources[{i}].shard_dir", s.shard_dir) for i, s in enumerate(loader.sources)]
+
+
 def _check_spec(key: str, configured: Any, default: Any, wanted: Any) -> None:
     """A data transform value the encoder dictates: fine when unset (default) or equal; else a ConfigError."""
     if configured != default and configured != wanted:
@@ -70,6 +77,7 @@ def eval_loader(
     cfg = dataclasses.replace(
         train_cfg,
         shard_dir=shard_dir,
+        sources=[],  # a held-out folder of its own, also when training reads a mixture
         batch_size=batch_size,
         mode="eval",
         shuffle=False,
@@ -96,6 +104,7 @@ def loss_loader(train_cfg: LoaderConfig, shard_dir: str, batch_size: int, key: s
     cfg = dataclasses.replace(
         train_cfg,
         shard_dir=shard_dir,
+        sources=[],
         batch_size=batch_size,
         mode="train",
         shuffle=False,

@@ -1,4 +1,4 @@
-"""`uv run apps/data demo|urls ... [--config FILE] [--set KEY=VALUE ...]`: prepare datasets as shards."""
+"""`uv run apps/data demo|urls|speak|audio-captions ... [--config FILE] [--set KEY=VALUE ...]`: prepare datasets as shards."""
 
 import sys
 
