@@ -4,6 +4,7 @@ the QA model, and the loader settings the stage-1 encoders dictate. Training and
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,13 @@ def load_stage1(cfg: QAConfig, device: str | torch.device = "cpu") -> Any:
 
 def make_decoder(choice: DecoderChoice) -> Decoder:
     """A fresh decoder of the chosen variant (no projector of its own: the QA model projects per modality)."""
-    return choice.variant().build()
+    variant = choice.variant()
+    if choice.type == "qwen" and variant.quantization == "8bit":
+        # bitsandbytes logs "inputs will be cast ... to float16" on every 8-bit matmul whose input is not
+        # float16 (always, after prepare_model_for_kbit_training keeps norms in float32): said once here.
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+        print("note: bitsandbytes computes the 8-bit matmuls in float16 (its per-call warning is silenced)")
+    return variant.build()
 
 
 def build_model(cfg: QAConfig, towers: Any) -> QAModel:

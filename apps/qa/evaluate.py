@@ -9,6 +9,7 @@ QA index), so the scores are those of the whole split whatever the world size.
 from __future__ import annotations
 
 import json
+import random
 import re
 import string
 from collections import Counter
@@ -157,7 +158,7 @@ def build_report(
         row["generated"][MAJORITY] = majority.get(row["question"], majority.get("", ""))
     names = [MAJORITY, *variants]
     scores = score_rows(rows, names, cfg.eval.max_questions)
-    step = max(1, len(rows) // cfg.eval.num_rows) if cfg.eval.num_rows else 0
+    picked = sorted(random.Random(cfg.seed).sample(range(len(rows)), min(cfg.eval.num_rows, len(rows))))
     return {
         "experiment_name": cfg.experiment_name,
         "num_samples": len({row["key"] for row in rows}),
@@ -165,7 +166,7 @@ def build_report(
         "variants": {MAJORITY: "most frequent training answer per question", **variants},
         **scores,
         "majority_answers": {q: a for q, a in majority.items() if q},
-        "rows": rows[::step][: cfg.eval.num_rows] if step else [],
+        "rows": [rows[i] for i in picked],  # a fixed random sample of the rows
     }
 
 

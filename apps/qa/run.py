@@ -7,6 +7,7 @@ training_curves.png, loss_components.png and the checkpoints. Only rank 0 writes
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from eg_train.distributed import barrier
 from torch import nn
 
 from apps.common.config import to_dict, to_yaml
-from apps.common.loaders import eval_loader
+from apps.common.loaders import check_shard_dir, eval_loader
 from apps.qa.build import build_model, load_stage1, qa_loader_config
 from apps.qa.config import QAConfig
 from apps.qa.demo_qwen import write_demo_qwen
@@ -42,16 +43,20 @@ def qa_eval_loader(loader_cfg: LoaderConfig, shard_dir: str, batch_size: int, ke
 
 
 def training_pairs(loader_cfg: LoaderConfig, batch_size: int) -> Iterator[tuple[str, str]]:
-    """Every (question, answer) of the training split, reading the json only (for the majority baseline)."""
-    qa_only = eval_loader(
+    """Every (question, answer) of the training split, reading the json only, on whichever rank calls it
+    (the majority baseline, the demo tokenizer's corpus)."""
+    check_shard_dir("data.train.shard_dir", loader_cfg.shard_dir)
+    qa_only = dataclasses.replace(
         loader_cfg,
-        loader_cfg.shard_dir,
-        batch_size,
-        "data.train.shard_dir",
+        batch_size=batch_size,
+        num_workers=0,  # json only: nothing worth a worker process
+        shuffle=False,
+        mode="eval",
         modalities=["qa"],
         required=["qa"],
         **ALL_PAIRS,
-    )
+    ).build(rank=0, world_size=1)
+    qa_only.set_epoch(0)
     for batch in qa_only:
         yield from zip(batch["question"], batch["answer"])
 
