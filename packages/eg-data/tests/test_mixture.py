@@ -207,3 +207,60 @@ def test_bad_samples_are_reported_per_source(tmp_path, make_sample):
     resumed = cfg.build()
     rest = epoch_batches(resumed, 0, 4)
     assert resumed.data_report()["samples"] == 2 * len(rest)
+
+
+def _reports_until_stop(loader, epoch: int, start: int, restore=None, epochs: int = 3):
+    """From (epoch, start) to the DataError or the end of `epochs`: [(epoch, batch index, data_report(),
+    source_reports()) after each batch], and the error message or None."""
+    got = []
+    for e in range(epoch, epochs):
+        loader.set_epoch(e, start if e == epoch else 0)
+        if restore is not None and e == epoch:
+            loader.restore_data_report(restore)
+        try:
+            for j, _ in enumerate(loader, start=start if e == epoch else 0):
+                got.append((e, j + 1, loader.data_report(), loader.source_reports()))
+        except DataError as error:
+            return got, str(error)
+    return got, None
+
+
+@pytest.mark.parametrize(
+    ("num_bad", "weights"),
+    [
+        (7, (2.0, 1.0)),  # 7 of 8 audio samples bad: the source's pass stops the run in epoch 1
+        (4, (1.0, 3.0)),  # 4 of 8 (not > 0.5): no stop; passes end and begin inside the epochs
+    ],
+)
+def test_a_resumed_mixture_reports_and_stops_like_the_uninterrupted_one(
+    tmp_path, make_sample, num_bad, weights
+):
+    good = write_source(tmp_path / "it", make_sample, "it", 12, ("image", "text"))
+    with ShardWriter(tmp_path / "at", 4) as writer:
+        for i in range(8):
+            sample = make_sample(i, key=f"at{i:03d}")
+            sample.pop("image")
+            if i < num_bad:
+                sample["audio"] = b"not audio"
+            writer.write(sample)
+    cfg = mixture((good, str(tmp_path / "at")), weights=weights, batch_size=2)
+    full, stop = _reports_until_stop(cfg.build(), 0, 0)
+    assert (stop is not None) == (num_bad == 7) and any(r["bad"]["audio_decode"] for _, _, r, _ in full)
+    if stop:
+        assert "max_bad_fraction" in stop and [pos[:2] for pos in full][-2:] == [(1, 1), (1, 2)]
+    # resumed after every batch delivered (not at an epoch's end: the next epoch starts with nothing)
+    differs = 0
+    for n, (epoch, start, report, _) in enumerate(full[:-1]):
+        if start == len(cfg.build()):
+            continue
+        resumed = cfg.build()
+        assert _reports_until_stop(resumed, epoch, start, restore=report) == (full[n + 1 :], stop), (
+            epoch,
+            start,
+        )
+        differs += _reports_until_stop(cfg.build(), epoch, start) != (full[n + 1 :], stop)
+    assert differs > 0  # without restore_data_report the reports (and the stop) change
+    resumed = cfg.build()
+    resumed.set_epoch(0, 3)
+    with pytest.raises(DataError, match="a restored mixture data report needs 'source_passes'"):
+        resumed.restore_data_report({"samples": 6, "bad": {}, "examples": {}})

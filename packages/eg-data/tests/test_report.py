@@ -158,6 +158,54 @@ def test_a_small_epoch_is_judged_once_read_whole(tmp_path, make_sample):
     assert len(run(ShardLoader(make_cfg(ok, batch_size=5, modalities=["image", "text"])))) == 2
 
 
+def _stop_run(loader, epoch=0, start_batch=0, restore=None):
+    """(data_report() after each batch delivered, the DataError message or None) of one epoch."""
+    loader.set_epoch(epoch, start_batch)
+    if restore is not None:
+        loader.restore_data_report(restore)
+    reports = []
+    try:
+        for _ in loader:
+            reports.append(loader.data_report())
+    except DataError as error:
+        return reports, str(error)
+    return reports, None
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_resumed_epoch_stops_where_the_uninterrupted_one_does(tmp_path, make_sample, num_workers):
+    # 300 samples: 1 in 5 bad up to 150, then all bad; in order, the epoch's fraction passes 0.5 at 250.
+    with ShardWriter(tmp_path / "d", 50) as writer:
+        for i in range(300):
+            junk = i % 5 == 0 or i >= 150
+            writer.write(make_sample(i, audio=None, **({"image": b"junk"} if junk else {})))
+    cfg = make_cfg(tmp_path / "d", batch_size=10, num_workers=num_workers, modalities=["image", "text"])
+    full, stop = _stop_run(ShardLoader(cfg))
+    if num_workers == 0:  # with workers the two streams alternate: the late bad half is met earlier
+        assert len(full) == 24 and stop == (
+            f"{tmp_path / 'd'}: 130 of the 250 samples read this epoch are bad (52% > max_bad_fraction 0.5): "
+            "image_decode 130 (e.g. s0000)"
+        )
+    assert stop is not None and len(full) >= 9
+    for k in (len(full) // 3, len(full) // 2, len(full) - 1):  # resumed after k batches, with their counts
+        reports, resumed_stop = _stop_run(ShardLoader(cfg), start_batch=k, restore=full[k - 1])
+        assert reports == full[k:] and resumed_stop == stop, k
+    # without the restored counts the epoch is judged from the resume point: it stops elsewhere
+    k = len(full) // 2
+    assert _stop_run(ShardLoader(cfg), start_batch=k) != (full[k:], stop)
+    # a restore lasts until the next set_epoch; a report of the wrong shape is one line
+    loader = ShardLoader(cfg)
+    loader.set_epoch(0, 9)
+    loader.restore_data_report(full[8])
+    assert loader.data_report() == full[8]
+    loader.set_epoch(0, 9)
+    assert loader.data_report()["samples"] == 0
+    with pytest.raises(DataError, match="unknown bad reason\\(s\\) \\['bogus'\\]"):
+        loader.restore_data_report({"samples": 3, "bad": {"bogus": 1}, "examples": {}})
+    with pytest.raises(DataError, match="a restored data report must be"):
+        loader.restore_data_report({"bad": {}})
+
+
 def test_merge_data_reports_sums_ranks():
     a = {
         "samples": 10,

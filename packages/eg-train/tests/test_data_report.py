@@ -105,3 +105,57 @@ def test_a_malformed_report_is_one_line(toy, tmp_path):
     with pytest.raises(eg_train.TrainError, match="data_report\\(\\) returned dict") as info:
         eg_train.Trainer(toy.ToyModel(), toy.make_config(tmp_path), Odd())
     assert "\n" not in str(info.value)
+
+
+def test_data_that_restores_its_report_gets_the_base_and_it_is_not_added_twice(toy, tmp_path, capsys):
+    class RestoringData(toy.ReportingToyData):
+        """Continues its counts from restore_data_report(report), as eg-data's loaders do."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.restored: list[tuple[int, int, dict]] = []
+
+        def restore_data_report(self, report: dict) -> None:
+            self.restored.append((self.epoch, self.start_batch, report))
+            self.num_samples = report["samples"]
+            self.bad, self.examples = dict(report["bad"]), dict(report["examples"])
+
+    def fit(out, data, crash_at_call: int = 0) -> None:
+        eg_train.seed_everything(0)
+        model = toy.ToyModel()
+        if crash_at_call:
+            inner = model.forward
+
+            def crashing(batch: dict) -> dict:
+                if model.training and model.calls + 1 == crash_at_call:
+                    raise RuntimeError("injected crash")
+                return inner(batch)
+
+            model.forward = crashing
+        eg_train.Trainer(model, toy.make_config(out, max_steps=12, save_every=3), data).fit()
+
+    fit(tmp_path / "ref", RestoringData())
+    ref_out = [x for x in capsys.readouterr().out.splitlines() if "data: skipped" in x]
+    with pytest.raises(RuntimeError, match="injected crash"):
+        fit(tmp_path / "run", RestoringData(), crash_at_call=11)  # in step 11; the checkpoint is step 9's
+    capsys.readouterr()
+    data = RestoringData()
+    fit(tmp_path / "run", data)
+    run_out = [x for x in capsys.readouterr().out.splitlines() if "data: skipped" in x]
+
+    # step 9 is batch 1 of epoch 1 (8 batches per epoch): its counts go to the data after set_epoch(1, 1)
+    assert data.restored == [(1, 1, _expected(toy, data, 1, 1))]
+    assert data.data_report() == _expected(toy, data, 1, 4)  # the data counted on from the base: step 12
+    rows_ref = toy.read_rows(tmp_path / "ref/outputs/metrics.csv")
+    rows_run = toy.read_rows(tmp_path / "run/outputs/metrics.csv")
+    assert [r["step"] for r in rows_run] == [str(s) for s in range(1, 13)]
+    columns = ["loss", "data/samples", *(f"data/bad/{r}" for r in toy.ReportingToyData.REASONS)]
+    for ra, rb in zip(rows_ref, rows_run):
+        assert {c: ra[c] for c in columns} == {c: rb[c] for c in columns}, ra["step"]
+    assert int(rows_run[-1]["data/samples"]) == 32  # not 40: the base is not added on top of the data's
+    assert run_out[-1] == ref_out[-1] and "of 32 samples in epoch 1 so far" in run_out[-1]
+    saved = [
+        eg_train.load_checkpoint(tmp_path / d / "checkpoints/checkpoint_latest.pt")["ranks"][0]["data_report"]
+        for d in ("ref", "run")
+    ]
+    assert saved[0] == saved[1] == _expected(toy, data, 1, 4)

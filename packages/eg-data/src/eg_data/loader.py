@@ -1,7 +1,8 @@
 """The shard loader: reads webdataset shards in the epoch plan's order (see `order.py`), decodes and
 transforms samples in loader workers, skips bad ones counting each by reason, and writes the batch dict
 of the architecture contract into reused buffers. Implements `set_epoch(epoch, start_batch)` and
-`__len__` for the trainer's exact mid-epoch resume, and `data_report()` for the bad-sample report.
+`__len__` for the trainer's exact mid-epoch resume, and `data_report()` / `restore_data_report()` for
+the bad-sample report (continued across a resume, so `max_bad_fraction` judges the whole epoch).
 
 Batches are cut from a fixed number of plan slots (`batch_size`), so batch counts and contents are known
 before decoding: a bad sample leaves its batch one smaller instead of pulling in a later sample. The
@@ -285,10 +286,14 @@ class ShardLoader:
         self.dataset = ShardDataset(cfg, rank, world_size)
         self._pool: BatchPool | None = None  # batch buffers reused across iterations
         self._pool_busy = False
+        self._restored: dict[str, Any] | None = None  # the epoch's counts before start_batch, if restored
         self._report = self._new_report()
 
     def _new_report(self) -> EpochReport:
-        return EpochReport(self.cfg.shard_dir, self.cfg.max_bad_fraction, self.dataset.planned_samples())
+        report = EpochReport(self.cfg.shard_dir, self.cfg.max_bad_fraction, self.dataset.planned_samples())
+        if self._restored is not None:
+            report.restore(self._restored)
+        return report
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch's order; the next iteration yields batches start_batch.. of that epoch."""
@@ -298,7 +303,17 @@ class ShardLoader:
         elif not 0 <= start_batch <= len(self):
             raise DataError(f"start_batch {start_batch} is outside the epoch's {len(self)} batches")
         self.dataset.epoch, self.dataset.start_batch = int(epoch), int(start_batch)
+        self._restored = None
         self._report = self._new_report()
+
+    def restore_data_report(self, report: dict[str, Any]) -> None:
+        """After `set_epoch(epoch, start_batch)` of a resume, before iterating: continue the epoch's report
+        from `report`, this rank's `data_report()` at the resume point (batches 0..start_batch-1 of the
+        epoch). `data_report()` then counts the whole epoch and `max_bad_fraction` judges every sample of
+        it, exactly as in the uninterrupted run. The next `set_epoch` drops it."""
+        self._report = self._new_report()  # the previous restore, if any, is replaced
+        self._report.restore(report)
+        self._restored = self._report.as_dict()
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -339,7 +354,8 @@ class ShardLoader:
 
     def data_report(self) -> dict[str, Any]:
         """This rank's report of the current epoch, over the batches delivered so far (from `start_batch`
-        after a resume; every worker's samples included): {"samples": samples read, good and bad,
+        after a resume, plus the counts given to `restore_data_report`; every worker's samples included):
+        {"samples": samples read, good and bad,
         "bad": {reason: count for every reason in BAD_REASONS}, "examples": {reason: the first bad
         sample's key, or the shard's path for a shard fault}}. Sum it over ranks for the epoch's total."""
         return self._report.as_dict()

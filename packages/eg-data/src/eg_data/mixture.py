@@ -16,6 +16,10 @@ Here everything is a function of numbers known in advance:
 - `set_epoch(e, start_batch=j)` counts the draws before (e, j), positions each source loader with its own
   exact `set_epoch(source_epoch, start_batch)`, and yields exactly batches j.. of the uninterrupted epoch,
   decoding nothing it skips.
+- Each source loader judges `max_bad_fraction` over its current pass (the batches since its own epoch or
+  this epoch began, whichever is later). `data_report()` carries each source's passes of this epoch
+  (`SOURCE_PASSES`), so `restore_data_report()` after a resume hands each source loader the counts of the
+  pass it continues: reports and stops equal the uninterrupted run's.
 
 A batch of a source that lacks a modality has zeros there and its presence flag False, so a model that
 masks each pair's loss by presence trains each pair on the sources that have both sides. The per-batch
@@ -36,13 +40,17 @@ from .order import plan_rng
 from .report import merge_data_reports
 
 MIX_STREAM = -1  # plan_rng part of the source draws (the loader's streams use 1 + stream >= 1)
+# data_report() key: {source name: {"earlier": report of its passes finished this epoch, "current": report
+# of the pass being read, or None}}; what restore_data_report() needs beyond the sum.
+SOURCE_PASSES = "source_passes"
 
 
 class MixtureLoader:
     """The batches of one rank over a mixture of sources (`cfg.sources`): `set_epoch` before iterating.
 
     `len(loader)` batches per epoch, the same on every rank; `data_report()` sums the sources' reports
-    over the batches delivered this epoch (`source_reports()` keeps them apart).
+    over the batches delivered this epoch (`source_reports()` keeps them apart); `restore_data_report()`
+    continues them after a resume.
     """
 
     def __init__(self, cfg: LoaderConfig, rank: int | None = None, world_size: int | None = None):
@@ -60,6 +68,11 @@ class MixtureLoader:
         self._consumed: dict[int, np.ndarray] = {0: np.zeros(len(self.loaders), dtype=np.int64)}
         self._finished: list[list[dict[str, Any]]] = [[] for _ in self.loaders]  # earlier source epochs
         self._active: set[int] = set()  # sources read in the current iteration
+        # Restored by restore_data_report: passes finished before the resume point, and the counts of
+        # the pass each source continues (handed to its loader when the source is first drawn).
+        self._restored_finished: list[list[dict[str, Any]]] = [[] for _ in self.loaders]
+        self._restored_current: list[dict[str, Any] | None] = [None] * len(self.loaders)
+        self._pending = list(self._restored_current)  # the restored passes not handed to a loader yet
 
     def draws(self, epoch: int) -> np.ndarray:
         """(len(self),) the source index of each batch of `epoch`: a function of (seed, epoch) only."""
@@ -82,6 +95,32 @@ class MixtureLoader:
         self.epoch, self.start_batch = int(epoch), int(start_batch)
         self._finished = [[] for _ in self.loaders]
         self._active = set()
+        self._restored_finished = [[] for _ in self.loaders]
+        self._restored_current = [None] * len(self.loaders)
+        self._pending = list(self._restored_current)
+
+    def restore_data_report(self, report: dict[str, Any]) -> None:
+        """After `set_epoch(epoch, start_batch)` of a resume, before iterating: continue the epoch's report
+        from `report`, this rank's `data_report()` at the resume point. Each source loader gets the counts
+        of the pass it continues, so `data_report()`, `source_reports()` and every source's
+        `max_bad_fraction` stop equal the uninterrupted run's."""
+        passes = report.get(SOURCE_PASSES) if isinstance(report, dict) else None
+        if (
+            not isinstance(passes, dict)
+            or set(passes) != set(self.names)
+            or not all(isinstance(p, dict) and {"earlier", "current"} <= set(p) for p in passes.values())
+        ):
+            got = sorted(passes) if isinstance(passes, dict) else None
+            raise DataError(
+                f"a restored mixture data report needs {SOURCE_PASSES!r} with the sources {self.names} "
+                f"(a MixtureLoader.data_report()), got {got}"
+            )
+        for i, name in enumerate(self.names):
+            self._restored_finished[i] = [passes[name]["earlier"]]
+            self._restored_current[i] = passes[name]["current"]
+        self._finished = [list(finished) for finished in self._restored_finished]
+        self._pending = list(self._restored_current)
+        self._active = set()
 
     def __len__(self) -> int:
         return self.epoch_batches
@@ -96,7 +135,12 @@ class MixtureLoader:
         loader = self.loaders[source]
         source_epoch, batch = divmod(position, int(self.lengths[source]))
         while True:
+            pending, self._pending[source] = self._pending[source], None
+            if pending is not None and batch == 0:  # the restored pass ended at the resume point
+                self._finished[source].append(pending)
             loader.set_epoch(source_epoch, batch)
+            if pending is not None and batch > 0:  # the restored pass goes on
+                loader.restore_data_report(pending)
             yield from loader
             self._finished[source].append(loader.data_report())
             source_epoch, batch = source_epoch + 1, 0
@@ -105,7 +149,8 @@ class MixtureLoader:
         draws = self.draws(self.epoch)
         position = self.consumed_before(self.epoch)
         position += np.bincount(draws[: self.start_batch], minlength=len(self.loaders))
-        self._finished = [[] for _ in self.loaders]
+        self._finished = [list(finished) for finished in self._restored_finished]
+        self._pending = list(self._restored_current)
         self._active = set()
         streams: dict[int, Iterator[dict[str, Any]]] = {}
         try:
@@ -118,16 +163,24 @@ class MixtureLoader:
             for stream in streams.values():
                 stream.close()  # stops the source loaders' workers
 
+    def _current(self, i: int) -> dict[str, Any] | None:
+        """The report of source i's pass being read (restored and not yet handed over, or its loader's)."""
+        return self.loaders[i].data_report() if i in self._active else self._pending[i]
+
     def source_reports(self) -> dict[str, dict[str, Any]]:
         """{source name: its bad-sample report over the batches delivered this epoch}."""
         return {
-            name: merge_data_reports(
-                self._finished[i] + ([self.loaders[i].data_report()] if i in self._active else [])
-            )
+            name: merge_data_reports(self._finished[i] + [r for r in [self._current(i)] if r is not None])
             for i, name in enumerate(self.names)
         }
 
     def data_report(self) -> dict[str, Any]:
         """This rank's report of the current epoch over the batches delivered so far (from `start_batch`
-        after a resume), every source summed: the same format as `ShardLoader.data_report()`."""
-        return merge_data_reports(self.source_reports().values())
+        after a resume, plus what `restore_data_report` gave), every source summed: the format of
+        `ShardLoader.data_report()`, plus `SOURCE_PASSES` for `restore_data_report`."""
+        report = merge_data_reports(self.source_reports().values())
+        report[SOURCE_PASSES] = {
+            name: {"earlier": merge_data_reports(self._finished[i]), "current": self._current(i)}
+            for i, name in enumerate(self.names)
+        }
+        return report

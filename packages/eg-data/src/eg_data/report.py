@@ -56,11 +56,32 @@ class EpochReport:
     def __init__(self, shard_dir: str, max_bad_fraction: float, planned_samples: int):
         self.shard_dir = shard_dir
         self.max_bad_fraction = max_bad_fraction
+        self.planned_samples = planned_samples  # still to be read in this iteration
         # The fraction is judged once this many samples were read: 100, or every sample this rank reads.
         self.judge_at = min(MIN_SAMPLES_FOR_BAD_FRACTION, planned_samples)
         self.samples = 0
         self.bad = [0] * len(BAD_REASONS)
         self.examples: dict[str, str] = {}
+
+    def restore(self, report: dict[str, Any]) -> None:
+        """Start from the counts of `report` (the epoch's report at a resume point, from `as_dict()`), so
+        the fraction is judged over every sample of the epoch, as in the uninterrupted run."""
+        bad = report.get("bad") if isinstance(report, dict) else None
+        samples = report.get("samples") if isinstance(report, dict) else None
+        if not isinstance(samples, int) or samples < 0 or not isinstance(bad, dict):
+            raise DataError(
+                f"{self.shard_dir}: a restored data report must be {{'samples': int, 'bad': {{reason: int}}, "
+                f"'examples': {{reason: key}}}}, got {report!r:.80}"
+            )
+        unknown = sorted(set(bad) - set(BAD_REASONS))
+        if unknown:
+            raise DataError(f"{self.shard_dir}: the restored data report has unknown bad reason(s) {unknown}")
+        self.samples = samples
+        self.bad = [int(bad.get(reason, 0)) for reason in BAD_REASONS]
+        self.examples = {
+            str(r): str(k) for r, k in (report.get("examples") or {}).items() if r in BAD_REASONS
+        }
+        self.judge_at = min(MIN_SAMPLES_FOR_BAD_FRACTION, samples + self.planned_samples)
 
     def add(self, samples: int, bad: list[int], examples: dict[str, str]) -> None:
         """Count one delivered batch; DataError when the epoch's bad fraction has gone past the limit."""

@@ -35,14 +35,19 @@ def add_reports(a: Report, b: Report) -> Report:
 class DataReporter:
     """Reads `data.data_report()` (cumulative within the current epoch, on this rank), when the data has it.
 
-    A positioned loader (`set_epoch(epoch, start_batch)`) counts from its start batch after a resume;
-    the counts this rank had reached at the checkpoint are restored as `base` and added back, so rows
-    and summaries after a resume equal the uninterrupted run's.
+    A positioned loader (`set_epoch(epoch, start_batch)`) counts from its start batch after a resume; the
+    report this rank had reached at the checkpoint is restored as `base`. Data with
+    `restore_data_report(report)` is handed the base after its `set_epoch` (`hand_over`) and continues
+    the counts itself (so its own checks, e.g. eg-data's `max_bad_fraction`, judge the whole epoch);
+    for other data the base is added back here. Either way rows and summaries after a resume equal the
+    uninterrupted run's.
     """
 
     def __init__(self, data: Any) -> None:
         fn = getattr(data, "data_report", None)
         self._fn = fn if callable(fn) else None
+        restore = getattr(data, "restore_data_report", None)
+        self._restore = restore if callable(restore) and self._fn is not None else None
         self.base: Report | None = None
         self.reasons: list[str] = sorted(_check(self._fn())["bad"]) if self._fn else []
 
@@ -56,10 +61,21 @@ class DataReporter:
         return ["data/samples", *(f"data/bad/{r}" for r in self.reasons)] if self.active else []
 
     def local(self) -> Report | None:
-        """This rank's report for the current epoch (the restored base included)."""
+        """This rank's report for the current epoch (the restored base included); saved in checkpoints.
+        For data that restores its own counts, its report as it is (extra keys kept for that restore)."""
         if self._fn is None:
             return None
-        return add_reports(self.base or EMPTY, _check(self._fn()))
+        report = _check(self._fn())
+        if self._restore is not None and self.base is None:
+            return report
+        return add_reports(self.base or EMPTY, report)
+
+    def hand_over(self) -> None:
+        """After the data's `set_epoch` for the resumed epoch: data with `restore_data_report` gets the
+        restored base and counts on from it; the base is then no longer added here."""
+        if self.base is not None and self._restore is not None:
+            self._restore(self.base)
+            self.base = None
 
     def new_epoch(self) -> None:
         """The restored base belongs to the epoch it was saved in only."""

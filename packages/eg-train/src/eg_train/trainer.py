@@ -51,7 +51,8 @@ class Trainer:
     `evaluate_fn(model, step) -> {name: value}` runs at each validation on every rank, with the unwrapped
     model in eval mode under torch.no_grad(); its metrics are logged as `val/<name>` (rank 0's values).
     `run_config`: the resolved experiment config (plain dict), stored in every checkpoint.
-    When `train_data` has `data_report()` (see datareport.py), its bad-sample counts are logged.
+    When `train_data` has `data_report()` (see datareport.py), its bad-sample counts are logged; with
+    `restore_data_report(report)` too, a resume hands it the counts saved at the checkpoint.
     """
 
     def __init__(
@@ -207,7 +208,11 @@ class Trainer:
         if self.batch_in_epoch == 0:
             self.epoch_start_rng = ck.capture_rng_state(self.device)
             self.reporter.new_epoch()
-        return open_epoch(self.train_data, self.epoch, self.batch_in_epoch, self.epoch_start_rng, self.device)
+        stream = open_epoch(
+            self.train_data, self.epoch, self.batch_in_epoch, self.epoch_start_rng, self.device
+        )
+        self.reporter.hand_over()  # after set_epoch, before the first batch: the data continues the counts
+        return stream
 
     def _run_epoch(self) -> None:
         stream = self._open_epoch()
