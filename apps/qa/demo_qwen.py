@@ -35,6 +35,8 @@ class DemoQwenConfig:
     num_layers: int = 2
     num_heads: int = 4
     num_kv_heads: int = 2
+    init_std: float = 0.02  # weight init std (Qwen2's initializer_range); the head is frozen, so it sets
+    # how confident the logits can get
 
     def __post_init__(self) -> None:
         if not self.dir:
@@ -42,6 +44,8 @@ class DemoQwenConfig:
         for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+        if not self.init_std > 0:
+            raise ConfigError(f"init_std={self.init_std} must be > 0")
         if self.vocab_size < 300:
             raise ConfigError(f"vocab_size={self.vocab_size} must be >= 300 (256 bytes + specials + merges)")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
@@ -94,6 +98,7 @@ def write_demo_qwen(cfg: DemoQwenConfig, texts: list[str]) -> bool:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
+        initializer_range=cfg.init_std,
     )
     Qwen2ForCausalLM(config).save_pretrained(str(folder))
     manifest.write_text(json.dumps(stamp, indent=2))
