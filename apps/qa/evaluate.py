@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from eg_train.distributed import all_gather_objects
+from eg_data import merge_data_reports
+from eg_train import all_gather_objects
 from torch import nn
 
 from apps.qa.config import BATCH_KEY, QAConfig
@@ -82,24 +83,25 @@ def majority_answers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 
 def score_rows(rows: list[dict[str, Any]], variants: Sequence[str], max_questions: int) -> dict[str, Any]:
-    """Exact match and token F1 per variant, overall and per question (the `max_questions` most frequent)."""
+    """Exact match and token F1 per variant, overall and per question (the `max_questions` most frequent
+    questions; the others pooled as "(other)")."""
     counts = Counter(row["question"] for row in rows)
     shown = [q for q, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_questions]]
-    group = {q: (q if q in shown else OTHER_QUESTIONS) for q in counts}
-    questions = shown + ([OTHER_QUESTIONS] if len(shown) < len(counts) else [])
+    kept = set(shown)
+    group = [row["question"] if row["question"] in kept else OTHER_QUESTIONS for row in rows]
+    sizes = Counter(group)
+    questions = shown + ([OTHER_QUESTIONS] if OTHER_QUESTIONS in sizes else [])
     result: dict[str, Any] = {"exact_match": {}, "token_f1": {}}
-    for variant in variants:
-        for metric, fn in (("exact_match", exact_match), ("token_f1", token_f1)):
-            sums: dict[str, float] = {q: 0.0 for q in questions}
-            for row in rows:
-                sums[group[row["question"]]] += fn(row["generated"][variant], row["reference"])
-            total = sum(sums.values())
-            sizes = {q: sum(counts[k] for k in counts if group[k] == q) for q in questions}
+    for metric, fn in (("exact_match", exact_match), ("token_f1", token_f1)):
+        for variant in variants:
+            sums = dict.fromkeys(questions, 0.0)
+            for row, g in zip(rows, group):
+                sums[g] += fn(row["generated"][variant], row["reference"])
             result[metric][variant] = {
-                "overall": total / len(rows) if rows else float("nan"),
+                "overall": sum(sums.values()) / len(rows) if rows else float("nan"),
                 "per_question": {q: sums[q] / sizes[q] for q in questions},
             }
-    result["question_counts"] = {q: sum(counts[k] for k in counts if group[k] == q) for q in questions}
+    result["question_counts"] = {q: sizes[q] for q in questions}
     return result
 
 
@@ -112,8 +114,9 @@ def collect_answers(
     max_new_tokens: int,
     device: torch.device,
     max_samples: int = 0,
-) -> list[dict[str, Any]]:
-    """Answer every QA row of `loader` with each prefix variant: [{key, question, reference, generated}].
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Answer every QA row of `loader` with each prefix variant: ([{key, qa_index, question, reference,
+    generated}], eg-data's report of the samples read and skipped as bad, summed over ranks).
 
     Runs on every rank and returns the whole split on every rank (gathered, de-duplicated by
     (key, qa_index, question)), in that order. `max_samples` > 0 stops after that many samples per rank.
@@ -142,18 +145,24 @@ def collect_answers(
                     "generated": {name: answers[name][i] for name in variants},
                 }
             )
+    parts = all_gather_objects({"rows": local, "data": loader.data_report()})
     merged: dict[tuple[str, int, str], dict[str, Any]] = {}
-    for part in all_gather_objects(local):
-        for row in part:
+    for part in parts:
+        for row in part["rows"]:
             merged.setdefault((row["key"], row["qa_index"], row["question"]), row)
-    return [merged[k] for k in sorted(merged)]
+    return [merged[k] for k in sorted(merged)], merge_data_reports(p["data"] for p in parts)
 
 
 # ---- reports ----------------------------------------------------------------------------------
 def build_report(
-    rows: list[dict[str, Any]], cfg: QAConfig, variants: dict[str, list[str]], majority: dict[str, str]
+    rows: list[dict[str, Any]],
+    data: dict[str, Any],
+    cfg: QAConfig,
+    variants: dict[str, list[str]],
+    majority: dict[str, str],
 ) -> dict[str, Any]:
-    """The eval dict: scores per variant (majority first), the variants' modalities, sample rows."""
+    """The eval dict: scores per variant (majority first), the variants' modalities, sample rows, and the
+    data report (samples read, bad ones skipped by reason)."""
     for row in rows:
         row["generated"][MAJORITY] = majority.get(row["question"], majority.get("", ""))
     names = [MAJORITY, *variants]
@@ -167,6 +176,7 @@ def build_report(
         **scores,
         "majority_answers": {q: a for q, a in majority.items() if q},
         "rows": [rows[i] for i in picked],  # a fixed random sample of the rows
+        "data": data,
     }
 
 
@@ -204,6 +214,11 @@ def print_report(report: dict[str, Any], num_rows: int) -> None:
     for row in report["rows"][:num_rows]:
         answers = ", ".join(f"{n}: {a!r}" for n, a in row["generated"].items())
         print(f"  {row['key']}  {row['question']!r} -> {row['reference']!r} | {answers}")
+    bad = {reason: n for reason, n in report["data"]["bad"].items() if n}
+    if bad:
+        examples = report["data"]["examples"]
+        listed = ", ".join(f"{reason} {n} (e.g. {examples.get(reason, '?')!r})" for reason, n in bad.items())
+        print(f"skipped {sum(bad.values())} unreadable samples of the {report['split']} split: {listed}")
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> None:
@@ -218,12 +233,12 @@ class QAValidator:
 
     def __init__(self, cfg: QAConfig, loader: Iterable[dict[str, Any]], device: torch.device) -> None:
         self.cfg, self.loader, self.device = cfg, loader, device
-        self.variant = prefix_variants(cfg.model.modalities)
-        self.variant = dict(list(self.variant.items())[:1])  # all modalities
+        name, modalities = next(iter(prefix_variants(cfg.model.modalities).items()))  # every modality
+        self.variant = {name: modalities}
 
     def __call__(self, model: nn.Module, step: int) -> dict[str, float]:
         """{"qa/exact_match", "qa/token_f1"} (logged as val/qa/...)."""
-        rows = collect_answers(
+        rows, _ = collect_answers(
             model,
             self.loader,
             self.variant,

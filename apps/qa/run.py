@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 from eg_data import LoaderConfig, ShardLoader
-from eg_train import DistInfo, Trainer, init_distributed
-from eg_train.distributed import barrier
+from eg_train import DistInfo, Trainer, barrier, init_distributed
 from torch import nn
 
 from apps.common.config import to_dict, to_yaml
@@ -67,11 +66,11 @@ def evaluate_model(
     """Answer every QA pair of `shard_dir` with every prefix variant; the eval dict on rank 0 ({} elsewhere)."""
     loader = qa_eval_loader(loader_cfg, shard_dir, cfg.eval.batch_size, key)
     variants = prefix_variants(cfg.model.modalities)
-    rows = collect_answers(model, loader, variants, cfg.eval.max_new_tokens, info.device)
+    rows, data = collect_answers(model, loader, variants, cfg.eval.max_new_tokens, info.device)
     if not info.is_main:
         return {}
     majority = majority_answers(training_pairs(loader_cfg, cfg.eval.batch_size))
-    report = build_report(rows, cfg, variants, majority)
+    report = build_report(rows, data, cfg, variants, majority)
     return {"split": Path(shard_dir).name, **report}
 
 

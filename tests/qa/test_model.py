@@ -255,3 +255,23 @@ def test_cached_tokens_are_each_sample_alone_and_only_in_training() -> None:
     model.eval()
     model.modality_tokens(b, ["audio"])
     assert calls == [1, 1, 1, 3]  # evaluation runs the tower on the batch
+
+
+def test_scores_against_hand_computed_values() -> None:
+    from apps.qa.evaluate import majority_answers, normalize_answer, score_rows, token_f1
+
+    assert normalize_answer("The  Cat, sat!") == "cat sat" and normalize_answer("an Apple.") == "apple"
+    assert token_f1("a red cat", "the red dog") == pytest.approx(0.5)  # 1 common of 2 and 2 tokens
+    rows = [
+        {"question": "q1", "reference": "Seven.", "generated": {"m": "seven"}},
+        {"question": "q1", "reference": "odd", "generated": {"m": "even"}},
+        {"question": "q2", "reference": "the red cat", "generated": {"m": "red dog"}},
+        {"question": "q3", "reference": "yes", "generated": {"m": "yes"}},
+    ]
+    scores = score_rows(rows, ["m"], max_questions=2)
+    assert scores["question_counts"] == {"q1": 2, "q2": 1, "(other)": 1}
+    assert scores["exact_match"]["m"]["overall"] == pytest.approx(2 / 4)
+    assert scores["exact_match"]["m"]["per_question"] == {"q1": 0.5, "q2": 0.0, "(other)": 1.0}
+    assert scores["token_f1"]["m"]["overall"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    majority = majority_answers([("q1", "b"), ("q1", "a"), ("q1", "b"), ("q2", "x"), ("q2", "w")])
+    assert majority == {"q1": "b", "q2": "w", "": "b"}  # ties: alphabetically first
