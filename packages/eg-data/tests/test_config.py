@@ -106,6 +106,9 @@ def test_a_missing_demo_extra_is_one_line_naming_it(monkeypatch, tmp_path):
     ):
         build_demo_dataset(tmp_path / "demo")
     _block(monkeypatch, "espeakng_loader")
+    from eg_data import speech
+
+    monkeypatch.setattr(speech, "_ENGINE", None)  # a Speaker made earlier in this process loaded the library
     with pytest.raises(
         DataError, match=r"^Speaker .*needs espeakng_loader, .*pip install 'eg-data\[demo\]'$"
     ):
