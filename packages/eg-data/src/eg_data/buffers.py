@@ -66,7 +66,10 @@ class BatchPool:
     def claim(self, stream: int) -> tuple[int, dict[str, torch.Tensor]] | None:
         """Producer side: a free slot of `stream` and its full-size field tensors, or None if all are held."""
         free = self.free.numpy()[stream]
-        candidates = np.flatnonzero(free)
+        # A snapshot: the consumer frees slots concurrently (its finalizers write 1s into this shared row),
+        # and numpy's nonzero counts twice and raises if the row changes in between. Only this producer
+        # writes 0s, so a slot free in the snapshot is still free; one freed just after is seen next time.
+        candidates = np.flatnonzero(free.copy())
         if not len(candidates):
             return None
         slot = int(candidates[0])
