@@ -8,20 +8,22 @@ QA index), so the scores are those of the whole split whatever the world size.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from eg_data import merge_data_reports
-from eg_train import all_gather_objects
+from eg_data import LoaderConfig, ShardLoader, merge_data_reports
+from eg_train import DistInfo, all_gather_objects
 from torch import nn
 
+from apps.common.loaders import check_shard_dir, eval_loader
 from apps.qa.config import BATCH_KEY, QAConfig
 
 ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -254,13 +256,53 @@ class QAValidator:
         }
 
 
+ALL_PAIRS: dict[str, Any] = {"qa_pairs": "all"}  # with eval mode: every sample once, each QA pair a row
+
+
+def qa_eval_loader(loader_cfg: LoaderConfig, shard_dir: str, batch_size: int, key: str) -> ShardLoader:
+    """Every sample of `shard_dir` once, each QA pair of it a row, in a fixed order."""
+    return eval_loader(loader_cfg, shard_dir, batch_size, key, **ALL_PAIRS)
+
+
+def training_pairs(loader_cfg: LoaderConfig, batch_size: int) -> Iterator[tuple[str, str]]:
+    """Every (question, answer) of the training split, reading the json only, on whichever rank calls it
+    (the majority baseline, the demo tokenizer's corpus)."""
+    check_shard_dir("data.train.shard_dir", loader_cfg.shard_dir)
+    qa_only = dataclasses.replace(
+        loader_cfg,
+        batch_size=batch_size,
+        num_workers=0,  # json only: nothing worth a worker process
+        shuffle=False,
+        mode="eval",
+        modalities=["qa"],
+        required=["qa"],
+        **ALL_PAIRS,
+    ).build(rank=0, world_size=1)
+    qa_only.set_epoch(0)
+    for batch in qa_only:
+        yield from zip(batch["question"], batch["answer"])
+
+
+def evaluate_model(
+    model: nn.Module, cfg: QAConfig, loader_cfg: LoaderConfig, shard_dir: str, key: str, info: DistInfo
+) -> dict[str, Any]:
+    """Answer every QA pair of `shard_dir` with every prefix variant; the eval dict on rank 0 ({} elsewhere)."""
+    loader = qa_eval_loader(loader_cfg, shard_dir, cfg.eval.batch_size, key)
+    variants = prefix_variants(cfg.model.modalities)
+    rows, data = collect_answers(model, loader, variants, cfg.eval.max_new_tokens, info.device)
+    if not info.is_main:
+        return {}
+    majority = majority_answers(training_pairs(loader_cfg, cfg.eval.batch_size))
+    report = build_report(rows, data, cfg, variants, majority)
+    return {"split": Path(shard_dir).name, **report}
+
+
 def evaluate_checkpoint(cfg: QAConfig, checkpoint: str, split_dir: str = "") -> dict[str, Any]:
     """Rebuild the QA model (stage-1 towers + decoder), load `checkpoint`, evaluate the test split (or
     `split_dir`); rewrites outputs/<experiment_name>/eval.json and returns the eval dict."""
     from eg_train import init_distributed, load_model_weights
 
     from apps.qa.build import build_model, load_stage1, qa_loader_config
-    from apps.qa.run import evaluate_model
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

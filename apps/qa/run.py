@@ -7,71 +7,25 @@ training_curves.png, loss_components.png and the checkpoints. Only rank 0 writes
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
-from eg_data import LoaderConfig, ShardLoader
-from eg_train import DistInfo, Trainer, barrier, init_distributed
-from torch import nn
+from eg_data import ShardLoader
+from eg_train import Trainer, barrier, init_distributed
 
 from apps.common.config import to_dict, to_yaml
-from apps.common.loaders import check_shard_dir, eval_loader
 from apps.qa.build import build_model, load_stage1, qa_loader_config
 from apps.qa.config import QAConfig
 from apps.qa.demo_qwen import write_demo_qwen
 from apps.qa.evaluate import (
     QAValidator,
-    build_report,
-    collect_answers,
-    majority_answers,
-    prefix_variants,
+    evaluate_model,
     print_report,
+    qa_eval_loader,
+    training_pairs,
     write_report,
 )
-
-ALL_PAIRS: dict[str, Any] = {"qa_pairs": "all"}  # with eval mode: every sample once, each QA pair a row
-
-
-def qa_eval_loader(loader_cfg: LoaderConfig, shard_dir: str, batch_size: int, key: str) -> ShardLoader:
-    """Every sample of `shard_dir` once, each QA pair of it a row, in a fixed order."""
-    return eval_loader(loader_cfg, shard_dir, batch_size, key, **ALL_PAIRS)
-
-
-def training_pairs(loader_cfg: LoaderConfig, batch_size: int) -> Iterator[tuple[str, str]]:
-    """Every (question, answer) of the training split, reading the json only, on whichever rank calls it
-    (the majority baseline, the demo tokenizer's corpus)."""
-    check_shard_dir("data.train.shard_dir", loader_cfg.shard_dir)
-    qa_only = dataclasses.replace(
-        loader_cfg,
-        batch_size=batch_size,
-        num_workers=0,  # json only: nothing worth a worker process
-        shuffle=False,
-        mode="eval",
-        modalities=["qa"],
-        required=["qa"],
-        **ALL_PAIRS,
-    ).build(rank=0, world_size=1)
-    qa_only.set_epoch(0)
-    for batch in qa_only:
-        yield from zip(batch["question"], batch["answer"])
-
-
-def evaluate_model(
-    model: nn.Module, cfg: QAConfig, loader_cfg: LoaderConfig, shard_dir: str, key: str, info: DistInfo
-) -> dict[str, Any]:
-    """Answer every QA pair of `shard_dir` with every prefix variant; the eval dict on rank 0 ({} elsewhere)."""
-    loader = qa_eval_loader(loader_cfg, shard_dir, cfg.eval.batch_size, key)
-    variants = prefix_variants(cfg.model.modalities)
-    rows, data = collect_answers(model, loader, variants, cfg.eval.max_new_tokens, info.device)
-    if not info.is_main:
-        return {}
-    majority = majority_answers(training_pairs(loader_cfg, cfg.eval.batch_size))
-    report = build_report(rows, data, cfg, variants, majority)
-    return {"split": Path(shard_dir).name, **report}
 
 
 def train(cfg: QAConfig) -> None:
