@@ -119,3 +119,35 @@ def copy_split(src: Path, dst: Path, num_samples: int, per_shard: int) -> Path:
         shards.append(ShardInfo(path=name, num_samples=len(chunk)))
     write_index(dst, shards)
     return dst
+
+
+def kill_train_at_step(config: Path, cwd: Path, latest: Path, min_step: int, poll_s: float = 0.1) -> int:
+    """Start `apps/train --config config` in `cwd`, SIGKILL it once `latest` (its checkpoint_latest.pt)
+    holds a step >= `min_step`, and return the step of the checkpoint the killed run left."""
+    import signal
+    import time
+
+    import torch
+
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN_SCRIPT), "--config", str(config)],
+        cwd=cwd,
+        env=app_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and latest.stat().st_size > 0:
+            try:
+                step = torch.load(latest, map_location="cpu", weights_only=True)["step"]
+            except (OSError, RuntimeError, EOFError):  # caught mid-replace: look again
+                step = -1
+            if step >= min_step:
+                break
+        time.sleep(poll_s)
+    assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return int(torch.load(latest, map_location="cpu", weights_only=True)["step"])

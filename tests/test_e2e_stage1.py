@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,16 @@ from PIL import Image
 sys.path.insert(
     0, str(Path(__file__).resolve().parent)
 )  # --import-mode=importlib: make conftest's helpers importable
-from conftest import EVALUATE_SCRIPT, TRAIN_SCRIPT, app_env, copy_split, run_app, tiny_config, write_config
+from conftest import (
+    EVALUATE_SCRIPT,
+    TRAIN_SCRIPT,
+    app_env,
+    copy_split,
+    kill_train_at_step,
+    run_app,
+    tiny_config,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -111,28 +117,7 @@ def test_killed_run_resumes_through_the_app(tmp_path: Path, demo_data: Path) -> 
     )
     config = write_config(tmp_path, cfg)
     latest = tmp_path / "checkpoints" / "tiny" / "checkpoint_latest.pt"
-    proc = subprocess.Popen(
-        [sys.executable, str(TRAIN_SCRIPT), "--config", str(config)],
-        cwd=tmp_path,
-        env=app_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and latest.stat().st_size > 0:
-            try:
-                step = torch.load(latest, map_location="cpu", weights_only=True)["step"]
-            except (OSError, RuntimeError, EOFError):  # caught mid-replace: look again
-                step = -1
-            if step >= 2:
-                break
-        time.sleep(0.2)
-    assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = torch.load(latest, map_location="cpu", weights_only=True)["step"]
+    killed_at = kill_train_at_step(config, tmp_path, latest, min_step=2, poll_s=0.2)
     assert 2 <= killed_at < 8
     done = run_app(TRAIN_SCRIPT, ["--config", str(config)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -9,10 +9,8 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from qa_helpers import (
     TRAIN_SCRIPT,
     app_env,
     apply,
+    kill_train_at_step,
     qa_config,
     run_app,
     write_config,
@@ -159,28 +158,7 @@ def test_killed_run_resumes_to_the_identical_state(tmp_path: Path, qa_space: dic
 
     config = write_config(resumed, qa_config(qa_space, "tiny", resumed, **overrides))
     latest = resumed / "checkpoints" / "qa_tiny" / "checkpoint_latest.pt"
-    proc = subprocess.Popen(
-        [sys.executable, str(TRAIN_SCRIPT), "--config", str(config)],
-        cwd=resumed,
-        env=app_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and latest.stat().st_size > 0:
-            try:
-                step = torch.load(latest, map_location="cpu", weights_only=True)["step"]
-            except (OSError, RuntimeError, EOFError):  # caught mid-replace: look again
-                step = -1
-            if step >= 3:
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = torch.load(latest, map_location="cpu", weights_only=True)["step"]
+    killed_at = kill_train_at_step(config, resumed, latest, min_step=3, poll_s=0.05)
     assert 3 <= killed_at < 10
     done = run_app(TRAIN_SCRIPT, ["--config", str(config)], resumed)
     assert done.returncode == 0, done.stderr[-3000:]
