@@ -12,13 +12,12 @@ import torch.nn.functional as F
 from eg_data import ShardLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: conftest's helpers
-from conftest import tiny_config
-
 from apps.alignment.build import build_model, prepare_assets
 from apps.alignment.config import AlignmentConfig
 from apps.alignment.evaluate import encoders_of
 from apps.common.config import build_config
 from apps.common.loaders import loader_for_encoders
+from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,12 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: conftest's helpers
-from conftest import REPO, TRAIN_SCRIPT, run_app, tiny_config, write_config
-
 from apps.alignment.embed import Embedder, InputError
 from apps.alignment.evaluate import collect_embeddings, retrieval_result
 from apps.alignment.search import MatryoshkaSearcher, SearchIndex, index_files, index_shards, search_main
 from apps.common.loaders import eval_loader, loader_for_encoders
 from apps.common.retrieval import truncate_normalize
+from conftest import REPO, TRAIN_SCRIPT, run_app, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 SEARCH_SCRIPT = REPO / "apps" / "search" / "__main__.py"

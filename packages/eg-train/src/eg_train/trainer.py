@@ -30,6 +30,7 @@ from .data import (
 from .datareport import DataReporter
 from .distributed import (
     all_reduce_sum,
+    barrier,
     broadcast_object,
     init_distributed,
     is_distributed,
@@ -153,6 +154,10 @@ class Trainer:
             if self._last_save_step != self.step:
                 self._save(best=False, final=True)
             self._draw_plots()
+            # Every rank leaves fit() together: a rank that exits (and tears down its gloo/nccl group at exit)
+            # while rank 0 still draws the plots made a peer abort ("terminate called without an active
+            # exception") now and then in the 2-rank test.
+            barrier()
             failed = False
             return self.summary()
         finally:
