@@ -151,3 +151,30 @@ def kill_train_at_step(config: Path, cwd: Path, latest: Path, min_step: int, pol
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     return int(torch.load(latest, map_location="cpu", weights_only=True)["step"])
+
+
+def run_torchrun(
+    config: Path, cwd: Path, nproc: int = 2, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node N apps/train/__main__.py --config config` in `cwd` (gloo on
+    CPU), with the apps' environment; returns the completed process (text output)."""
+    import shutil
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    return subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+            str(TRAIN_SCRIPT),
+            "--config",
+            str(config),
+        ],
+        check=False,
+        cwd=cwd,
+        env=app_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

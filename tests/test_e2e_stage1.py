@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,10 +18,10 @@ sys.path.insert(
 from conftest import (
     EVALUATE_SCRIPT,
     TRAIN_SCRIPT,
-    app_env,
     copy_split,
     kill_train_at_step,
     run_app,
+    run_torchrun,
     tiny_config,
     write_config,
 )
@@ -139,16 +137,7 @@ def test_two_process_torchrun_gloo(tmp_path: Path, demo_data: Path) -> None:
         **{"train.max_steps": 3, "train.val_every": 3, "data.val_dir": str(val), "data.test_dir": str(test)},
     )
     config = write_config(tmp_path, cfg)
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    done = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", str(TRAIN_SCRIPT), "--config", str(config)],
-        check=False,
-        cwd=tmp_path,
-        env=app_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_torchrun(config, tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "outputs" / "tiny" / "eval.json").read_text())
     assert report["num_samples"] == 101  # both ranks' shares gathered, nothing counted twice or dropped

@@ -19,6 +19,7 @@ from conftest import (
     copy_split,
     kill_train_at_step,
     run_app,
+    run_torchrun,
     tiny_config,
     write_config,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "kill_train_at_step",
     "qa_config",
     "run_app",
+    "run_torchrun",
     "tiny_config",
     "write_config",
 ]

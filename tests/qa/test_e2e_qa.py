@@ -9,7 +9,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,11 @@ from qa_helpers import (
     EVALUATE_SCRIPT,
     REPO,
     TRAIN_SCRIPT,
-    app_env,
     apply,
     kill_train_at_step,
     qa_config,
     run_app,
+    run_torchrun,
     write_config,
 )
 
@@ -254,16 +253,7 @@ def test_two_process_torchrun_gloo_runs_the_trimodal_qwen_structure(tmp_path: Pa
     accumulation) at tiny size under torchrun with 2 CPU processes (gloo), as it runs on 2 GPUs."""
     cfg = real_config_at_tiny_size("trimodal_qwen.yaml", qa_space, tmp_path)
     config = write_config(tmp_path, cfg)
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    done = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", str(TRAIN_SCRIPT), "--config", str(config)],
-        check=False,
-        cwd=tmp_path,
-        env=app_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_torchrun(config, tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     name = cfg["experiment_name"]
     report = json.loads((tmp_path / "outputs" / name / "eval.json").read_text())
