@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from eg_data import LoaderConfig
 from eg_decoders import Decoder
+from eg_train import load_model_weights
 
 from apps.common.config import ConfigError
 from apps.common.loaders import loader_for_encoders
@@ -72,3 +73,16 @@ def qa_loader_config(cfg: QAConfig, towers: Any) -> LoaderConfig:
     """data.train with the image/audio settings the stage-1 encoders dictate."""
     encoders = {m: towers[m].encoder for m in cfg.model.modalities}
     return loader_for_encoders(cfg.data.train, encoders, "data.train")
+
+
+def load_trained(
+    cfg: QAConfig, checkpoint: str | Path, device: str | torch.device = "cpu"
+) -> tuple[QAModel, Any, dict]:
+    """(the QA model of `cfg` with the weights of `checkpoint` on `device`, its stage-1 `Aligned`, the
+    checkpoint's metadata): the stage-1 towers from `stage1.checkpoint`, then the decoder and projectors,
+    each loaded strictly. The evaluation and `load_qa` rebuild a trained model with this one function."""
+    aligned = load_stage1(cfg)
+    model = build_model(cfg, aligned.towers)
+    meta = load_model_weights(model, checkpoint)
+    model.to(device)
+    return model, aligned, meta

@@ -300,17 +300,14 @@ def evaluate_model(
 def evaluate_checkpoint(cfg: QAConfig, checkpoint: str, split_dir: str = "") -> dict[str, Any]:
     """Rebuild the QA model (stage-1 towers + decoder), load `checkpoint`, evaluate the test split (or
     `split_dir`); rewrites outputs/<experiment_name>/eval.json and returns the eval dict."""
-    from eg_train import init_distributed, load_model_weights
+    from eg_train import init_distributed
 
-    from apps.qa.build import build_model, load_stage1, qa_loader_config
+    from apps.qa.build import load_trained, qa_loader_config
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     info = init_distributed(cfg.train.device)
-    aligned = load_stage1(cfg)
-    model = build_model(cfg, aligned.towers)
-    meta = load_model_weights(model, checkpoint)
-    model.to(info.device)
+    model, aligned, meta = load_trained(cfg, checkpoint, info.device)
     loader_cfg = qa_loader_config(cfg, aligned.towers)
     key = "--split-dir" if split_dir else "data.test_dir"
     report = evaluate_model(model, cfg, loader_cfg, split_dir or cfg.data.test_dir, key, info)
