@@ -30,9 +30,13 @@ class WandbConfig:
     """Optional Weights & Biases logging (the `eg-train[wandb]` extra), imported only when enabled."""
 
     enabled: bool = False
+    """Log the metrics rows and plots to Weights & Biases too (needs the `wandb` extra)."""
     project: str = "edge-glass"
+    """The wandb project."""
     run_name: str = ""
+    """The wandb run name ("" = wandb's own)."""
     entity: str = ""
+    """The wandb team or user ("" = your default entity)."""
 
     def __post_init__(self) -> None:
         if self.enabled is True and not _missing(self.project) and not self.project:
@@ -48,37 +52,75 @@ class TrainerConfig:
     """
 
     output_dir: str = "outputs/run"
+    """Folder of metrics.csv, tensorboard/, the plots and config.yaml (the stage apps default it to
+    outputs/<experiment_name>)."""
     checkpoint_dir: str = "checkpoints/run"
-    max_steps: int = 0  # optimizer steps; > 0 overrides epochs
-    epochs: int = 1  # full epochs when max_steps is 0
-    lr: float = 1e-4  # default lr for groups that do not set their own
+    """Folder of checkpoint_latest.pt, checkpoint_best.pt and checkpoint_step_<step>.pt (the stage apps
+    default it to checkpoints/<experiment_name>)."""
+    max_steps: int = 0
+    """Optimizer steps to train; > 0 overrides epochs."""
+    epochs: int = 1
+    """Full epochs to train when max_steps is 0."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW) of the param groups that do not set their own."""
     weight_decay: float = 0.01
+    """AdamW weight decay (0 for biases and norms, params with fewer than 2 dims)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas, two numbers in [0, 1)."""
     eps: float = 1e-8
-    warmup_steps: int = 0  # wins over warmup_ratio when > 0
-    warmup_ratio: float = 0.0  # fraction of total optimizer steps
-    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
-    min_lr_ratio: float = 0.0  # final lr = lr * min_lr_ratio
+    """AdamW eps."""
+    warmup_steps: int = 0
+    """Linear warmup steps; wins over warmup_ratio when > 0."""
+    warmup_ratio: float = 0.0
+    """Linear warmup as a fraction of the total optimizer steps."""
+    schedule: str = "cosine"
+    """Learning rate after warmup: cosine | linear | constant."""
+    min_lr_ratio: float = 0.0
+    """The schedule ends at lr * min_lr_ratio."""
     grad_accum_steps: int = 1
-    grad_clip: float = 1.0  # max global grad norm; 0 = no clipping (norm still measured)
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    device: str = "auto"  # auto = cuda:<local_rank> when available, else cpu
+    """Micro-batches whose gradients are averaged into one optimizer step (a larger effective batch at the
+    memory of one micro-batch)."""
+    grad_clip: float = 1.0
+    """Max global gradient norm; 0 = no clipping (the norm is still measured and logged)."""
+    precision: str = "fp32"
+    """fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler)."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N; auto = cuda:<local_rank> when CUDA is available, else cpu."""
     log_every: int = 10
-    val_every: int = 0  # steps; 0 = only at epoch ends and at the end
+    """Steps between metrics rows (a non-finite step is always logged)."""
+    val_every: int = 0
+    """Steps between validations; 0 = only at epoch ends (val_at_epoch_end) and at the end."""
     val_at_epoch_end: bool = True
-    save_every: int = 0  # steps; 0 = only at epoch ends and at the end
-    keep_last_n: int = 0  # also keep the N newest checkpoint_step_<step>.pt files
-    save_trainable_only: bool = True  # trainable params + buffers + module extra state
+    """Validate at the end of every epoch."""
+    save_every: int = 0
+    """Steps between checkpoint_latest.pt writes; 0 = only at epoch ends and at the end."""
+    keep_last_n: int = 0
+    """Also keep the N newest checkpoint_step_<step>.pt files (0 = none)."""
+    save_trainable_only: bool = True
+    """Checkpoints hold the trainable params, buffers and module extra state, not frozen weights (they are
+    rebuilt from the config); false = the full state dict."""
     best_metric: str = "val/loss"
-    best_mode: str = "min"  # min | max
-    resume: str = "auto"  # auto | never | <checkpoint file or folder>
+    """Validation metric that picks checkpoint_best.pt (e.g. val/loss)."""
+    best_mode: str = "min"
+    """min | max: whether a lower or a higher best_metric is better."""
+    resume: str = "auto"
+    """auto = continue from the newest readable checkpoint in checkpoint_dir, if any; never = start fresh; or
+    a checkpoint file or folder to continue from."""
     max_consecutive_nonfinite: int = 5
+    """Stop with an error after this many optimizer steps in a row with a non-finite loss or gradient norm
+    (each is skipped, not applied)."""
     find_unused_parameters: bool = False
+    """DDP's find_unused_parameters, for models whose forward leaves some trainable params unused."""
     seed: int = 0
+    """Seeds python, numpy and torch at the start of a fresh run, as seed + rank."""
     progress_bar: bool = True
+    """Show a tqdm progress bar on rank 0."""
     tensorboard: bool = True
+    """Write tensorboard event files to output_dir/tensorboard."""
     plots: bool = True
+    """Draw training_curves.png and loss_components.png in output_dir after each validation."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Optional Weights & Biases logging."""
 
     def __post_init__(self) -> None:
         self.validate()
