@@ -23,23 +23,22 @@ DEFAULT_SHARD_DIR = "data/demo/train"
 
 @dataclass
 class SourceConfig:
-    """One source of a mixture: a shard folder, what its samples have, and how often it is drawn.
-
-    shard_dir: the source's training shards (required).
-    modalities: what every sample of the source has, of image/audio/text/qa (required): those the
-        loader reads are required of each of its samples (a sample lacking one is bad), the others are
-        absent from its batches (presence False, zeros).
-    weight: the source's share of the batches (weights are normalized over the sources; > 0).
-    name: how reports and metrics name it ("" = its shard_dir).
-    val_dir / test_dir: the source's own held-out folders, for per-source evaluation ("" = none).
-    """
+    """One source of a mixture: a shard folder, what its samples have, and how often it is drawn."""
 
     shard_dir: str = MISSING
-    modalities: list[str] = MISSING  # type: ignore[assignment]  # omegaconf MISSING: must be set
+    """The source's training shards (required)."""
+    modalities: list[str] = MISSING  # type: ignore[assignment]
+    """What every sample of the source has, of image/audio/text/qa (required): those the loader reads are
+    required of each of its samples (a sample lacking one is bad), the others are absent from its batches
+    (presence False, zeros)."""
     weight: float = 1.0
+    """The source's share of the batches (weights are normalized over the sources; > 0)."""
     name: str = ""
+    """How reports and metrics name the source ("" = its shard_dir)."""
     val_dir: str = ""
+    """The source's own validation folder, for per-source evaluation ("" = none)."""
     test_dir: str = ""
+    """The source's own test folder, for per-source evaluation ("" = none)."""
 
     def __post_init__(self) -> None:
         if not is_missing(self.shard_dir) and not self.shard_dir:
@@ -62,41 +61,46 @@ class SourceConfig:
 
 @dataclass
 class LoaderConfig:
-    """How a shard directory becomes batches.
-
-    mode: "train": every rank and worker gets the same number of full batches (a remainder of the epoch's
-        samples is dropped, a batch whose samples are all bad is filled by a stand-in sample), as DDP
-        training needs. "eval": every sample of the split exactly once across ranks and workers; each
-        stream's last batch may be short and ranks may get different batch counts (gather the results).
-        `mode` changes only this coverage: shuffling, augmentation and text dropout are set on their own.
-    qa_pairs: which QA pairs of a sample become rows: "sample" one drawn from (seed, epoch, key), "first"
-        the first, "all" every pair, one row each (key repeated, `qa_index` telling them apart; needs
-        mode "eval", as the row count is only known once read).
-    max_bad_fraction: stop with a DataError when more than this fraction of the samples read in an epoch
-        on a rank is bad, checked once 100 samples were read (or all of them, when the rank reads fewer);
-        1.0 never stops.
-    sources: a mixture instead of one folder (leave shard_dir unset): each batch comes from one source,
-        drawn with the sources' weights from (seed, epoch, batch index); every source's batches carry
-        every modality of `modalities` (zeros and presence False where the source has none). `required`
-        must be had by every source; each source requires of its samples what its own `modalities`
-        list. Needs mode "train" (evaluate a source's folder on its own). See `mixture.py`.
-    """
+    """How a shard directory (or a mixture of sources) becomes batches."""
 
     shard_dir: str = DEFAULT_SHARD_DIR
+    """Folder of .tar shards to read (left unset when `sources` is given)."""
     batch_size: int = 32
+    """Samples per batch on each rank."""
     num_workers: int = 0
+    """DataLoader worker processes per rank (0 = read in the main process)."""
     seed: int = 0
-    shuffle: bool = True  # shard permutation and shuffle buffer, from (seed, epoch)
-    shuffle_buffer: int = 1000  # raw samples held per worker for shuffling
+    """Seed of the shard order, shuffling, augmentation, text dropout and QA pair draws (with the epoch)."""
+    shuffle: bool = True
+    """Shuffle the shard order and the samples (a buffer), from (seed, epoch)."""
+    shuffle_buffer: int = 1000
+    """Raw samples held per worker for shuffling."""
     modalities: list[str] = field(default_factory=lambda: ["image", "audio", "text", "qa"])
-    required: list[str] = field(default_factory=lambda: ["image", "text"])  # else the sample is bad
-    text_dropout: float = 0.0  # probability a caption is dropped (text "" and text_present False)
-    mode: str = "train"  # train | eval (see above)
-    qa_pairs: str = "sample"  # sample | first | all (see above)
+    """What the batches carry, of image/audio/text/qa."""
+    required: list[str] = field(default_factory=lambda: ["image", "text"])
+    """Modalities a sample must have; a sample lacking one is bad (skipped and counted)."""
+    text_dropout: float = 0.0
+    """Probability that a caption is dropped (text "" and text_present False)."""
+    mode: str = "train"
+    """train: every rank and worker gets the same number of full batches (the epoch's remainder is dropped, a
+    batch of only bad samples is filled by a stand-in), as DDP training needs. eval: every sample of the
+    split exactly once across ranks and workers; the last batch of each stream may be short (gather the
+    results). Shuffling, augmentation and text dropout are set on their own."""
+    qa_pairs: str = "sample"
+    """Which QA pairs of a sample become rows: sample = one drawn from (seed, epoch, key), first = the first,
+    all = every pair, one row each (key repeated, `qa_index` telling them apart; needs mode eval)."""
     max_bad_fraction: float = 0.5
+    """Stop with a DataError when more than this fraction of the samples read in an epoch on a rank is bad,
+    checked once 100 samples were read (or all, when the rank reads fewer); 1.0 never stops."""
     image: ImageTransformConfig = field(default_factory=ImageTransformConfig)
+    """Image decoding and augmentation."""
     audio: AudioTransformConfig = field(default_factory=AudioTransformConfig)
+    """Audio decoding to log-mel."""
     sources: list[SourceConfig] = field(default_factory=list)
+    """A mixture instead of one folder (leave shard_dir unset): each batch comes from one source, drawn with
+    the sources' weights from (seed, epoch, batch index); every batch carries every modality of
+    `modalities` (zeros and presence False where the source has none); `required` must be had by every
+    source. Needs mode train. See mixture.py."""
 
     def __post_init__(self) -> None:
         if self.sources and self.shard_dir == DEFAULT_SHARD_DIR:
