@@ -48,29 +48,28 @@ _KEY_CHARS = re.compile(r"[^0-9A-Za-z_-]+")
 
 @dataclass
 class AudioCaptionsConfig:
-    """How a table of audio files and captions becomes shards.
-
-    file_col: the column with each audio file's path, relative to the audio folder (Clotho: file_name).
-    file_format: instead of file_col, a path built from the row's columns, e.g. AudioCaps downloaded as
-        `{youtube_id}_{start_time}.wav` (Python format fields are column names; "" = use file_col).
-    caption_cols: the caption columns, in order ([] = every column named caption, captions or caption_N,
-        by N). A JSONL value may be a list of captions.
-    extra_cols: columns copied into each sample's json (from the file's first row).
-    num_samples: the first N audio files only (0 = all). samples_per_shard: files per shard.
-    min_peak: a file whose largest absolute sample is below this (full scale 1.0) is silent.
-    max_seconds: the audio encoder's context; longer files are written and reported.
-    num_workers: processes (0 = one per CPU core).
-    """
+    """How a table of audio files and captions becomes shards."""
 
     file_col: str = "file_name"
+    """The column with each audio file's path, relative to the audio folder (Clotho: file_name)."""
     file_format: str = ""
+    """Instead of file_col, a path built from the row's columns, e.g. AudioCaps downloaded as
+    `{youtube_id}_{start_time}.wav` (Python format fields are column names; "" = use file_col)."""
     caption_cols: list[str] = field(default_factory=list)
+    """The caption columns, in order ([] = every column named caption, captions or caption_N, by N). A JSONL
+    value may be a list of captions."""
     extra_cols: list[str] = field(default_factory=list)
+    """Columns copied into each sample's json (from the file's first row)."""
     num_samples: int = 0
+    """Import the first N audio files only (0 = all)."""
     samples_per_shard: int = 1000
+    """Audio files per shard."""
     min_peak: float = 1e-4
+    """A file whose largest absolute sample is below this (full scale 1.0) is silent: skipped and counted."""
     max_seconds: float = 30.0
+    """The audio encoder's context in seconds; longer files are written and reported."""
     num_workers: int = 0
+    """Processes (0 = one per CPU core)."""
 
     def __post_init__(self) -> None:
         if not is_missing(self.file_col) and not self.file_col and not self.file_format:

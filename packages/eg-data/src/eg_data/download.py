@@ -39,17 +39,29 @@ class DownloadConfig:
     """How rows of a URL list become shards."""
 
     url_col: str = "image_url"
-    caption_col: str = "caption"  # "" when the list has no captions
-    extra_cols: list[str] = field(default_factory=list)  # copied into each sample's json
-    num_samples: int = 0  # first N rows only; 0 = all
-    samples_per_shard: int = 1000  # rows per shard (a shard holds the rows that succeeded)
+    """Column of the list holding each image URL."""
+    caption_col: str = "caption"
+    """Column holding each caption ("" when the list has no captions)."""
+    extra_cols: list[str] = field(default_factory=list)
+    """Columns copied into each sample's json."""
+    num_samples: int = 0
+    """Download the first N rows only (0 = all)."""
+    samples_per_shard: int = 1000
+    """Rows per shard (a shard holds the rows that succeeded)."""
     num_threads: int = 16
-    timeout_s: float = 10.0  # per connect/read operation
-    retries: int = 2  # extra attempts after timeouts, connection errors, 429 and 5xx
-    backoff_s: float = 0.5  # sleep before retry r is backoff_s * 2**r
+    """Concurrent downloads."""
+    timeout_s: float = 10.0
+    """Timeout of each connect/read operation, in seconds."""
+    retries: int = 2
+    """Extra attempts after timeouts, connection errors, HTTP 429 and 5xx."""
+    backoff_s: float = 0.5
+    """Sleep before retry r is backoff_s * 2**r seconds."""
     max_bytes: int = 20_000_000
-    resize_max_side: int = 0  # downsize so the longer side is at most this; 0 keeps the original
+    """Larger responses are dropped (counted as too_large)."""
+    resize_max_side: int = 0
+    """Downsize images so the longer side is at most this many pixels (0 = keep the original)."""
     user_agent: str = "edge-glass-data/0.1"
+    """The HTTP User-Agent header sent."""
 
     def __post_init__(self) -> None:
         self.validate()

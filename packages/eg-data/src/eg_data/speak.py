@@ -47,29 +47,31 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 @dataclass
 class SpeakConfig:
-    """How `speak_shards` speaks captions.
-
-    voices: eSpeak NG voices (language with an optional `+variant`), one drawn per sample.
-    rate_min/rate_max: words per minute, drawn per sample (inclusive). pitch_min/pitch_max: 0-99.
-    max_words: speak at most this many words of a caption: whole sentences while they fit, else the first
-        sentence cut at max_words (0 = the whole caption). Long captions (PixMo-Cap's are ~200 words, over
-        a minute of speech) otherwise exceed the audio encoder's context.
-    max_seconds: the audio encoder's context in seconds (30 for released Whisper models); longer speech
-        is written and reported (the loader keeps the first max_seconds).
-    overwrite_audio: a sample that already has audio keeps it (counted `kept_audio`) unless True.
-    num_workers: processes (0 = one per CPU core). seed: the per-sample voice draws.
-    """
+    """How `speak_shards` speaks captions."""
 
     voices: list[str] = field(default_factory=lambda: list(VOICES))
+    """eSpeak NG voices (a language with an optional `+variant`), one drawn per sample."""
     rate_min: int = 150
+    """Lowest speaking rate in words per minute, drawn per sample (inclusive)."""
     rate_max: int = 210
+    """Highest speaking rate in words per minute (inclusive)."""
     pitch_min: int = 25
+    """Lowest pitch (0-99), drawn per sample."""
     pitch_max: int = 75
+    """Highest pitch (0-99)."""
     max_words: int = 0
+    """Speak at most this many words of a caption: whole sentences while they fit, else the first sentence cut
+    at max_words (0 = the whole caption). Long captions (PixMo-Cap's are ~200 words, over a minute of
+    speech) otherwise exceed the audio encoder's context."""
     max_seconds: float = 30.0
+    """The audio encoder's context in seconds (30 for released Whisper models); longer speech is written and
+    reported (the loader keeps the first max_seconds)."""
     overwrite_audio: bool = False
+    """Speak samples that already have audio too; false keeps their audio (counted kept_audio)."""
     num_workers: int = 0
+    """Processes (0 = one per CPU core)."""
     seed: int = 0
+    """Seed of the per-sample voice, rate and pitch draws."""
 
     def __post_init__(self) -> None:
         named = not is_missing(self.voices) and all(isinstance(v, str) and v.strip() for v in self.voices)

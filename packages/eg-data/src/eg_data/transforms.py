@@ -27,11 +27,19 @@ class ImageTransformConfig:
     """Image spec (from the vision encoder's `image_spec`) and train-time augmentation."""
 
     size: int = 224
+    """Square side in pixels the images are resized and cropped to (the stage apps take it from the vision
+    encoder)."""
     mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
+    """Per-channel (R, G, B) mean of pixels scaled to 0..1 (the apps take it from the vision encoder)."""
     std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
-    augment: bool = False  # random resized crop at train time
-    crop_scale_min: float = 0.8  # smallest crop area fraction when augmenting
-    hflip: bool = False  # off by default: mirrored digits and text change meaning
+    """Per-channel (R, G, B) std of pixels scaled to 0..1 (the apps take it from the vision encoder)."""
+    augment: bool = False
+    """Random resized crop (area fraction crop_scale_min..1, aspect 3/4..4/3) at train time instead of a
+    center crop."""
+    crop_scale_min: float = 0.8
+    """Smallest crop area fraction when augmenting, in (0, 1]."""
+    hflip: bool = False
+    """Random horizontal flip when augmenting; off by default, as mirrored digits and text change meaning."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -55,7 +63,10 @@ class AudioTransformConfig:
     """Audio spec (from the audio encoder's `audio_spec`): mel bins and the context in samples."""
 
     n_mels: int = 80
-    n_samples: int = 480000  # 30 s at 16 kHz for released Whisper models
+    """Log-mel bins (80 or 128, as the Whisper encoder expects; the apps take it from the audio encoder)."""
+    n_samples: int = 480000
+    """Audio context in 16 kHz samples: longer clips are cut, shorter ones padded (480000 = 30 s, released
+    Whisper models)."""
 
     def __post_init__(self) -> None:
         self.validate()
