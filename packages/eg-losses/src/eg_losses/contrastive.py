@@ -29,11 +29,17 @@ from eg_losses.errors import LossError, is_missing
 class ContrastiveLossConfig:
     """Settings of `ContrastiveLoss`; checked when constructed (LossError naming the key)."""
 
-    temperature: float = 0.07  # initial (or fixed) softmax temperature; logit scale = 1 / temperature
+    temperature: float = 0.07
+    """Initial (or fixed) softmax temperature; logit scale = 1 / temperature."""
     learnable_temperature: bool = True
-    max_logit_scale: float = 100.0  # the logit scale never exceeds this (CLIP's clamp)
-    gather_distributed: bool = True  # under torch.distributed, use every rank's rows as negatives
-    local_loss: bool = False  # local x global logits instead of global x global (see module docstring)
+    """Learn the temperature (as CLIP's log logit scale); false keeps it fixed."""
+    max_logit_scale: float = 100.0
+    """The logit scale never exceeds this (CLIP's clamp)."""
+    gather_distributed: bool = True
+    """Under torch.distributed, use every rank's rows as negatives (gathered with gradients)."""
+    local_loss: bool = False
+    """Each rank scores only its own rows against the global batch (memory linear in the global batch, same
+    loss and gradients) instead of global x global logits."""
 
     def __post_init__(self) -> None:
         """Raise LossError naming the first bad key (values still omegaconf.MISSING are skipped)."""

@@ -32,11 +32,17 @@ class MatryoshkaLossConfig:
     num_sampled_dims against the default dims) is checked by `build` / `resolve_mrl_dims`.
     """
 
-    dims: list[int] | None = None  # None: DEFAULT_MRL_DIMS below the embedding dim, then the embedding dim
-    weights: list[float] | None = None  # one per dim; None: 1.0 each
-    sample_single_mrl_dim: bool = False  # one random dim per step
-    num_sampled_dims: int = 0  # k > 0: k random dims per step; 0: every dim (or one, see above)
-    seed: int = 0  # seed of the generator that draws the dims
+    dims: list[int] | None = None
+    """Nested prefix widths scored, increasing; None = DEFAULT_MRL_DIMS below the embedding width, then the
+    width."""
+    weights: list[float] | None = None
+    """One weight per dim; None = 1.0 each."""
+    sample_single_mrl_dim: bool = False
+    """Score one dim per step, drawn at random, instead of all of them."""
+    num_sampled_dims: int = 0
+    """k > 0: k dims per step, drawn at random; 0 = every dim (or one, with sample_single_mrl_dim)."""
+    seed: int = 0
+    """Seed of the module's generator that draws the dims (its state is saved in the state_dict)."""
 
     def __post_init__(self) -> None:
         """Raise LossError naming the first bad key (values still omegaconf.MISSING are skipped)."""
