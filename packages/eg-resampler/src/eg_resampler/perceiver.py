@@ -23,15 +23,25 @@ from eg_resampler.errors import ResamplerError, is_missing
 class PerceiverResamplerConfig:
     """Settings of `PerceiverResampler`; checked when constructed (ResamplerError naming the key)."""
 
-    dim: int = 512  # width of the latents and of the output
-    depth: int = 2  # number of (attention, feed-forward) layers
-    num_latents: int = 64  # output tokens per sample
+    dim: int = 512
+    """Width of the latents and of the output."""
+    depth: int = 2
+    """Number of (attention, feed-forward) layers."""
+    num_latents: int = 64
+    """Output tokens per sample."""
     heads: int = 8
+    """Attention heads."""
     dim_head: int = 64
-    ff_mult: int = 4  # feed-forward hidden width = ff_mult * dim
-    input_dim: int | None = None  # width of the inputs; None: same as dim (no projection)
-    max_num_media: int | None = None  # learned media/frame embeddings for up to this many; None: none
-    dropout: float = 0.0  # on attention weights and the feed-forward hidden layer
+    """Width of each attention head (the attention's inner width is heads * dim_head)."""
+    ff_mult: int = 4
+    """Feed-forward hidden width = ff_mult * dim."""
+    input_dim: int | None = None
+    """Width of the inputs, projected to dim first when it differs; None = dim (no projection)."""
+    max_num_media: int | None = None
+    """Learned media/frame embeddings for inputs of up to this many images or frames, (B, M, T, D); None =
+    none."""
+    dropout: float = 0.0
+    """Dropout on the attention weights and the feed-forward hidden layer."""
 
     def __post_init__(self) -> None:
         """Raise ResamplerError naming the first bad key (values still omegaconf.MISSING are skipped)."""
