@@ -82,21 +82,40 @@ class TRMConfig:
     """
 
     type: str = "trm"
+    """The decoder kind, always trm (names it in YAML and in a saved decoder_config.json)."""
     hidden_size: int = 256
+    """Width of the token embeddings and of every block."""
     num_layers: int = 2
+    """Causal blocks of the one tiny network f that does every recursion update."""
     num_heads: int = 4
+    """Attention heads; hidden_size must divide by it."""
     mlp_ratio: float = 4.0
+    """SwiGLU hidden width = int(hidden_size * mlp_ratio)."""
     n_latent_steps: int = 6
+    """The paper's n: latent updates z <- f(z + x + y) per cycle, before the answer update y <- f(y + z)."""
     n_cycles: int = 3
+    """The paper's T: cycles per supervision step; the first T-1 run without gradients."""
     num_supervision_steps: int = 3
+    """The paper's N_sup: deep supervision steps, each scored by the answer loss, with (y, z) detached between
+    them."""
     halting: bool = True
+    """Add the halting head, trained (BCE) on whether the current prediction of the next token is right."""
     halt_loss_weight: float = 0.5
+    """Weight of the halting BCE added to each supervision step's answer loss."""
     halt_threshold: float = 0.5
+    """At generation, a row stops refining the next token once its halting probability passes this."""
     halt_at_inference: bool = True
+    """Use the halting head to stop early at generation (false: always run every supervision step)."""
     max_seq_len: int = 512
+    """Positions (prefix + question + answer) of the learned position embedding; longer sequences are refused.
+    """
     dropout: float = 0.0
-    prefix_dim: int = 0  # encoder width; 0 means prefix_embeds already have hidden_size (no projector)
-    projector: str = "mlp"  # "linear" or "mlp"
+    """Dropout on the attention weights and after the attention and feed-forward sublayers (training only)."""
+    prefix_dim: int = 0
+    """Width of the prefix embeddings, projected to hidden_size by a `projector`; 0 = they already have
+    hidden_size (no projector)."""
+    projector: str = "mlp"
+    """Kind of prefix projector: linear, or mlp (LLaVA-1.5 style: Linear, GELU, Linear)."""
 
     def __post_init__(self) -> None:
         """Raise DecoderError naming the first bad key."""
@@ -120,14 +139,25 @@ class TinyDecoderConfig:
     """Plain pre-norm causal transformer baseline with the same tokenizer and interface as TRM."""
 
     type: str = "tiny"
+    """The decoder kind, always tiny (names it in YAML and in a saved decoder_config.json)."""
     hidden_size: int = 256
+    """Width of the token embeddings and of every block."""
     num_layers: int = 2
+    """Transformer blocks (causal, pre-norm, SwiGLU feed-forward)."""
     num_heads: int = 4
+    """Attention heads; hidden_size must divide by it."""
     mlp_ratio: float = 4.0
+    """SwiGLU hidden width = int(hidden_size * mlp_ratio)."""
     max_seq_len: int = 512
+    """Positions (prefix + question + answer) of the learned position embedding; longer sequences are refused.
+    """
     dropout: float = 0.0
+    """Dropout on the attention weights and after the attention and feed-forward sublayers (training only)."""
     prefix_dim: int = 0
+    """Width of the prefix embeddings, projected to hidden_size by a `projector`; 0 = they already have
+    hidden_size (no projector)."""
     projector: str = "mlp"
+    """Kind of prefix projector: linear, or mlp (LLaVA-1.5 style: Linear, GELU, Linear)."""
 
     def __post_init__(self) -> None:
         """Raise DecoderError naming the first bad key."""
@@ -146,21 +176,39 @@ class QwenDecoderConfig:
     """A Hugging Face causal LM (hub id or local dir) with LoRA and optional 8/4-bit quantization."""
 
     type: str = "qwen"
+    """The decoder kind, always qwen (names it in YAML and in a saved decoder_config.json)."""
     model_name: str = "Qwen/Qwen2.5-7B-Instruct"
-    quantization: str = "none"  # "none", "8bit" or "4bit" (nf4)
-    dtype: str = "bfloat16"  # weights dtype of the unquantized parts: "bfloat16", "float16", "float32"
-    use_lora: bool = True  # False trains only the projector on a frozen model
+    """A Hugging Face causal LM: a hub id (from the local cache when offline) or a local directory with its
+    tokenizer."""
+    quantization: str = "none"
+    """none, 8bit or 4bit (nf4), with bitsandbytes; quantized weights are frozen."""
+    dtype: str = "bfloat16"
+    """Weights dtype of the unquantized parts (and the 4-bit compute dtype): bfloat16, float16 or float32."""
+    use_lora: bool = True
+    """Train LoRA adapters (peft) on the LM; false trains only the prefix projector on a frozen LM."""
     lora_r: int = 16
+    """LoRA rank."""
     lora_alpha: int = 32
+    """LoRA alpha (the update is scaled by lora_alpha / lora_r)."""
     lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names that get LoRA adapters; [all-linear] = every linear layer but the output head."""
     gradient_checkpointing: bool = False
+    """Recompute the LM's activations in backward to save memory."""
     use_chat_template: bool = True
+    """Wrap the question in the tokenizer's chat template (with the generation prompt) when it has one."""
     system_prompt: str | None = None
-    device: str | None = None  # where a quantized model is loaded; default cuda:<current> or cpu
+    """A system message put before the question in the chat template (null = none)."""
+    device: str | None = None
+    """Where a quantized model is loaded (null = cuda:<current device>, or cpu without CUDA)."""
     max_length: int = 512
+    """Most tokens of prompt + answer; a longer pair loses the start of its prompt first."""
     prefix_dim: int = 0
+    """Width of the prefix embeddings, projected to hidden_size by a `projector`; 0 = they already have
+    hidden_size (no projector)."""
     projector: str = "mlp"
+    """Kind of prefix projector: linear, or mlp (LLaVA-1.5 style: Linear, GELU, Linear)."""
 
     def __post_init__(self) -> None:
         """Raise DecoderError naming the first bad key."""
