@@ -25,17 +25,29 @@ class DemoModelsConfig:
     """Sizes of the demo's tiny backbones; `dir` is where they are written ("" = none)."""
 
     dir: str = "data/demo_models"
+    """Folder the tiny backbones are written to (vision/, audio/, text/), once per set of settings."""
     seed: int = 0
+    """Seed of the random initialization of the three backbones."""
     image_size: int = 32
+    """The tiny open_clip ViT's input side in pixels (a multiple of patch_size)."""
     patch_size: int = 8
+    """The ViT's patch side in pixels."""
     vision_width: int = 64
+    """The ViT's width."""
     vision_layers: int = 2
+    """The ViT's transformer blocks."""
     n_mels: int = 80
-    n_audio_ctx: int = 200  # 20 ms tokens: 200 = 4 s of audio
+    """Log-mel bins of the tiny Whisper encoder (80 or 128)."""
+    n_audio_ctx: int = 200
+    """The Whisper encoder's audio tokens: 20 ms each, 200 = 4 s of audio."""
     audio_width: int = 64
+    """The Whisper encoder's width."""
     audio_layers: int = 2
+    """The Whisper encoder's blocks."""
     text_width: int = 64
+    """The sentence-transformers (BERT) model's width; its vocabulary is built from the captions."""
     text_layers: int = 2
+    """The sentence-transformers model's layers."""
 
     def __post_init__(self) -> None:
         for key in (
