@@ -28,14 +28,25 @@ class DemoQwenConfig:
     """Sizes of the demo's tiny Qwen2; `dir` is where it is written (it must be the decoder's model_name)."""
 
     dir: str = "data/demo_models/qwen"
+    """Folder the tiny Qwen2 and its tokenizer are written to (once); must be model.decoder.qwen.model_name.
+    """
     seed: int = 0
-    vocab_size: int = 400  # BPE target size (bytes + merges + special tokens)
+    """Seed of the random initialization."""
+    vocab_size: int = 400
+    """BPE target size (bytes + merges + special tokens), trained on the demo's questions and answers."""
     hidden_size: int = 64
+    """Qwen2 width."""
     intermediate_size: int = 128
+    """Qwen2 feed-forward width."""
     num_layers: int = 2
+    """Qwen2 decoder layers."""
     num_heads: int = 4
+    """Attention heads (hidden_size must divide by it)."""
     num_kv_heads: int = 2
-    init_std: float = 0.02  # weight init std (Qwen2's initializer_range); the head is frozen, so it sets
+    """Key/value heads (grouped-query attention; num_heads must divide by it)."""
+    init_std: float = 0.02
+    """Weight init std (Qwen2's initializer_range); the head is frozen, so it sets how confident the logits
+    can get."""
     # how confident the logits can get
 
     def __post_init__(self) -> None:
