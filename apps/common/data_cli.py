@@ -22,8 +22,10 @@ from apps.common.config import load_config
 class DemoDataConfig:
     """The offline digits demo set (eg-data's `build_demo_dataset` arguments)."""
 
-    image_size: int = 32  # stored image side in pixels
+    image_size: int = 32
+    """Stored image side in pixels (>= 8)."""
     seed: int = 0
+    """Seed of the train/val/test split, the caption templates and the voices that speak them."""
 
     def __post_init__(self) -> None:
         if self.image_size < 8:
