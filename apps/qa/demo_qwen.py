@@ -28,8 +28,7 @@ class DemoQwenConfig:
     """Sizes of the demo's tiny Qwen2; `dir` is where it is written (it must be the decoder's model_name)."""
 
     dir: str = "data/demo_models/qwen"
-    """Folder the tiny Qwen2 and its tokenizer are written to (once); must be model.decoder.qwen.model_name.
-    """
+    """Folder the tiny Qwen2 and its tokenizer are written to, once; it must be model.decoder.qwen.model_name."""
     seed: int = 0
     """Seed of the random initialization."""
     vocab_size: int = 400
@@ -47,7 +46,6 @@ class DemoQwenConfig:
     init_std: float = 0.02
     """Weight init std (Qwen2's initializer_range); the head is frozen, so it sets how confident the logits
     can get."""
-    # how confident the logits can get
 
     def __post_init__(self) -> None:
         if not self.dir:
