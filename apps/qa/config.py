@@ -29,6 +29,8 @@ class Stage1Config:
     """The stage-1 checkpoint whose towers encode the prefix (e.g. checkpoints/demo/checkpoint_best.pt)."""
 
     checkpoint: str = MISSING
+    """The stage-1 checkpoint file (e.g. checkpoints/demo/checkpoint_best.pt); its stored config rebuilds the
+    towers, loaded strictly and frozen."""
 
 
 @dataclass
@@ -41,9 +43,14 @@ class DecoderChoice:
     """
 
     type: str = MISSING
+    """The decoder: trm, tiny or qwen (required); only the key of that name may be set below."""
     trm: TRMConfig | None = None
+    """The TRM decoder's settings, when type is trm (unset: its defaults)."""
     tiny: TinyDecoderConfig | None = None
+    """The tiny causal transformer baseline's settings, when type is tiny (unset: its defaults)."""
     qwen: QwenDecoderConfig | None = None
+    """The Qwen (Hugging Face causal LM, LoRA, 8/4-bit) decoder's settings, when type is qwen (unset: its
+    defaults)."""
 
     def __post_init__(self) -> None:
         if self.type == MISSING:
@@ -79,8 +86,11 @@ class ModalityDropoutConfig:
     """
 
     vision: float = 0.0
+    """Probability that a training sample loses its image prefix."""
     audio: float = 0.0
+    """Probability that a training sample loses its audio prefix."""
     allow_none: bool = False
+    """Let a sample lose every modality (a blind question); false gives one back, picked uniformly."""
 
     def __post_init__(self) -> None:
         for key in PREFIX_ORDER:
@@ -91,19 +101,19 @@ class ModalityDropoutConfig:
 
 @dataclass
 class QAModelConfig:
-    """The VLM: which stage-1 towers feed the prefix, whether the resampler trains, the decoder, dropout.
-
-    modalities: towers of the stage-1 checkpoint used as prefix, from vision and audio (in that order).
-    train_resampler: unfreeze the towers' Perceiver Resamplers (encoders and projections stay frozen).
-    cache_tokens: keep each training sample's tower tokens in memory after its first step (frozen towers
-        and un-augmented inputs only; memory: samples x tokens x width floats, e.g. 9 MB for the demo).
-    """
+    """The VLM: which stage-1 towers feed the prefix, whether the resampler trains, the decoder, dropout."""
 
     modalities: list[str] = field(default_factory=lambda: ["vision", "audio"])
+    """Towers of the stage-1 checkpoint used as prefix, from vision and audio (in that order)."""
     train_resampler: bool = False
+    """Unfreeze the towers' Perceiver Resamplers (encoders and projections stay frozen)."""
     cache_tokens: bool = False
+    """Keep each training sample's tower tokens in memory after its first step (frozen towers and un-augmented
+    inputs only; memory: samples x tokens x width floats, e.g. 9 MB for the demo)."""
     decoder: DecoderChoice = field(default_factory=DecoderChoice)
+    """The decoder variant and its settings."""
     modality_dropout: ModalityDropoutConfig = field(default_factory=ModalityDropoutConfig)
+    """Training only: dropping modalities from the prefix."""
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modalities if m not in PREFIX_ORDER]
@@ -123,16 +133,15 @@ def _qa_loader() -> LoaderConfig:
 
 @dataclass
 class QADataConfig:
-    """Shards with QA pairs in their json (`qa: [{question, answer}, ...]`).
-
-    train: eg-data's loader; every step sees one QA pair per sample, drawn per (seed, epoch, sample).
-        `image.size/mean/std` and `audio.n_mels/n_samples` come from the stage-1 encoders.
-    val_dir / test_dir: read with train's settings minus shuffling and augmentation, every QA pair asked.
-    """
+    """Shards with QA pairs in their json (`qa: [{question, answer}, ...]`)."""
 
     train: LoaderConfig = field(default_factory=_qa_loader)
+    """eg-data's loader for training; every step sees one QA pair per sample, drawn per (seed, epoch, sample).
+    `image.size/mean/std` and `audio.n_mels/n_samples` come from the stage-1 encoders."""
     val_dir: str = "data/demo/val"
+    """Validation shards, read with train's settings minus shuffling and augmentation, every QA pair asked."""
     test_dir: str = "data/demo/test"
+    """Test shards for the final evaluation, read as val_dir."""
 
     def __post_init__(self) -> None:
         if "qa" not in self.train.required:
@@ -144,21 +153,21 @@ class QADataConfig:
 
 @dataclass
 class QAEvalConfig:
-    """Generation-based evaluation: on val during training (exact match), on test at the end.
-
-    batch_size: samples per evaluation batch (each with all its QA pairs). max_new_tokens: answer length cap.
-    max_val_samples: samples of val whose pairs are generated at each validation (0 = all; -1 = none:
-        validation then reports the teacher-forced loss only).
-    max_questions: rows of the per-question table (the most frequent questions; the rest pooled as
-        "(other)"). num_rows: (question, reference, generated) rows kept in eval.json; print_rows: printed.
-    """
+    """Generation-based evaluation: on val during training (exact match), on test at the end."""
 
     batch_size: int = 64
+    """Samples per evaluation batch (each with all its QA pairs)."""
     max_new_tokens: int = 16
+    """Most tokens generated per answer (greedy)."""
     max_val_samples: int = 0
+    """Samples of val whose pairs are generated at each validation (0 = all; -1 = none: validation then
+    reports the teacher-forced loss only)."""
     max_questions: int = 20
+    """Rows of the per-question table (the most frequent questions; the rest pooled as "(other)")."""
     num_rows: int = 30
+    """(question, reference, generated) rows kept in eval.json."""
     print_rows: int = 6
+    """Of those rows, how many are printed."""
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "max_new_tokens", "max_questions"):
@@ -184,15 +193,27 @@ class QAConfig:
     """
 
     stage: str = "qa"
+    """The stage that runs this config; qa for this tree."""
     experiment_name: str = "qa"
+    """Names the default output and checkpoint folders (outputs/<name>, checkpoints/<name>)."""
     seed: int = 0
-    num_threads: int = 0  # torch intra-op threads per process; 0 = torch's default
+    """Seeds the decoder's initialization."""
+    num_threads: int = 0
+    """Torch intra-op threads per process; 0 = torch's default."""
     stage1: Stage1Config = field(default_factory=Stage1Config)
+    """The stage-1 checkpoint that provides the towers."""
     data: QADataConfig = field(default_factory=QADataConfig)
+    """Where the QA shards are and how they are read."""
     model: QAModelConfig = field(default_factory=QAModelConfig)
+    """The prefix towers, the decoder and modality dropout."""
     train: TrainerConfig = field(default_factory=TrainerConfig)
+    """eg-train's settings (the trainer's per-rank RNG, seeded by train.seed, also draws the modality
+    dropout)."""
     eval: QAEvalConfig = field(default_factory=QAEvalConfig)
-    demo_qwen: DemoQwenConfig | None = None  # write a tiny random-init Qwen2 first (the Qwen demo)
+    """Generation-based evaluation."""
+    demo_qwen: DemoQwenConfig | None = None
+    """When set, a tiny random-init Qwen2 and its tokenizer are written (once) to demo_qwen.dir before the
+    decoder loads it from there (the Qwen demo)."""
 
     def __post_init__(self) -> None:
         if self.stage != "qa":
