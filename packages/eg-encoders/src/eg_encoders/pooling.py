@@ -21,17 +21,15 @@ POOLING_TYPES = ("cls", "mean", "attention", "none")
 
 @dataclass
 class PoolingConfig:
-    """How an encoder pools its tokens; checked when constructed (EncoderError naming the key).
-
-    type: "cls" (first token), "mean" (mean of valid tokens), "attention" (learnable queries) or "none"
-        (no pooling: the encoder returns tokens and `pooled=None`).
-    num_queries / num_heads: attention pooling only; the token width must divide by num_heads (checked
-        by `build`, which knows the width).
-    """
+    """How an encoder pools its tokens; checked when constructed (EncoderError naming the key)."""
 
     type: str = "mean"
+    """cls (first token), mean (mean of valid tokens), attention (learnable queries) or none (no pooling: the
+    encoder returns tokens and `pooled=None`)."""
     num_queries: int = 1
+    """Attention pooling only: learnable queries; their outputs are averaged into the pooled vector."""
     num_heads: int = 8
+    """Attention pooling only: heads; the token width must divide by it (checked when built)."""
 
     def __post_init__(self) -> None:
         """Raise EncoderError naming the first bad key (values still omegaconf.MISSING are skipped)."""
