@@ -69,10 +69,15 @@ class WhisperEncoderDims:
     """
 
     n_mels: int = 80
+    """Log-mel bins, 80 or 128."""
     n_audio_ctx: int = 1500
+    """Audio tokens (20 ms each after the stride-2 conv); 1500 = 30 s."""
     n_audio_state: int = 512
+    """Encoder width."""
     n_audio_head: int = 8
+    """Attention heads; n_audio_state must divide by it."""
     n_audio_layer: int = 6
+    """Encoder blocks."""
 
     def __post_init__(self) -> None:
         """Raise EncoderError naming the first bad key (values still omegaconf.MISSING are skipped)."""
@@ -89,26 +94,25 @@ class WhisperEncoderDims:
 class AudioEncoderConfig:
     """Audio encoder settings; checked when constructed (EncoderError naming the key).
 
-    model_name: a Whisper name (tiny, base, small, medium, large-v3, ...: whisper.available_models()) or a
-        local .pt checkpoint as whisper.load_model reads it. Must be "" when `dims` is set.
-    download_root: where Whisper names are looked up / downloaded ("" = ~/.cache/whisper).
-    dims: explicit dimensions for a random-init encoder (None = load model_name).
-    trainable_blocks: 0 = frozen, -1 = train all, k = train the last k blocks (+ final norm).
-    grad_checkpointing: recompute block activations in backward.
-    trim_padding: drop frames that are padding in every clip of the batch before encoding.
-    pooling: how tokens become the pooled vector (`type: none`: no pooling, `pooled` is None).
-
-    Whether model_name exists, and k of `trainable_blocks` against the encoder's depth, are checked when
-    the encoder is built.
+    Whether model_name exists, and k of `trainable_blocks` against the encoder's depth, are checked when the
+    encoder is built.
     """
 
     model_name: str = "base"
+    """A Whisper name (tiny, base, small, medium, large-v3, ...: whisper.available_models()) or a local .pt
+    checkpoint as whisper.load_model reads it. Must be "" when `dims` is set."""
     download_root: str = ""
+    """Where Whisper names are looked up / downloaded ("" = ~/.cache/whisper)."""
     dims: WhisperEncoderDims | None = None
+    """Explicit dimensions for a random-init encoder (null = load model_name)."""
     trainable_blocks: int = 0
+    """0 = frozen, -1 = train all, k = train the last k blocks (+ final norm)."""
     grad_checkpointing: bool = False
+    """Recompute block activations in backward to save memory."""
     trim_padding: bool = True
+    """Drop frames that are padding in every clip of the batch before encoding."""
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    """How tokens become the pooled vector (`type: none`: no pooling, `pooled` is None)."""
 
     def __post_init__(self) -> None:
         """Raise EncoderError naming the first bad key (values still omegaconf.MISSING are skipped)."""
