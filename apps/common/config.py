@@ -75,7 +75,8 @@ def _apply_override(cfg: DictConfig, key: str, value: Any, item: str) -> None:
         parent = OmegaConf.select(cfg, parent_key, throw_on_missing=False) if parent_key else cfg
     except OmegaConfBaseException as exc:
         raise ConfigError(f"--set {item}: key '{key}': {_describe(exc)}") from None
-    if not isinstance(parent, DictConfig) or leaf not in parent:
+    # keys(), not `in`: a DictConfig says a required (MISSING) key is not in it, and --set must fill one
+    if not isinstance(parent, DictConfig) or leaf not in parent.keys():  # noqa: SIM118
         raise ConfigError(f"--set {item}: unknown key '{key}'")
     try:
         OmegaConf.update(cfg, key, value, merge=True)
