@@ -1,0 +1,97 @@
+"""docs/configs.md is generated from the config dataclasses and must match them; every field has a meaning."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from apps.common import config_doc
+from apps.common.config import load_config
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "configs.md"
+
+
+def test_configs_md_is_up_to_date() -> None:
+    expected = config_doc.render()
+    current = DOC.read_text() if DOC.is_file() else ""
+    assert current == expected, (
+        config_doc.diff(current, expected, "docs/configs.md")
+        + f"\ndocs/configs.md is out of date; run: {config_doc.COMMAND}"
+    )
+
+
+def test_every_field_has_a_meaning() -> None:
+    missing = config_doc.missing_meanings()
+    assert not missing, (
+        "config fields without a meaning (add an attribute docstring, the string right below the field):\n"
+        + "\n".join(missing)
+    )
+
+
+@dataclasses.dataclass
+class _Inner:
+    """Inner settings."""
+
+    width: int = 4
+    """How wide."""
+
+
+@dataclasses.dataclass
+class _Outer:
+    """Outer settings.
+
+    More text that is not the summary.
+    """
+
+    name: str = "???"
+    """Required name | with a bar."""
+    ratios: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.25])
+    inner: _Inner = dataclasses.field(default_factory=lambda: _Inner(width=8))
+    """The inner part."""
+    extra: _Inner | None = None  # a comment is not a meaning
+    """Optional part."""
+
+
+def test_sections_rows_from_a_hand_written_tree() -> None:
+    """Paths, types, defaults (the parent's default instance wins over the class default) and meanings."""
+    got = [
+        (s.path, s.optional, [(r.key, r.type, r.default, r.meaning) for r in s.rows])
+        for s in config_doc.sections(_Outer)
+    ]
+    assert got == [
+        (
+            "",
+            False,
+            [
+                ("name", "str", "required", "Required name | with a bar."),
+                ("ratios", "list[float]", "[0.5, 0.25]", ""),
+                ("inner", "section", "(section)", "The inner part."),
+                ("extra", "section or null", "null", "Optional part."),
+            ],
+        ),
+        ("inner", False, [("inner.width", "int", "8", "How wide.")]),
+        ("extra", True, [("extra.width", "int", "4", "How wide.")]),
+    ]
+    assert config_doc.class_summary(_Outer) == "Outer settings."
+
+
+def test_documented_keys_and_defaults_are_what_the_loader_takes() -> None:
+    """Every leaf key of the stage-2 tree (the TRM variant), set with --set to its documented default, loads (an unknown key or a
+    default the loader would read differently is refused), and the resolved value equals that default."""
+    schema = config_doc.load_root("apps.qa.config:QAConfig")
+    required = ["stage1.checkpoint=ck.pt", "model.decoder.type=trm", "model.decoder.trm={}"]
+    cfg = load_config(schema, None, required)  # --set fills required keys too
+    assert cfg.stage1.checkpoint == "ck.pt"
+    for section in config_doc.sections(schema):
+        if section.optional and section.path != "model.decoder.trm":
+            continue
+        for row in section.rows:
+            if row.default == "required" or "section" in row.type:
+                continue
+            value = cfg
+            for part in row.key.split("."):
+                value = getattr(value, part)
+            value = list(value) if isinstance(value, tuple) else value
+            if row.key not in ("train.output_dir", "train.checkpoint_dir"):  # the stage names them
+                assert config_doc.yaml_value(value) == row.default, row.key
+            load_config(schema, None, [*required, f"{row.key}={row.default}"])
