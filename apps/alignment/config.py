@@ -57,7 +57,8 @@ class AudioTowerConfig:
 
 @dataclass
 class TextTowerConfig:
-    """Text: a sentence-transformers encoder; its sentence embedding is the pooled vector."""
+    """Text: a sentence-transformers encoder, or (`encoder.backend: open_clip`) the text tower of an open_clip
+    CLIP model with its own tokenizer; its sentence (CLIP: text) embedding is the pooled vector."""
 
     encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     lr: float = -1.0
@@ -69,6 +70,9 @@ class ModelConfig:
 
     pairs: any of "vision_text", "audio_text", "vision_audio"; each names two present modalities.
     projection: one MatryoshkaProjection per modality, all to the same `max_dim` (the shared space).
+        `projection.identity: true` adds no head: the encoders' own embeddings are the shared space, which is
+        how an open_clip CLIP trains exactly as CLIP (`vision.encoder.clip_projection: true`,
+        `text.encoder.backend: open_clip`, max_dim = the model's embed_dim; configs/clip_finetune.yaml).
     """
 
     vision: VisionTowerConfig | None = None
@@ -209,6 +213,7 @@ class AlignmentConfig:
             raise ValueError("eval.max_val_samples and eval.plot_max_points must be >= 0")
         self._check_dims()
         self._check_input_specs()
+        self._check_clip_towers()
         batch_keys = {BATCH_KEY[m] for m in present}
         wanted = set(self.data.train.modalities)
         if not batch_keys <= wanted:
@@ -282,6 +287,30 @@ class AlignmentConfig:
                         f"data.train.audio.{key}={configured} differs from the audio encoder's {declared} "
                         f"(model.audio.encoder); remove data.train.audio.{key}, it is taken from the encoder"
                     )
+
+    def _check_clip_towers(self) -> None:
+        """CLIP's own projections against a resampler and the head-free projection's width (config files)."""
+        vision = self.model.vision
+        if vision is not None and vision.encoder.clip_projection and vision.resampler is not None:
+            raise ValueError(
+                "model.vision.encoder.clip_projection: true projects CLIP's class token; it cannot feed "
+                "model.vision.resampler (remove one of them)"
+            )
+        if not self.model.projection.identity:
+            return
+        for name in self.modalities():
+            tower = getattr(self.model, name)
+            if getattr(tower, "resampler", None) is not None:
+                raise ValueError(
+                    f"model.projection.identity: true has no head to project model.{name}.resampler's "
+                    "latents; remove the resampler or set identity: false"
+                )
+            width = _declared(getattr(tower.encoder, "pooled_width", lambda: None))
+            if width is not None and width != self.model.projection.max_dim:
+                raise ValueError(
+                    f"model.projection.max_dim={self.model.projection.max_dim} differs from model.{name}.encoder's "
+                    f"embedding width {width}; with model.projection.identity (no head) set max_dim to {width}"
+                )
 
     def modalities(self) -> list[str]:
         """The configured modalities, in the fixed order vision, audio, text."""

@@ -51,6 +51,7 @@ class ModalityTower(nn.Module):
         width = encoder.output_dim
         own_pooling = getattr(encoder.config, "pooling", None)
         if resampler_cfg is None:
+            width = getattr(encoder, "pooled_dim", width)  # e.g. CLIP's embed_dim with its own projection
             if own_pooling is not None and own_pooling.type == "none":
                 raise ConfigError(
                     f"model.{name}.encoder.pooling.type=none needs model.{name}.resampler (the tower projects "

@@ -18,6 +18,12 @@ def open_clip_files(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def open_clip_clip_files(tmp_path_factory) -> dict[str, str]:
+    """A tiny open_clip CLIP whose text tower reads open_clip's own tokenizer (both towers usable)."""
+    return debug.write_open_clip_clip(str(tmp_path_factory.mktemp("open_clip_clip")), seed=0)
+
+
+@pytest.fixture(scope="session")
 def hf_clip_files(tmp_path_factory) -> dict[str, str]:
     return debug.write_hf_clip_vision(str(tmp_path_factory.mktemp("hf_clip")), seed=0)
 

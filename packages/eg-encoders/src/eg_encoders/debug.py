@@ -69,6 +69,56 @@ def write_open_clip_vit(
     }
 
 
+def write_open_clip_clip(
+    out_dir: str,
+    seed: int = 0,
+    image_size: int = 32,
+    patch_size: int = 8,
+    width: int = 64,
+    layers: int = 2,
+    embed_dim: int = 32,
+    context_length: int = 32,
+) -> dict[str, str]:
+    """Write a tiny open_clip CLIP whose text tower reads open_clip's own tokenizer (the OpenAI BPE, 49408 ids).
+
+    Like `write_open_clip_vit` (`<name>.json` + `<name>.pt`, open_clip's `CLIP` class), but both towers are
+    meant to be used: the text tower has the real tokenizer's vocabulary, and `embed_dim` (the width of
+    both CLIP projections) differs from `width` so a test sees which one it gets. Returns the fields that
+    load it as either tower: backend, model_name, pretrained, model_config_file (VisionEncoderConfig and
+    TextEncoderConfig(backend="open_clip") both take them).
+    """
+    import open_clip
+
+    name = f"eg-debug-clip-i{image_size}-p{patch_size}-w{width}-l{layers}-e{embed_dim}"
+    model_cfg = {
+        "embed_dim": embed_dim,
+        "vision_cfg": {"image_size": image_size, "layers": layers, "width": width, "patch_size": patch_size},
+        "text_cfg": {
+            "context_length": context_length,
+            "vocab_size": 49408,
+            "width": width,
+            "heads": 2,
+            "layers": layers,
+        },
+    }
+    model_cfg["vision_cfg"]["head_width"] = 32
+    os.makedirs(out_dir, exist_ok=True)
+    config_file = os.path.join(out_dir, f"{name}.json")
+    with open(config_file, "w", encoding="utf-8") as f:
+        json.dump(model_cfg, f, indent=2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.CLIP(**model_cfg)
+    checkpoint = os.path.join(out_dir, f"{name}.pt")
+    torch.save(model.state_dict(), checkpoint)
+    return {
+        "backend": "open_clip",
+        "model_name": name,
+        "pretrained": checkpoint,
+        "model_config_file": config_file,
+    }
+
+
 def write_hf_clip_vision(
     out_dir: str, seed: int = 0, image_size: int = 32, patch_size: int = 8, width: int = 64, layers: int = 2
 ) -> dict[str, str]:

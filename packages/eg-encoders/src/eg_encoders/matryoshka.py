@@ -21,11 +21,16 @@ MAX_MATRYOSHKA_DIM = 4096
 class MatryoshkaConfig:
     """max_dim: the top Matryoshka dim (1..4096). hidden_dim: 0 = one linear layer, >0 = a 2-layer MLP.
 
+    identity: no head at all: the encoder's pooled vector is the embedding as it is, so its width must be
+    max_dim (for encoders that project by themselves, e.g. CLIP's own image and text projections, which
+    is how a CLIP model trains exactly as CLIP). Needs hidden_dim 0.
+
     Checked when constructed (EncoderError naming the key).
     """
 
     max_dim: int = 1024
     hidden_dim: int = 0
+    identity: bool = False
 
     def __post_init__(self) -> None:
         """Raise EncoderError naming the first bad key (values still omegaconf.MISSING are skipped)."""
@@ -33,6 +38,8 @@ class MatryoshkaConfig:
         if not is_missing(self.max_dim) and self.max_dim > MAX_MATRYOSHKA_DIM:
             raise EncoderError(f"max_dim must be in 1..{MAX_MATRYOSHKA_DIM}, got {self.max_dim}")
         check_int(self.hidden_dim, "hidden_dim", 0)
+        if self.identity is True and not is_missing(self.hidden_dim) and self.hidden_dim:
+            raise EncoderError(f"hidden_dim={self.hidden_dim}: identity has no head; set hidden_dim 0")
 
     def build(self, in_dim: int) -> MatryoshkaProjection:
         """A MatryoshkaProjection for inputs of width `in_dim`."""
@@ -40,7 +47,8 @@ class MatryoshkaConfig:
 
 
 class MatryoshkaProjection(nn.Module):
-    """Projects (B, in_dim) features to (B, max_dim); `embed` truncates and normalizes."""
+    """Projects (B, in_dim) features to (B, max_dim) (or passes them through: identity); `embed` truncates and
+    normalizes."""
 
     def __init__(self, config: MatryoshkaConfig, in_dim: int) -> None:
         super().__init__()
@@ -49,7 +57,14 @@ class MatryoshkaProjection(nn.Module):
         self.config = config
         self.in_dim = in_dim
         self.max_dim = config.max_dim
-        if config.hidden_dim > 0:
+        if config.identity:
+            if in_dim != config.max_dim:
+                raise EncoderError(
+                    f"max_dim={config.max_dim} differs from the encoder's output width {in_dim}; with identity "
+                    f"(no head) set max_dim to {in_dim}"
+                )
+            self.proj = nn.Identity()
+        elif config.hidden_dim > 0:
             self.proj: nn.Module = nn.Sequential(
                 nn.Linear(in_dim, config.hidden_dim), nn.GELU(), nn.Linear(config.hidden_dim, config.max_dim)
             )

@@ -1,4 +1,5 @@
-"""Text encoder: a sentence-transformers model run module by module, with or without gradients.
+"""Text encoder: a sentence-transformers model run module by module, with or without gradients, or (backend
+"open_clip") the text tower of an open_clip CLIP model (see `open_clip_text`).
 
 `SentenceTransformer.encode()` always runs without gradients, so this encoder tokenizes with the model's
 own preprocessing and calls the modules (`model(features)`) directly: trainable when configured, under
@@ -17,26 +18,49 @@ import os
 import sys
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .common import EncoderError, EncoderOutput, check_int, first_line, quiet_progress_bars
+from .common import (
+    EncoderError,
+    EncoderOutput,
+    check_choice,
+    check_int,
+    first_line,
+    is_missing,
+    quiet_progress_bars,
+)
+
+if TYPE_CHECKING:
+    from .open_clip_text import OpenClipTextEncoder
+
+BACKENDS = ("sentence_transformers", "open_clip")
 
 
 @dataclass
 class TextEncoderConfig:
     """Text encoder settings; checked when constructed (EncoderError naming the key).
 
-    model_name: a sentence-transformers hub name ("sentence-transformers/all-MiniLM-L6-v2") or a local
-        directory saved by SentenceTransformer.save().
+    backend: "sentence_transformers" or "open_clip" (the text tower of an open_clip CLIP model, tokenized
+        with that model's own open_clip tokenizer; pooled = CLIP's text embedding, its projection included).
+    model_name: sentence_transformers: a hub name ("sentence-transformers/all-MiniLM-L6-v2") or a local
+        directory saved by SentenceTransformer.save(). open_clip: an open_clip model name ("ViT-B-32"),
+        "hf-hub:org/repo", "local-dir:/path", or the file stem of `model_config_file`.
+    pretrained: open_clip only: a pretrained tag ("openai"), a checkpoint file, or "" for random init.
+    model_config_file: open_clip only: a JSON model config registered with open_clip ("" = none).
     cache_dir: download cache ("" = library default).
     trainable: True = fine-tune the whole model; False = frozen (no gradients, eval mode).
     grad_checkpointing: recompute activations in backward (trainable only).
-    max_seq_length: truncate texts to this many tokens (0 = the model's own setting).
+    max_seq_length: sentence_transformers only: truncate texts to this many tokens (0 = the model's own
+        setting). open_clip models have a fixed context length (their tokenizer pads and truncates to it).
     """
 
+    backend: str = "sentence_transformers"
     model_name: str = "sentence-transformers/all-MiniLM-L6-v2"
+    pretrained: str = ""
+    model_config_file: str = ""
     cache_dir: str = ""
     trainable: bool = False
     grad_checkpointing: bool = False
@@ -44,12 +68,43 @@ class TextEncoderConfig:
 
     def __post_init__(self) -> None:
         """Raise EncoderError naming the first bad key (values still omegaconf.MISSING are skipped)."""
+        check_choice(self.backend, BACKENDS, "backend")
         if self.model_name == "":
             raise EncoderError("model_name is empty; name a sentence-transformers model or directory")
         check_int(self.max_seq_length, "max_seq_length", 0)
+        if self.backend == "sentence_transformers":
+            for key in ("pretrained", "model_config_file"):
+                value = getattr(self, key)
+                if value and not is_missing(value):
+                    raise EncoderError(
+                        f"{key}={value!r} is an open_clip setting; set it to '' for backend "
+                        "'sentence_transformers' (or set backend: open_clip)"
+                    )
+        elif self.backend == "open_clip" and not is_missing(self.max_seq_length) and self.max_seq_length:
+            raise EncoderError(
+                f"max_seq_length={self.max_seq_length} is a sentence_transformers setting; an open_clip "
+                "model's context length is fixed by its config (use 0)"
+            )
 
-    def build(self) -> TextEncoder:
-        """A TextEncoder with these settings (loads the model)."""
+    def pooled_width(self) -> int | None:
+        """The width of `pooled` that `build()` will give (its `output_dim`), from config files only:
+        CLIP's embed_dim for backend open_clip; None for sentence_transformers (known once loaded) or when
+        unknown offline."""
+        if self.backend != "open_clip" or is_missing(self.model_name):
+            return None
+        from .vision import _open_clip_model_config
+
+        cache_dir = None if is_missing(self.cache_dir) else self.cache_dir or None
+        config_file = "" if is_missing(self.model_config_file) else self.model_config_file
+        width = (_open_clip_model_config(self.model_name, config_file, cache_dir) or {}).get("embed_dim")
+        return width if isinstance(width, int) else None
+
+    def build(self) -> TextEncoder | OpenClipTextEncoder:
+        """The text encoder of `backend` with these settings (loads the model)."""
+        if self.backend == "open_clip":
+            from .open_clip_text import OpenClipTextEncoder
+
+            return OpenClipTextEncoder(self)
         return TextEncoder(self)
 
 
@@ -58,6 +113,8 @@ class TextEncoder(nn.Module):
 
     def __init__(self, config: TextEncoderConfig) -> None:
         super().__init__()
+        if config.backend != "sentence_transformers":
+            raise EncoderError(f"backend={config.backend!r}: build it with TextEncoderConfig.build()")
         self.config = config
         self.model = _load_sentence_transformer(config)
         transformer = self.model[0]

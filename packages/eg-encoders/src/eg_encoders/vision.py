@@ -27,6 +27,7 @@ from .common import (
     is_missing,
     quiet_progress_bars,
 )
+from .open_clip_text import create_open_clip_model
 from .pooling import PoolingConfig
 
 BACKENDS = ("open_clip", "hf")
@@ -59,6 +60,10 @@ class VisionEncoderConfig:
     trainable_blocks: 0 = frozen, -1 = train all, k = train the last k transformer blocks (+ final norm).
     grad_checkpointing: recompute block activations in backward to save memory.
     pooling: how tokens become the pooled vector (`type: none`: no pooling, `pooled` is None).
+    clip_projection: open_clip only: keep CLIP's own image projection, so `pooled` is CLIP's image embedding
+        (the class token after ln_post times `proj`, exactly `encode_image`; needs `pooling.type: cls`)
+        and `pooled_dim` is CLIP's embed_dim. False (default): the projection is dropped and `pooled` is
+        the pooled token width.
 
     Whether names and files exist, and k of `trainable_blocks` against the backbone's depth, are checked
     when the encoder is built.
@@ -72,6 +77,7 @@ class VisionEncoderConfig:
     trainable_blocks: int = 0
     grad_checkpointing: bool = False
     pooling: PoolingConfig = field(default_factory=lambda: PoolingConfig(type="cls"))
+    clip_projection: bool = False
 
     def __post_init__(self) -> None:
         """Raise EncoderError naming the first bad key (values still omegaconf.MISSING are skipped)."""
@@ -79,7 +85,14 @@ class VisionEncoderConfig:
         if self.model_name == "":
             raise EncoderError("model_name is empty; name an open_clip model or a CLIPVisionModel")
         check_trainable_blocks(self.trainable_blocks)
+        if self.clip_projection is True and not is_missing(self.pooling.type) and self.pooling.type != "cls":
+            raise EncoderError(
+                f"pooling.type={self.pooling.type!r}: clip_projection pools the class token as CLIP does; "
+                "use pooling type cls (or clip_projection: false)"
+            )
         if self.backend == "hf":
+            if self.clip_projection is True:
+                raise EncoderError("clip_projection=true is an open_clip setting; use backend open_clip")
             for key in ("pretrained", "model_config_file"):
                 value = getattr(self, key)
                 if value and not is_missing(value):
@@ -114,6 +127,22 @@ class VisionEncoderConfig:
         model_cfg = _open_clip_model_config(self.model_name, config_file, cache_dir)
         return _square_size((model_cfg or {}).get("vision_cfg"))
 
+    def pooled_width(self) -> int | None:
+        """The width of `pooled` that `build()` will give (its `pooled_dim`), from config files only like
+        `image_size`: CLIP's embed_dim with `clip_projection`, else the open_clip ViT's width. None when
+        unknown offline (and for backend hf)."""
+        if is_missing(self.model_name) or is_missing(self.backend) or self.backend != "open_clip":
+            return None
+        cache_dir = None if is_missing(self.cache_dir) else self.cache_dir or None
+        config_file = "" if is_missing(self.model_config_file) else self.model_config_file
+        model_cfg = _open_clip_model_config(self.model_name, config_file, cache_dir) or {}
+        width = (
+            model_cfg.get("embed_dim")
+            if self.clip_projection
+            else (model_cfg.get("vision_cfg") or {}).get("width")
+        )
+        return width if isinstance(width, int) else None
+
 
 class VisionEncoder(nn.Module):
     """images (B, 3, S, S), normalized per `image_spec` -> EncoderOutput(tokens (B, 1+P, D), mask, pooled)."""
@@ -126,8 +155,12 @@ class VisionEncoder(nn.Module):
         else:
             self.backbone, self.image_spec, blocks, tail = _load_hf(config)
         self._blocks = blocks
-        self.output_dim: int = tail[0].normalized_shape[0]
+        self.output_dim: int = tail[0].normalized_shape[0]  # token width
+        clip_proj = self.backbone.proj if config.clip_projection else None
+        self.pooled_dim: int = self.output_dim if clip_proj is None else int(clip_proj.shape[1])
         apply_trainable_blocks(self.backbone, blocks, tail, config.trainable_blocks)
+        if clip_proj is not None and config.trainable_blocks > 0:
+            clip_proj.requires_grad_(True)  # the projection follows the last blocks, so it trains with them
         self.frozen = config.trainable_blocks == 0
         if config.grad_checkpointing:
             if config.backend == "open_clip":
@@ -151,6 +184,8 @@ class VisionEncoder(nn.Module):
             tokens = self._tokens(images)  # (B, 1+P, D)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)  # (B, 1+P)
         pooled = None if self.pooling is None else self.pooling(tokens, mask)  # (B, D)
+        if self.config.clip_projection:
+            pooled = pooled @ self.backbone.proj  # (B, E), CLIP's image embedding
         return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)
 
     def _tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -186,31 +221,10 @@ class VisionEncoder(nn.Module):
 
 
 def _load_open_clip(config: VisionEncoderConfig):
-    import open_clip
     from open_clip.transformer import VisionTransformer
 
-    if config.model_config_file:
-        if not os.path.isfile(config.model_config_file):
-            raise EncoderError(f"model_config_file={config.model_config_file!r} does not exist")
-        open_clip.add_model_config(config.model_config_file)
-    has_schema = config.model_name.startswith(("hf-hub:", "local-dir:"))
-    name = config.model_name.replace("/", "-")
-    if not has_schema and name not in open_clip.list_models():
-        raise EncoderError(
-            f"model_name={config.model_name!r} is not an open_clip model; use a name from "
-            f"open_clip.list_models() (e.g. 'ViT-L-14-336'), 'hf-hub:org/repo', 'local-dir:/path', or set "
-            f"model_config_file to a JSON model config named after its file stem"
-        )
-    pretrained = config.pretrained or None
-    if pretrained and not has_schema and not os.path.isfile(pretrained):
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        if pretrained not in tags:
-            raise EncoderError(
-                f"pretrained={pretrained!r} is neither a checkpoint file nor a tag of {name} "
-                f"(tags: {tags}); use '' for random init"
-            )
-    model = open_clip.create_model(
-        config.model_name, pretrained=pretrained, cache_dir=config.cache_dir or None, device="cpu"
+    model = create_open_clip_model(
+        config.model_name, config.pretrained, config.model_config_file, config.cache_dir
     )
     visual = model.visual
     if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None:
@@ -218,7 +232,13 @@ def _load_open_clip(config: VisionEncoderConfig):
             f"model_name={config.model_name!r} is not a plain open_clip ViT (ResNet, timm and CoCa "
             f"towers are not supported); pick a ViT-* model"
         )
-    visual.proj = None  # the CLIP projection is unused here; see the module docstring
+    if not config.clip_projection:
+        visual.proj = None  # the CLIP projection is unused here; see the module docstring
+    elif visual.proj is None or visual.pool_type != "tok" or visual.final_ln_after_pool:
+        raise EncoderError(
+            f"clip_projection=true: {config.model_name!r} does not pool its class token into a projection "
+            "(pool_type 'tok', LayerNorm before pooling); set clip_projection: false"
+        )
     size = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
     spec = ImageSpec(int(size), tuple(visual.image_mean), tuple(visual.image_std))
     return visual, spec, list(visual.transformer.resblocks), [visual.ln_post]
