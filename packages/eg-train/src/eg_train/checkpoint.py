@@ -15,6 +15,8 @@ import os
 import random
 import re
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +187,63 @@ def write_checkpoint(
         atomic_write(folder / name, data)
     if latest and keep_last_n > 0:
         prune_step_files(folder, keep_last_n)
+
+
+@dataclass
+class WriteOutcome:
+    """How a background checkpoint write ended: `error` is None when every file was written."""
+
+    step: int
+    latest: bool
+    error: OSError | None
+
+
+class CheckpointWriter:
+    """Runs `write_checkpoint` on one background thread, one write at a time.
+
+    The trainer serializes the state itself (so the bytes are a snapshot and training may go on changing
+    the tensors) and hands them over; the writes, fsyncs and renames then leave the training loop. Each
+    file is still written atomically (temp file, fsync, rename, directory fsync), so a crash at any point
+    leaves the previous checkpoint or the new one. `wait()` returns the outcome of the write in flight
+    (OSError included, e.g. a full disk); any other exception is a bug and is raised there.
+    """
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: tuple[Future, int, bool] | None = None
+
+    def submit(
+        self, folder: Path, data: bytes, step: int, latest: bool, best: bool, keep_last_n: int
+    ) -> None:
+        """Start writing `data` (call `wait()` first: one write at a time)."""
+        if self._pending is not None:
+            raise RuntimeError("CheckpointWriter.submit: the previous write was not waited for")
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eg-train-checkpoint")
+        future = self._pool.submit(write_checkpoint, folder, data, step, latest, best, keep_last_n)
+        self._pending = (future, step, latest)
+
+    def done(self) -> bool:
+        """True when a write was submitted and has ended (its outcome is waiting for `wait()`)."""
+        return self._pending is not None and self._pending[0].done()
+
+    def wait(self) -> WriteOutcome | None:
+        """Block until the write in flight ends and return its outcome (None when there is none)."""
+        if self._pending is None:
+            return None
+        future, step, latest = self._pending
+        self._pending = None
+        try:
+            future.result()
+        except OSError as e:
+            return WriteOutcome(step, latest, e)
+        return WriteOutcome(step, latest, None)
+
+    def close(self) -> None:
+        """Wait for the thread to end (a write still in flight is finished first)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from .distributed import (
 )
 from .errors import TrainError
 from .metrics import LogWindow, RunLoggers, import_wandb
-from .plots import draw_loss_components, draw_training_curves
+from .plots import PlotDrawer
 from .precision import autocast, check_precision, make_grad_scaler
 from .schedule import build_optimizer, build_scheduler
 from .validation import BestTracker, EvaluateFn, run_validation
@@ -98,6 +98,8 @@ class Trainer:
         self._last_val_step = self._last_save_step = self._last_written_step = -1
         self._warned_best = False
         self._pbar: Any = None
+        self.writer = ck.CheckpointWriter()  # checkpoint files are written off the training loop
+        self.plotter = PlotDrawer(self.output_dir)  # and so are the plots drawn at validations
 
     # ---- sizing -------------------------------------------------------------------------------
     def _steps_per_epoch(self) -> int | None:
@@ -152,8 +154,9 @@ class Trainer:
             while self.step < self.total_steps and not (self.epoch_limit and self.epoch >= self.epoch_limit):
                 self._run_epoch()
             if self._last_save_step != self.step:
-                self._save(best=False, final=True)
-            self._draw_plots()
+                self._save(best=False)
+            self._draw_plots(final=True)  # while the final checkpoint is being written
+            self._collect_write(final=True)
             # Every rank leaves fit() together: a rank that exits (and tears down its gloo/nccl group at exit)
             # while rank 0 still draws the plots made a peer abort ("terminate called without an active
             # exception") now and then in the 2-rank test.
@@ -161,6 +164,9 @@ class Trainer:
             failed = False
             return self.summary()
         finally:
+            self._collect_write()  # also after an error: a write in flight still completes
+            self.writer.close()
+            self.plotter.close()
             if self._pbar is not None:
                 self._pbar.close()
             if self.loggers is not None:
@@ -316,6 +322,8 @@ class Trainer:
         step_epoch: int,
     ) -> None:
         cfg = self.cfg
+        if self.writer.done():
+            self._collect_write()  # report a failed background write at the next step
         self.window.add_step(loss, parts, grad_norm, samples)
         final = self.step >= self.total_steps or bool(
             self.epoch_limit and epoch_ended and self.epoch >= self.epoch_limit
@@ -377,9 +385,11 @@ class Trainer:
             )
         if (cfg.save_every and self.step % cfg.save_every == 0) or epoch_ended or final or improved:
             save_latest = bool((cfg.save_every and self.step % cfg.save_every == 0) or epoch_ended or final)
-            self._save(best=improved, latest=save_latest, final=final)
+            self._save(best=improved, latest=save_latest)
         if self._last_val_step == self.step:
-            self._draw_plots()
+            self._draw_plots(final=False)
+        if self.loggers is not None and self.plotter.poll():
+            self.loggers.log_images(self.step, self.plotter.images)
 
     def _report_data(self, report: dict[str, Any] | None, epoch: int, partial: bool) -> None:
         """One summary line for the epoch when the data skipped any sample."""
@@ -390,44 +400,51 @@ class Trainer:
             tqdm.write(f"eg-train: {line}", file=sys.stdout)  # keeps the progress bar intact
             sys.stdout.flush()
 
-    def _save(self, best: bool, latest: bool = True, final: bool = False) -> None:
-        """Write the run state (a collective). A failed write (disk full...) warns and training goes on,
-        with the earlier files intact; a failed final save raises TrainError."""
+    def _save(self, best: bool, latest: bool = True) -> None:
+        """Capture and serialize the run state (a collective), then write it on the writer thread.
+
+        Training is blocked only while the state is captured and serialized (about what one torch.save
+        costs); the atomic writes and fsyncs overlap the next steps. A failed write (disk full...) warns
+        when its outcome is collected and training goes on, with the earlier files intact; fit() waits for
+        the final save, and its failure raises TrainError."""
         contents = state.capture(self)
         if latest:
             self._last_save_step = self.step
         if contents is None:
             return
-        try:
-            ck.write_checkpoint(
-                self.checkpoint_dir, ck.serialize(contents), self.step, latest, best, self.cfg.keep_last_n
-            )
-        except OSError as e:
-            self.num_failed_saves += 1
-            kept = f"step {self._last_written_step}" if self._last_written_step >= 0 else "none yet"
-            if final:
-                raise TrainError(
-                    f"the final checkpoint (step {self.step}) could not be written to "
-                    f"{self.checkpoint_dir}: {e}; the newest one there is from {kept}"
-                ) from None
-            warnings.warn(
-                f"checkpoint for step {self.step} not written to {self.checkpoint_dir} ({e}); the "
-                f"earlier files are intact (latest: {kept}); training continues "
-                f"({self.num_failed_saves} failed saves so far)",
-                stacklevel=2,
-            )
-            return
-        if latest:
-            self._last_written_step = self.step
+        data = ck.serialize(contents)
+        self._collect_write()  # one write at a time; the previous one's failure is reported first
+        self.writer.submit(self.checkpoint_dir, data, self.step, latest, best, self.cfg.keep_last_n)
 
-    def _draw_plots(self) -> None:
+    def _collect_write(self, final: bool = False) -> None:
+        """Wait for the checkpoint write in flight (if any) and account for its outcome."""
+        outcome = self.writer.wait()
+        if outcome is None:
+            return
+        if outcome.error is None:
+            if outcome.latest:
+                self._last_written_step = outcome.step
+            return
+        self.num_failed_saves += 1
+        kept = f"step {self._last_written_step}" if self._last_written_step >= 0 else "none yet"
+        if final:
+            raise TrainError(
+                f"the final checkpoint (step {outcome.step}) could not be written to "
+                f"{self.checkpoint_dir}: {outcome.error}; the newest one there is from {kept}"
+            ) from None
+        warnings.warn(
+            f"checkpoint for step {outcome.step} not written to {self.checkpoint_dir} ({outcome.error}); "
+            f"the earlier files are intact (latest: {kept}); training continues "
+            f"({self.num_failed_saves} failed saves so far)",
+            stacklevel=3,
+        )
+
+    def _draw_plots(self, final: bool) -> None:
+        """At a validation, start drawing in the background; at the end, draw the last rows and wait."""
         if self.loggers is None or not self.cfg.plots:
             return
         rows = self.loggers.csv.rows
-        images = {
-            "training_curves": self.output_dir / "training_curves.png",
-            "loss_components": self.output_dir / "loss_components.png",
-        }
-        draw_training_curves(rows, images["training_curves"])
-        draw_loss_components(rows, images["loss_components"])
-        self.loggers.log_images(self.step, images)
+        if not final:
+            self.plotter.start(rows)
+        elif self.plotter.finish(rows):
+            self.loggers.log_images(self.step, self.plotter.images)
