@@ -21,12 +21,14 @@ current folder, as they did in training: run from the folder the model was train
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from eg_data import transform_audio, transform_image
+from eg_data.transforms import SAMPLE_RATE
 from eg_train import load_checkpoint
 
 from apps.alignment.embed import AudioInput, ImageInput, InputError, read_audio, read_image
@@ -147,7 +149,16 @@ class QAAssistant:
             if key == "image":
                 prepared.image = transform_image(read_image(item, f"{what}image"), self.image_config)
             else:
-                prepared.audio = transform_audio(read_audio(item, f"{what}audio"), self.audio_config)
+                wave = read_audio(item, f"{what}audio")
+                if (
+                    len(wave) > self.audio_config.n_samples
+                ):  # cut as the evaluation loader cuts; said, not silent
+                    warnings.warn(
+                        f"{what}audio {_shown(item)} lasts {len(wave) / SAMPLE_RATE:.1f} s; the model hears its "
+                        f"first {self.audio_config.n_samples / SAMPLE_RATE:.1f} s (the audio encoder's context)",
+                        stacklevel=2,
+                    )
+                prepared.audio = transform_audio(wave, self.audio_config)
         return prepared
 
     def answer(self, question: str, image: ImageInput | None = None, audio: AudioInput | None = None) -> str:

@@ -10,12 +10,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from eg_data import read_all
 
+from apps.alignment.embed import read_audio, read_image
 from apps.qa import load_qa
 from apps.qa.ask import ask_main
+from apps.qa.build import qa_loader_config
+from apps.qa.evaluate import qa_eval_loader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qa_helpers import REPO, app_env
@@ -56,8 +60,6 @@ def test_answers_equal_the_evaluations_for_every_row_and_prefix(asked: dict) -> 
     answers = {row["generated"]["image+audio"] for row in rows}
     assert len(answers) > 1, answers  # the prefix matters: not one answer for everything
     # one question at a time (batches of one) and a PIL image / 16 kHz wave give the same answers
-    from apps.alignment.embed import read_audio, read_image
-
     for row in rows[::13]:
         files = inputs[row["key"]]
         pil, wave = read_image(files["image"], "image"), read_audio(files["audio"], "audio")
@@ -67,17 +69,12 @@ def test_answers_equal_the_evaluations_for_every_row_and_prefix(asked: dict) -> 
 
 
 @pytest.mark.slow
-def test_image_tensor_equals_the_evaluation_loaders(asked: dict, qa_checkpoint: dict) -> None:
-    """The prepared image and log-mel of a sample equal the evaluation loader's batch rows for it."""
-    from apps.qa.evaluate import qa_eval_loader
-
+def test_inputs_equal_the_evaluation_loaders_tensors(asked: dict, qa_checkpoint: dict) -> None:
+    """The prepared image and log-mel of a sample equal the evaluation loader's batch rows for it; audio
+    longer than the encoder's context is cut as the loader cuts it, with a warning."""
     assistant = asked["assistant"]
-    cfg = assistant.config
-    from apps.qa.build import qa_loader_config
-
-    loader = qa_eval_loader(
-        qa_loader_config(cfg, assistant.aligned.towers), str(qa_checkpoint["test"]), 4, "t"
-    )
+    loader_cfg = qa_loader_config(assistant.config, assistant.aligned.towers)
+    loader = qa_eval_loader(loader_cfg, str(qa_checkpoint["test"]), 4, "test")
     batch = next(iter(loader))
     for i in (0, len(batch["key"]) - 1):
         files = asked["inputs"][batch["key"][i]]
@@ -85,6 +82,11 @@ def test_image_tensor_equals_the_evaluation_loaders(asked: dict, qa_checkpoint: 
         assert torch.equal(prepared.image, batch["image"][i])
         assert torch.equal(prepared.audio[0], batch["audio"][i])
         assert torch.equal(prepared.audio[1], batch["audio_mask"][i])
+    seconds = assistant.audio_config.n_samples / 16000
+    with pytest.warns(
+        UserWarning, match=f"lasts {seconds + 1:.1f} s; the model hears its first {seconds:.1f} s"
+    ):
+        assistant.prepare("q", audio=np.full(assistant.audio_config.n_samples + 16000, 0.1, np.float32))
 
 
 def run_ask(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
