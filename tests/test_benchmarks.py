@@ -1,0 +1,175 @@
+"""The benchmarks in benchmarks/ run at tiny sizes (`--quick`) and their own arithmetic is right.
+
+Benchmarks are not tests; these only check that each script runs through and writes what its table
+reads, plus the model-FLOPs formulas of bench_gpu.py against hand counts and torch's FlopCounterMode.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import benchmarks/<name>.py as a module (benchmarks/ is a folder of scripts, not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_benchmark(name: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / f"{name}.py"), *args],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_bench_loss_quick(tmp_path: Path) -> None:
+    out = tmp_path / "loss.json"
+    result = run_benchmark("bench_loss", "--quick", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = {(r["setting"], r["mode"]): r for r in report["time"]}
+    assert len(rows) == 8  # 2 settings x 4 modes, at B 16, D 256 (MRL dims 128, 256)
+    for setting in ("loss", "head"):
+        assert rows[(setting, "contrastive")]["ratio"] == 1.0
+        assert rows[(setting, "contrastive")]["mean_mrl_dims"] == 0
+        assert rows[(setting, "+ MRL all")]["mean_mrl_dims"] == 2
+        assert rows[(setting, "+ MRL one")]["mean_mrl_dims"] == 1
+        assert rows[(setting, "+ MRL k of n")]["mean_mrl_dims"] == 2  # k = 2 of the 2 dims
+    # 2 gloo ranks, global batch 64, width 32: both modes give the symmetric InfoNCE of the whole batch,
+    # computed here in one process from the same seeded inputs
+    memory = {r["mode"]: r for r in report["memory"]}
+    generator = torch.Generator().manual_seed(1234)
+    a = F.normalize(torch.randn(64, 32, generator=generator), dim=-1)
+    b = F.normalize(torch.randn(64, 32, generator=generator), dim=-1)
+    logits = a @ b.T / 0.07
+    labels = torch.arange(64)
+    expected = float((F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2)
+    for mode in ("full", "local_loss"):
+        assert math.isclose(memory[mode]["global_loss"], expected, rel_tol=1e-5)
+        assert memory[mode]["hwm_reset"]
+    assert memory["local_loss"]["logits_mib"] == memory["full"]["logits_mib"] / 2
+    assert "peak RSS rise" in result.stdout.splitlines()[-4]  # the table is printed last
+
+
+@pytest.mark.slow
+def test_bench_stage2_quick(tmp_path: Path) -> None:
+    out = tmp_path / "stage2.json"
+    result = run_benchmark("bench_stage2", "--quick", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    train = {r["model"]: r for r in report["train"]}
+    # TRM and the baseline at the same parameter count (TRM adds only its 65-weight halting head)
+    assert abs(train["trm"]["parameters"] - train["tiny"]["parameters"]) <= 100
+    assert train["tiny"]["ratio_to_tiny"] == 1.0
+    models = {r["model"] for r in report["generate"]}
+    assert models == {"trm (cache)", "trm (no cache)", "tiny (cache)", "tiny (no cache)", "qwen (HF cache)"}
+    for row in report["generate"]:
+        assert row["new_tokens"] == row["max_new_tokens"]  # eos suppressed: every requested token generated
+        if not row["model"].startswith("qwen"):
+            assert row["cached_equals_uncached"] is True
+    assert result.stdout.splitlines()[-1].startswith("8 ")  # the last table row: 8 new tokens
+
+
+def test_bench_gpu_flops_by_hand() -> None:
+    bench = load_benchmark("bench_gpu")
+    assert bench.linear_flops(10, 3, 4, "none") == 240  # 2 x 10 x 3 x 4
+    assert bench.linear_flops(10, 3, 4, "input") == 480
+    assert bench.linear_flops(10, 3, 4, "weight") == 480
+    assert bench.linear_flops(10, 3, 4, "both") == 720
+    assert bench.attention_flops(2, 3, 5, 8, grad=False) == 960  # 2 products x 2 x 2 x 3 x 5 x 8
+    assert bench.attention_flops(2, 3, 5, 8, grad=True) == 2880
+    # one Qwen2 layer: width 8, MLP 16, 2 heads with 1 KV head (k/v width 4), vocab 10, 2 tokens, LoRA r=1
+    shape = bench.QwenShape(hidden=8, intermediate=16, heads=2, kv_heads=1, layers=1, vocab=10)
+    q = 2 * 2 * 8 * 8 + 2 * (2 * 2 * 8 * 1) + 3 * (2 * 2 * 1 * 8)  # base fwd; lora_A fwd+wgrad; lora_B all
+    k = v = 2 * 2 * 8 * 4 + 2 * (2 * 2 * 8 * 1) + 3 * (2 * 2 * 1 * 4)
+    o = 2 * (2 * 2 * 8 * 8) + 3 * (2 * 2 * 8 * 1) + 3 * (2 * 2 * 1 * 8)  # input grad from here on
+    gate = up = 2 * (2 * 2 * 8 * 16) + 3 * (2 * 2 * 8 * 1) + 3 * (2 * 2 * 1 * 16)
+    down = 2 * (2 * 2 * 16 * 8) + 3 * (2 * 2 * 16 * 1) + 3 * (2 * 2 * 1 * 8)
+    attention = 3 * (4 * 1 * 2 * 2 * 8)
+    lm_head = 2 * (2 * 2 * 8 * 10)
+    expected = q + k + v + o + gate + up + down + attention + lm_head
+    assert expected == 6560
+    assert bench.qwen_lora_step_flops(shape, batch=1, seq=2, lora_r=1) == expected
+    # with the embeddings needing a gradient (checkpointing), q/k/v and their lora_A pass input grads too
+    extra = (2 * 2 * 8 * 8 + 2 * 2 * 8 * 4 * 2) + 3 * (2 * 2 * 8 * 1)
+    assert bench.qwen_lora_step_flops(shape, 1, 2, 1, embeddings_need_grad=True) == expected + extra
+    # a frozen 1-layer encoder, width 4, MLP 8, batch 2, 3 tokens: forward only
+    encoder = bench.TransformerShape(layers=1, width=4, mlp=8)
+    tokens = 6
+    by_hand = 2 * tokens * (4 * 12 + 4 * 4 + 4 * 8 + 8 * 4) + 4 * 2 * 3 * 3 * 4
+    assert bench.frozen_encoder_flops(encoder, batch=2, seq=3) == by_hand == 1824
+
+
+@pytest.mark.slow
+def test_bench_gpu_flops_match_torch_counter(tmp_path: Path) -> None:
+    """The formulas against torch's FlopCounterMode on one real step of tiny versions of both workloads.
+
+    FlopCounterMode counts attention's backward as 5 products (it recomputes Q K^T, as flash attention
+    does); the model-FLOPs convention counts 4, so the counter is one Q K^T per attention call higher.
+    """
+    from eg_encoders import PoolingConfig, VisionEncoderConfig
+    from eg_encoders.debug import write_open_clip_vit
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import MPNetConfig
+
+    bench = load_benchmark("bench_gpu")
+    cpu = torch.device("cpu")
+    shape = bench.QwenShape(hidden=32, intermediate=64, heads=4, kv_heads=2, layers=2, vocab=100)
+    workload = bench.qwen_workload(cpu, batch=2, seq=16, shape=shape, lora_r=4, checkpointing=False)
+    with FlopCounterMode(display=False) as counter:
+        workload.step()
+    recompute = shape.layers * 2 * 2 * 16 * 16 * 32  # one Q K^T per layer
+    assert counter.get_total_flops() == workload.flops_per_step + recompute
+
+    fields = write_open_clip_vit(str(tmp_path))  # 32 px, patch 8, width 64, 2 layers
+    vision = VisionEncoderConfig(
+        **{**fields, "pretrained": ""},
+        trainable_blocks=0,
+        pooling=PoolingConfig(type="attention", num_queries=1, num_heads=2),
+    )
+    text = MPNetConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    workload = bench.pixmo_workload(cpu, 4, 8, vision, text, max_dim=64, mrl_dims=[64])
+    with FlopCounterMode(display=False) as counter:
+        workload.step()
+    recompute = 2 * 4 * 1 * 17 * 64  # the pooling query against 17 tokens, the only attention with grad
+    assert counter.get_total_flops() == workload.flops_per_step + recompute
+
+
+def test_bench_gpu_without_cuda_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    bench = load_benchmark("bench_gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["bench_gpu.py"])
+    bench.main()  # returns (exit status 0) without touching a device
+    assert capsys.readouterr().out.strip().splitlines() == [
+        "bench_gpu: no CUDA device here (torch.cuda.is_available() is False); nothing measured"
+    ]
