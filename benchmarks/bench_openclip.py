@@ -1,0 +1,363 @@
+"""Stage-1 training throughput against OpenCLIP's own trainer (`open_clip_train`), like for like.
+
+`uv run --group bench benchmarks/bench_openclip.py [--data data/demo/train] [--pairs 3] [--steps 115]`
+
+One open_clip CLIP (the demo's ViT size: 32 px, patch 8, width 64, 2 layers; a 2-layer width-64 text tower
+on open_clip's own tokenizer; embed_dim 64), random init, written once as a `local-dir:` model folder, so
+both trainers start from the same weights. The same demo shards, batch 64, one data worker, one torch
+thread each (OMP_NUM_THREADS=1), fp32, AdamW (lr 1e-3 constant, wd 0.1, betas 0.9/0.98, eps 1e-6, no
+clipping), contrastive loss only with CLIP's learnable logit scale, a checkpoint at every epoch end (both
+trainers' defaults), no validation. Each contender runs as a subprocess through its CLI:
+`python -m open_clip_train.main ...` (through a 3-line launcher, see LAUNCHER) and `apps/train --config`
+(the CLIP-as-CLIP setup of configs/clip_finetune.yaml). They alternate, `--pairs` times.
+
+Throughput is timed from outside, the same way for both: the parent timestamps every progress report as it
+arrives (OpenCLIP's log lines, our progress bar), and samples/s = batch * (steps between the first report
+at or after step `--skip` and the last report) / the seconds between them (>= 10 s); start-up (launch to
+the first report) is reported separately. Medians over the pairs. Then one run of each with a loss at
+every step (the first steps side by side) and one under cProfile (where each spends its time).
+Prints a table last and writes outputs/bench_openclip.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import pstats
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH = 64
+
+MODEL_CFG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+# webdataset 1.0.2's tar expander ends each shard with a marker dict without "fname", which
+# open_clip_train 3.3's own group_by_keys_nothrow indexes unguarded (KeyError: 'fname'); the launcher drops
+# such markers, then runs open_clip_train's CLI entry point with the command-line arguments unchanged.
+LAUNCHER = """import sys
+from open_clip_train import data, main
+_group = data.group_by_keys_nothrow
+data.group_by_keys_nothrow = lambda src, *a, **k: _group((s for s in src if "fname" in s), *a, **k)
+main.main(sys.argv[1:])
+"""
+
+OPENCLIP_PROGRESS = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+)")
+OPENCLIP_LOSS = re.compile(r"Contrastive_loss: ([0-9.]+)")
+OURS_PROGRESS = re.compile(r"(\d+)/(\d+) \[")
+
+
+def write_model(folder: Path) -> None:
+    """The shared random-init CLIP as an open_clip `local-dir:` folder (config + weights)."""
+    import open_clip
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": {}}))
+    torch.manual_seed(0)
+    torch.save(open_clip.CLIP(**MODEL_CFG).state_dict(), folder / "open_clip_pytorch_model.bin")
+
+
+def num_samples(data: Path) -> int:
+    return int(json.loads((data / "shards.json").read_text())["num_samples"])
+
+
+def openclip_command(work: Path, data: Path, epochs: int, log_every: int, name: str) -> list[str]:
+    shards = sorted(p.name for p in data.glob("*.tar"))
+    first, last = shards[0].split("-")[1].split(".")[0], shards[-1].split("-")[1].split(".")[0]
+    prefix = shards[0].split("-")[0]
+    return [
+        *[str(work / "launch_open_clip_train.py")],
+        "--model", f"local-dir:{work / 'model'}",
+        "--train-data", f"{data}/{prefix}-{{{first}..{last}}}.tar",
+        "--train-num-samples", str(num_samples(data)),
+        "--dataset-type", "webdataset",
+        "--batch-size", str(BATCH),
+        "--workers", "1",
+        "--epochs", str(epochs),
+        "--lr", "1e-3", "--wd", "0.1", "--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6",
+        "--warmup", "0", "--lr-scheduler", "const",
+        "--precision", "fp32",
+        "--log-every-n-steps", str(log_every),
+        "--logs", str(work / "openclip_logs"), "--name", name, "--report-to", "",
+        "--seed", "0",
+    ]  # fmt: skip
+
+
+def ours_config(work: Path, data: Path, steps: int, log_every: int, name: str) -> Path:
+    """Our stage-1 config for the same model and setup (configs/clip_finetune.yaml's CLIP-as-CLIP form)."""
+    import yaml
+
+    model = f"local-dir:{work / 'model'}"
+    cfg = {
+        "experiment_name": name,
+        "seed": 0,
+        "num_threads": 1,
+        "data": {
+            "val_dir": str(data.parent / "val"),
+            "test_dir": str(data.parent / "test"),
+            "train": {
+                "shard_dir": str(data),
+                "batch_size": BATCH,
+                "num_workers": 1,
+                "shuffle_buffer": 2000,
+                "modalities": ["image", "text"],
+                "required": ["image", "text"],
+                "text_dropout": 0.0,
+            },
+        },
+        "model": {
+            "pairs": ["vision_text"],
+            "projection": {"max_dim": MODEL_CFG["embed_dim"], "identity": True},
+            "vision": {
+                "encoder": {
+                    "backend": "open_clip",
+                    "model_name": model,
+                    "pretrained": "",
+                    "trainable_blocks": -1,
+                    "clip_projection": True,
+                    "pooling": {"type": "cls"},
+                }
+            },
+            "text": {"encoder": {"backend": "open_clip", "model_name": model, "trainable": True}},
+        },
+        "losses": {
+            "contrastive": 1.0,
+            "mrl": 0.0,
+            "infonce": {"temperature": 0.07, "learnable_temperature": True},
+        },
+        "train": {
+            "max_steps": steps,
+            "lr": 1.0e-3,
+            "weight_decay": 0.1,
+            "betas": [0.9, 0.98],
+            "eps": 1.0e-6,
+            "schedule": "constant",
+            "warmup_ratio": 0.0,
+            "grad_clip": 0.0,
+            "precision": "fp32",
+            "device": "cpu",
+            "log_every": log_every,
+            "val_every": 0,
+            "val_at_epoch_end": False,
+            "resume": "never",
+            "output_dir": str(work / "ours_out" / name),
+            "checkpoint_dir": str(work / "ours_ckpt" / name),
+        },
+        "eval": {"dims": [MODEL_CFG["embed_dim"]], "plot_max_points": 0},
+    }
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def env() -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    out.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    out["PYTHONUNBUFFERED"] = "1"
+    return out
+
+
+def run_timed(cmd: list[str], cwd: Path, step_of: callable, log: Path) -> list[tuple[float, int]]:
+    """Run `cmd`; return (seconds since launch, step) for every progress report, read as it arrives."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    events: list[tuple[float, int]] = []
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        buf = b""
+        while True:
+            data = proc.stdout.read1(65536)
+            if not data:
+                break
+            chunks.append(data)
+            buf += data
+            *parts, buf = re.split(rb"[\r\n]", buf)
+            now = time.perf_counter() - t0
+            for part in parts:
+                step = step_of(part.decode(errors="replace"))
+                if step is not None:
+                    events.append((now, step))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    proc.wait()
+    reader.join()
+    log.write_bytes(b"".join(chunks))
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[0]} ... failed (exit {proc.returncode}); see {log}")
+    return events
+
+
+def region(events: list[tuple[float, int]], skip: int) -> dict[str, float]:
+    """samples/s between the first report at or after step `skip` and the last report; start-up seconds."""
+    inside = [(t, s) for t, s in events if s >= skip]
+    (t_a, s_a), (t_b, s_b) = inside[0], inside[-1]
+    return {
+        "startup_s": events[0][0],
+        "region_s": t_b - t_a,
+        "region_steps": s_b - s_a,
+        "samples_per_s": BATCH * (s_b - s_a) / (t_b - t_a),
+    }
+
+
+def openclip_step(num_batches: int):
+    def step_of(line: str) -> int | None:
+        m = OPENCLIP_PROGRESS.search(line)
+        return None if m is None else int(m.group(1)) * num_batches + int(m.group(2)) // BATCH
+
+    return step_of
+
+
+def ours_step(line: str) -> int | None:
+    m = OURS_PROGRESS.search(line)
+    return None if m is None else int(m.group(1))
+
+
+def profile_summary(path: Path, loop: tuple[str, str], parts: dict[str, list[tuple[str, str]]]) -> dict:
+    """Cumulative seconds of the training loop and of named parts (file substring, function name)."""
+    stats = pstats.Stats(str(path)).stats  # {(file, line, func): (cc, nc, tt, ct, callers)}
+
+    def cum(keys: list[tuple[str, str]]) -> float:
+        return sum(v[3] for (f, _, fn), v in stats.items() if any(s in f and fn == name for s, name in keys))
+
+    total = cum([loop])
+    out = {"loop_s": total}
+    for name, keys in parts.items():
+        out[name + "_s"] = cum(keys)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data/demo/train")
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument(
+        "--steps", type=int, default=115, help="steps per run (a multiple of OpenCLIP's epoch)"
+    )
+    parser.add_argument("--skip", type=int, default=10, help="steps before the timed region starts")
+    parser.add_argument("--loss-steps", type=int, default=10)
+    parser.add_argument("--work", default="outputs/bench_openclip")
+    parser.add_argument("--out", default="outputs/bench_openclip.json")
+    args = parser.parse_args()
+    data = (REPO / args.data).resolve()
+    if not (data / "shards.json").is_file():
+        raise SystemExit(f"--data {data}: no shards.json; build the demo first (uv run apps/data demo)")
+    work = (REPO / args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    write_model(work / "model")
+    (work / "launch_open_clip_train.py").write_text(LAUNCHER)
+    num_batches = -(-num_samples(data) // BATCH)  # OpenCLIP's batches per epoch (it rolls over)
+    epochs = max(1, round(args.steps / num_batches))
+    steps = epochs * num_batches
+    py = sys.executable
+    train = str(REPO / "apps" / "train" / "__main__.py")
+
+    def openclip(name: str, log_every: int, epochs: int = epochs, prefix: list[str] = ()) -> list[str]:
+        return [py, *prefix, *openclip_command(work, data, epochs, log_every, name)]
+
+    def ours(name: str, log_every: int, steps: int = steps, prefix: list[str] = ()) -> list[str]:
+        return [py, *prefix, train, "--config", str(ours_config(work, data, steps, log_every, name))]
+
+    results: dict[str, list[dict]] = {"openclip": [], "ours": []}
+    for i in range(args.pairs):
+        for who in ("openclip", "ours") if i % 2 == 0 else ("ours", "openclip"):
+            name = f"{who}_pair{i}"
+            if who == "openclip":
+                events = run_timed(openclip(name, 5), work, openclip_step(num_batches), work / f"{name}.log")
+            else:
+                events = run_timed(ours(name, 10), work, ours_step, work / f"{name}.log")
+            results[who].append(region(events, args.skip))
+            r = results[who][-1]
+            print(f"pair {i} {who:8s} {r['samples_per_s']:7.1f} samples/s over {r['region_s']:.1f} s "
+                  f"({r['region_steps']} steps), start-up {r['startup_s']:.1f} s", flush=True)  # fmt: skip
+
+    # the first steps' losses side by side (a loss at every step)
+    n = args.loss_steps
+    run_timed(openclip("openclip_losses", 1, epochs=1), work, lambda _: None, work / "openclip_losses.log")
+    openclip_losses = [float(x) for x in OPENCLIP_LOSS.findall((work / "openclip_losses.log").read_text())][
+        :n
+    ]
+    run_timed(ours("ours_losses", 1, steps=n), work, lambda _: None, work / "ours_losses.log")
+    with open(work / "ours_out" / "ours_losses" / "metrics.csv", newline="") as f:
+        ours_losses = [float(row["loss"]) for row in csv.DictReader(f) if row.get("loss")][:n]
+
+    # where the time goes: one cProfile'd run of each (the main process; the data worker is apart)
+    prof = {}
+    for who in ("openclip", "ours"):
+        out = work / f"{who}.prof"
+        cmd = (openclip if who == "openclip" else ours)(
+            f"{who}_profile", 5 if who == "openclip" else 10, prefix=["-m", "cProfile", "-o", str(out)]
+        )
+        run_timed(cmd, work, lambda _: None, work / f"{who}_profile.log")
+        common = {
+            "data_wait": [("torch/utils/data/dataloader.py", "__next__")],
+            "backward": [("torch/_tensor.py", "backward")],
+            "optimizer": [("torch/optim/adam.py", "step")],  # AdamW subclasses Adam
+            "checkpoint": [("torch/serialization.py", "save")],
+        }
+        if who == "openclip":
+            loop = ("open_clip_train/train.py", "train_one_epoch")
+            common["forward_and_loss"] = [("open_clip/model.py", "forward"), ("open_clip/loss.py", "forward")]
+        else:
+            loop = ("eg_train/trainer.py", "fit")
+            common["forward_and_loss"] = [("apps/alignment/model.py", "forward")]
+        prof[who] = profile_summary(out, loop, common)
+
+    med = {who: statistics.median(r["samples_per_s"] for r in rs) for who, rs in results.items()}
+    startup = {who: statistics.median(r["startup_s"] for r in rs) for who, rs in results.items()}
+    ratio = med["ours"] / med["openclip"]
+    report = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), {platform.platform()}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=REPO, capture_output=True, text=True).stdout.strip(),
+        "model": MODEL_CFG,
+        "batch_size": BATCH,
+        "steps_per_run": steps,
+        "skip_steps": args.skip,
+        "runs": results,
+        "median_samples_per_s": med,
+        "median_startup_s": startup,
+        "ratio_ours_over_openclip": ratio,
+        "first_losses": {"openclip": openclip_losses, "ours": ours_losses},
+        "profile": prof,
+        "goal": ">= 1.0",
+    }  # fmt: skip
+    out_path = REPO / args.out
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2))
+
+    print("\nfirst steps' loss (same init weights; each trainer's own data order):")
+    print(f"{'step':>4}  {'open_clip_train':>15}  {'ours':>8}")
+    for s in range(max(len(openclip_losses), len(ours_losses))):
+        a = f"{openclip_losses[s]:.4f}" if s < len(openclip_losses) else "-"
+        b = f"{ours_losses[s]:.4f}" if s < len(ours_losses) else "-"
+        print(f"{s + 1:>4}  {a:>15}  {b:>8}")
+    print("\nprofile (main process, seconds, cProfile'd run):")
+    keys = ["loop_s", "data_wait_s", "forward_and_loss_s", "backward_s", "optimizer_s", "checkpoint_s"]
+    print(f"{'':10s}" + "".join(f"{k:>20s}" for k in keys))
+    for who in ("openclip", "ours"):
+        print(f"{who:10s}" + "".join(f"{prof[who].get(k, 0.0):20.2f}" for k in keys))
+    print(f"\nwrote {out_path}\n")
+    print(f"{'trainer':16s} {'samples/s (median)':>19s} {'runs':>28s} {'start-up s':>11s}")
+    for who, label in (("openclip", "open_clip_train"), ("ours", "apps/train")):
+        runs = ", ".join(f"{r['samples_per_s']:.1f}" for r in results[who])
+        print(f"{label:16s} {med[who]:19.1f} {runs:>28s} {startup[who]:11.1f}")
+    print(f"ratio apps/train / open_clip_train: {ratio:.3f} (goal >= 1.0)")
+
+
+if __name__ == "__main__":
+    main()
