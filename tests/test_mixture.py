@@ -1,10 +1,13 @@
 """Stage 1 on a mixture of sources (data.train.sources): each pair's loss uses only the samples that have
 both sides (against a hand-written InfoNCE), a batch of a single-pair source trains nothing else, the
-config refuses pairs that no source can feed, and the app's loader on a mixture resumes exactly."""
+config refuses pairs that no source can feed, the app's loader on a mixture resumes exactly, and each
+source's own val/test splits are evaluated on their own (equal to evaluating the folder alone)."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -16,10 +19,12 @@ from eg_data import MixtureLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: conftest's helpers
 from apps.alignment.build import build_model, prepare_assets
 from apps.alignment.config import AlignmentConfig
-from apps.alignment.evaluate import encoders_of
+from apps.alignment.evaluate import encoders_of, evaluate_checkpoint
+from apps.common.cli import train_main
 from apps.common.config import ConfigError, build_config
 from apps.common.loaders import loader_for_encoders
-from conftest import tiny_config
+from apps.common.retrieval import flatten_metrics
+from conftest import TRAIN_SCRIPT, run_app, tiny_config, write_config
 
 PAIRS = ("vision_text", "audio_text", "vision_audio")
 
@@ -43,6 +48,15 @@ def mixture_overrides(data: Path, **weights: float) -> dict:
         "data.train.required": ["text"],
         "losses.pair_weights": {"vision_audio": 0.0, **weights},
     }
+
+
+def per_source_overrides(data: Path) -> dict:
+    """mixture_overrides with each source's own halves of the demo's val/test splits."""
+    overrides = mixture_overrides(data)
+    for source in overrides["data.train.sources"]:
+        source["val_dir"] = str(data / source["name"] / "val")
+        source["test_dir"] = str(data / source["name"] / "test")
+    return overrides
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +183,105 @@ def test_the_apps_mixture_loader_resumes_exactly(built) -> None:
         assert mine["key"] == theirs["key"]
         for name in ("image", "audio", "audio_mask", "image_present", "audio_present", "text_present"):
             assert torch.equal(mine[name], theirs[name]), name
+
+
+OWN_PAIR = {"image_text": "vision_text", "audio_text": "audio_text"}
+
+
+def with_undecodable_audio(src: Path, dst: Path, index: int) -> Path:
+    """The shard folder `src` rewritten into `dst` (one shard) with sample `index`'s audio garbage."""
+    import webdataset as wds
+    from eg_data import ShardInfo, read_all
+    from eg_data.shards import write_index
+
+    samples = read_all(src)
+    dst.mkdir(parents=True)
+    with wds.TarWriter(str(dst / "shard-00000.tar"), encoder=False, mtime=0) as writer:
+        for i, sample in enumerate(samples):
+            sample = {k: v for k, v in sample.items() if k != "__url__"}
+            if i == index:
+                sample["flac"] = b"\x00not a sound\xff" * 8
+            writer.write(sample)
+    write_index(dst, [ShardInfo(path="shard-00000.tar", num_samples=len(samples))])
+    return dst
+
+
+@pytest.mark.slow
+def test_per_source_val_and_test_equal_each_folder_evaluated_alone(tmp_path, demo_data) -> None:
+    """A tiny two-source mixture trained through the app (data.val_dir and each source's val_dir; test
+    only per source, audio_text's with one undecodable clip). Each source's test section of eval.json, and
+    its validation columns of metrics.csv (sources/<name>/...), equal evaluating that source's folder alone
+    (apps/evaluate --split-dir) with the checkpoint of the same step; a pair the source lacks appears in
+    neither; the tables name the source; the bad clip is reported for its source."""
+    raw = tiny_config(tmp_path, demo_data, **per_source_overrides(demo_data))
+    raw["data"]["test_dir"] = ""
+    audio_test = with_undecodable_audio(demo_data / "audio_text" / "test", tmp_path / "audio_test", 7)
+    raw["data"]["train"]["sources"][1]["test_dir"] = str(audio_test)
+    test_dirs = {"image_text": demo_data / "image_text" / "test", "audio_text": audio_test}
+    raw["train"].update(max_steps=2, val_every=2, save_every=2)
+    done = run_app(TRAIN_SCRIPT, ["--config", str(write_config(tmp_path, raw))], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"held-out retrieval, source audio_text (test: {audio_test}, 89 samples" in done.stdout
+    assert (
+        "skipped 1 unreadable samples of the test split of source audio_text: audio_decode 1" in done.stdout
+    )
+    out = tmp_path / "outputs" / "tiny"
+    report = json.loads((out / "eval.json").read_text())
+    assert "retrieval" not in report and set(report["sources"]) == set(OWN_PAIR)  # no data.test_dir
+    with open(out / "metrics.csv", newline="") as f:
+        (val,) = [row for row in csv.DictReader(f) if row["val/loss"]]  # step 2: the checkpoint's weights
+    assert float(val["val/vision_audio/32/vision_to_audio/recall@1"]) >= 0  # data.val_dir too: every pair
+    checkpoint = str(tmp_path / "checkpoints" / "tiny" / "checkpoint_latest.pt")
+    raw["train"]["output_dir"], raw["num_threads"] = str(tmp_path / "alone"), 0
+    cfg = build_config(AlignmentConfig, raw, "test")
+    bad = report["sources"]["audio_text"]["data"]["bad"]
+    assert {k: v for k, v in bad.items() if v} == {"audio_decode": 1}
+    for name, pair in OWN_PAIR.items():
+        section = report["sources"][name]
+        size = 89 if name == "audio_text" else 90
+        assert section["pair_samples"] == {pair: size} and section["data"]["samples"] == 90
+        alone = evaluate_checkpoint(cfg, checkpoint, str(test_dirs[name]))
+        assert alone["pair_samples"] == {**dict.fromkeys(PAIRS, 0), pair: size}  # the others: no rows
+        assert alone["data"] == section["data"]
+        assert list(alone["retrieval"]) == list(section["retrieval"]) == [pair]
+        assert section["retrieval"] == alone["retrieval"]  # every dim, direction and metric, exactly
+        alone_val = flatten_metrics(
+            evaluate_checkpoint(cfg, checkpoint, str(demo_data / name / "val"))["retrieval"]
+        )
+        prefix = f"val/sources/{name}/"
+        columns = {k.removeprefix(prefix): v for k, v in val.items() if k.startswith(prefix) and v != ""}
+        assert {k: float(columns[k]) for k in alone_val} == alone_val
+        assert float(columns["data/samples"]) == 90 and float(columns["loss"]) > 0
+        assert f"{pair}/contrastive" in columns
+        assert {k.split("/")[0] for k in columns} == {pair, "retrieval", "data", "loss"}
+
+
+def test_a_missing_source_val_dir_is_refused_before_anything_runs(
+    tmp_path, demo_data, capsys, monkeypatch
+) -> None:
+    overrides = per_source_overrides(demo_data)
+    overrides["data.train.sources"][1]["val_dir"] = str(tmp_path / "nope")
+    config = write_config(tmp_path, tiny_config(tmp_path, demo_data, **overrides))
+    monkeypatch.chdir(tmp_path)
+    assert train_main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: data.train.sources[1].val_dir='{tmp_path / 'nope'}' does not exist"), err
+    assert err.count("\n") == 1 and not (tmp_path / "outputs").exists() and not (tmp_path / "models").exists()
+
+
+def test_held_out_settings_refused_at_load(tmp_path, demo_data) -> None:
+    """No test split anywhere; a source's val_dir on a source that feeds no pair of model.pairs."""
+    raw = tiny_config(tmp_path, demo_data, **mixture_overrides(demo_data))
+    raw["data"]["test_dir"] = ""
+    with pytest.raises(
+        ConfigError, match=r"^test: data\.test_dir is empty and no source of data\.train\.sources"
+    ):
+        build_config(AlignmentConfig, raw, "test")
+    raw = tiny_config(tmp_path, demo_data, **per_source_overrides(demo_data))
+    raw["model"]["audio"] = None  # vision-text only: the audio_text source feeds no pair
+    raw["model"]["pairs"] = ["vision_text"]
+    raw["losses"]["pair_weights"] = {}
+    with pytest.raises(
+        ConfigError, match=r"^test: data\.train\.sources\[1\]\.val_dir: source 'audio_text' has"
+    ):
+        build_config(AlignmentConfig, raw, "test")

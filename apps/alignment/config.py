@@ -10,6 +10,7 @@ encoder) are checked against the file instead of being overwritten silently.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,8 +114,11 @@ class DataConfig:
         `image.size/mean/std` and `audio.n_mels/n_samples` come from the encoders and need not be set.
         `train.sources` (instead of shard_dir) mixes several folders, each with a weight and the
         modalities its samples have; every pair of model.pairs must have a source with both sides.
-    val_dir / test_dir: shard folders for validation during training and the final held-out evaluation;
-        they are read with train's settings minus shuffling, augmentation and text dropout.
+    val_dir / test_dir: shard folders for validation during training and the final held-out evaluation,
+        every pair of model.pairs evaluated on them; read with train's settings minus shuffling,
+        augmentation and text dropout. "" = none. With `train.sources`, each source's own `val_dir` /
+        `test_dir` is evaluated too, on its own, for the pairs whose two sides the source has (docs/data.md).
+        No validation split at all: no validation. A test split (own or a source's) is required.
     build_demo: a folder; when the shards are missing there, eg-data's demo dataset is built into it first
         ("" = never build).
     """
@@ -214,6 +218,7 @@ class AlignmentConfig:
         self._check_dims()
         self._check_input_specs()
         self._check_clip_towers()
+        self._check_held_out()
         batch_keys = {BATCH_KEY[m] for m in present}
         wanted = set(self.data.train.modalities)
         if not batch_keys <= wanted:
@@ -226,6 +231,29 @@ class AlignmentConfig:
                     f"model.pairs: {pair!r} needs samples with both {sides[0]} and {sides[1]}, and no source in "
                     "data.train.sources has both (give it losses.pair_weights 0 to evaluate it only)"
                 )
+
+    def _check_held_out(self) -> None:
+        """A test split somewhere, and every source's val_dir/test_dir with a pair to evaluate on it."""
+        data = self.data
+        if not data.test_dir and not any(s.test_dir for s in data.train.sources):
+            raise ValueError(
+                "data.test_dir is empty and no source of data.train.sources has a test_dir: the held-out "
+                "evaluation at the end would have no split; set one"
+            )
+        for i, source in enumerate(data.train.sources):
+            for split_key in ("val_dir", "test_dir"):
+                if getattr(source, split_key) and not self.pairs_having(source.modalities):
+                    raise ValueError(
+                        f"data.train.sources[{i}].{split_key}: source {source.label!r} has "
+                        f"{list(source.modalities)}, no pair of model.pairs {list(self.model.pairs)} to "
+                        "evaluate on it; remove the key"
+                    )
+
+    def pairs_having(self, batch_keys: Sequence[str]) -> list[str]:
+        """The pairs of model.pairs whose two sides (eg-data names: image, audio, text) are all in
+        `batch_keys` and loaded (data.train.modalities): what a split with those modalities evaluates."""
+        has = set(batch_keys) & set(self.data.train.modalities)
+        return [p for p in self.model.pairs if all(BATCH_KEY[m] in has for m in p.split("_"))]
 
     def _check_dims(self) -> None:
         """Matryoshka and evaluation dims against the projection width (two components: checked here)."""

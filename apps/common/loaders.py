@@ -1,5 +1,6 @@
 """eg-data loaders as both stages use them: training settings completed from the encoders, evaluation
-loaders over a held-out split, and the shard-folder checks that turn a wrong path into one line.
+loaders over a held-out split, the held-out splits of a config (its own and each mixture source's), and
+the shard-folder checks that turn a wrong path into one line.
 
 The image size/mean/std and the audio context are dictated by the encoders (`image_spec`, `audio_spec`);
 a YAML that sets a different value is refused instead of being overwritten silently.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,56 @@ def train_folders(loader: LoaderConfig, key: str = "data.train") -> list[tuple[s
     if not loader.sources:
         return [(f"{key}.shard_dir", loader.shard_dir)]
     return [(f"{key}.sources[{i}].shard_dir", s.shard_dir) for i, s in enumerate(loader.sources)]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """One held-out folder and how it is read.
+
+    source: "" for the config's own split (data.val_dir / data.test_dir), else the mixture source's name.
+    key: the YAML key that names the folder (`data.train.sources[1].test_dir`), for errors.
+    loader: the settings it is read with: the training loader's, or for a source the single-folder config
+        of that source (`LoaderConfig.source_configs()`: it requires of each sample what the source has).
+    has: the loaded modalities its samples have (a source's), or every loaded one for the config's own
+        split (a sample that lacks one is then marked absent, as in training).
+    """
+
+    source: str
+    key: str
+    shard_dir: str
+    loader: LoaderConfig
+    has: tuple[str, ...]
+
+
+def held_out(train_cfg: LoaderConfig, own_dir: str, split: str, key: str = "data") -> list[HeldOut]:
+    """The held-out folders of `split` ("val" or "test"): the config's own (`{key}.{split}_dir`, when not
+    "") first, then each mixture source's `{split}_dir` that is set, in the order of the sources."""
+    field = f"{split}_dir"
+    splits = []
+    if own_dir:
+        splits.append(HeldOut("", f"{key}.{field}", own_dir, train_cfg, tuple(train_cfg.modalities)))
+    per_source = train_cfg.source_configs() if train_cfg.sources else {}
+    for i, source in enumerate(train_cfg.sources):
+        folder = getattr(source, field)
+        if folder:
+            has = tuple(m for m in train_cfg.modalities if m in source.modalities)
+            splits.append(
+                HeldOut(
+                    source.label, f"{key}.train.sources[{i}].{field}", folder, per_source[source.label], has
+                )
+            )
+    return splits
+
+
+def data_folders(
+    train_cfg: LoaderConfig, val_dir: str, test_dir: str, key: str = "data"
+) -> list[tuple[str, str]]:
+    """(YAML key, folder) of every folder a run reads: training, then validation and test (own and per source)."""
+    return train_folders(train_cfg, f"{key}.train") + [
+        (h.key, h.shard_dir)
+        for split, own in (("val", val_dir), ("test", test_dir))
+        for h in held_out(train_cfg, own, split, key)
+    ]
 
 
 def _check_spec(key: str, configured: Any, default: Any, wanted: Any) -> None:

@@ -90,13 +90,16 @@ def evaluate_retrieval(
     ``embeddings[m]`` is (N, D) for modality m over the same N samples; ``present[m]`` (N,) bool marks
     the samples that really have m (a pair uses the samples where both are present). Returns
     ``{pair: {str(dim): {"a_to_b": metrics, "b_to_a": metrics}}}``; :func:`pair_counts` gives the number
-    of samples behind each pair.
+    of samples behind each pair. A pair without a single sample that has both sides (a split of a source
+    that lacks one) is left out of the result; its count is 0.
     """
     modalities = list(embeddings)
     result: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for pair in pairs:
         first, second = split_pair(pair, modalities)
         keep = present[first].bool().cpu() & present[second].bool().cpu()
+        if not bool(keep.any()):
+            continue
         a, b = embeddings[first][keep], embeddings[second][keep]
         pair_labels = labels[keep] if labels is not None else None
         per_dim: dict[str, dict[str, dict[str, float]]] = {}

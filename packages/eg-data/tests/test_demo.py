@@ -1,5 +1,6 @@
 """The offline demo dataset: sizes, disjoint stratified splits, real speech of plausible length, QA
-answers consistent with labels, captions that vary within a class, and a no-op rebuild.
+answers consistent with labels, captions that vary within a class, a no-op rebuild, and the two mixture
+sources of each split.
 
 Needs the `eg-data[demo]` extra (scikit-learn, espeakng-loader), except the measured-properties test."""
 
@@ -49,6 +50,22 @@ def test_sizes_splits_and_noop_rebuild(demo):
     start = time.perf_counter()
     assert build_demo_dataset(out) == manifest
     assert time.perf_counter() - start < 0.5
+
+
+def test_mixture_sources_split_every_split_in_two(demo):
+    """image_text/{split} and audio_text/{split}: the split's even and odd storage positions, each with
+    only its own modalities (and the json), together the whole split with no sample in both."""
+    out, manifest, splits = demo
+    for split, rows in splits.items():
+        image_text, audio_text = read_all(out / "image_text" / split), read_all(out / "audio_text" / split)
+        assert [r["__key__"] for r in image_text] == [r["__key__"] for r in rows[0::2]]
+        assert [r["__key__"] for r in audio_text] == [r["__key__"] for r in rows[1::2]]
+        assert {k for r in image_text for k in r if not k.startswith("__")} == {"png", "txt", "json"}
+        assert {k for r in audio_text for k in r if not k.startswith("__")} == {"flac", "txt", "json"}
+        assert image_text[0]["png"] == rows[0]["png"] and audio_text[0]["flac"] == rows[1]["flac"]
+        assert manifest["sources"]["image_text"][split] + manifest["sources"]["audio_text"][split] == len(
+            rows
+        )
 
 
 def test_images_are_the_sklearn_digits(demo):

@@ -36,9 +36,11 @@ class SourceConfig:
     name: str = ""
     """How reports and metrics name the source ("" = its shard_dir)."""
     val_dir: str = ""
-    """The source's own validation folder, for per-source evaluation ("" = none)."""
+    """The source's own validation folder ("" = none), validated on its own for the pairs whose two sides
+    the source has (stage 1: metrics.csv `val/sources/<name>/...`; stage 2 does not read it)."""
     test_dir: str = ""
-    """The source's own test folder, for per-source evaluation ("" = none)."""
+    """The source's own test folder ("" = none), evaluated on its own as `val_dir` (stage 1: eval.json
+    `sources.<name>`; stage 2 does not read it)."""
 
     def __post_init__(self) -> None:
         if not is_missing(self.shard_dir) and not self.shard_dir:

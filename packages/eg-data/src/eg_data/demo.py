@@ -1,8 +1,8 @@
 """The offline demo dataset: scikit-learn's 1,797 handwritten digits as images, short captions from
 varied templates that name measured instance properties (stroke thickness, slant, size), each caption
 spoken by eSpeak NG with a varied voice, pitch and speed, QA pairs whose answers need the image, and
-the digit as `label`. Deterministic, with fixed stratified 80/10/10 train/val/test splits, and the train
-split also as two disjoint single-pair sources (image-text, audio-text) for the mixture demo.
+the digit as `label`. Deterministic, with fixed stratified 80/10/10 train/val/test splits, and each split
+also as two disjoint single-pair sources (image-text, audio-text) for the mixture demo.
 
 scikit-learn and espeakng-loader come with the `eg-data[demo]` extra and are imported on first use."""
 
@@ -126,11 +126,11 @@ def is_demo_complete(out_dir: str | Path, image_size: int = 32) -> bool:
 def build_demo_dataset(
     out_dir: str | Path, image_size: int = 32, samples_per_shard: int = 256, seed: int = 0
 ) -> dict[str, Any]:
-    """Build the demo shards under `out_dir/{train,val,test}` (no-op when already complete), and the
-    train split as a two-source mixture: `image_text/train` and `audio_text/train` (see `_write_sources`).
+    """Build the demo shards under `out_dir/{train,val,test}` (no-op when already complete), and each
+    split as a two-source mixture: `image_text/{split}` and `audio_text/{split}` (see `_write_sources`).
 
     Returns the manifest: version, image_size, per-split sample counts, the audio sample rate, and
-    `sources`: the sample count of each mixture source.
+    `sources`: the sample count of each mixture source's splits ({name: {split: count}}).
     """
     out = Path(out_dir)
     if image_size < 8:
@@ -198,19 +198,22 @@ def build_demo_dataset(
     return {**manifest, "sources": _write_sources(out, rebuild=True)}
 
 
-def _write_sources(out: Path, rebuild: bool) -> dict[str, int]:
-    """The demo as a two-source mixture: the train split's even-position samples with image and text
-    (`image_text/train`) and its odd-position samples with audio and text (`audio_text/train`). No
-    image ever meets an audio clip in one sample, so vision-audio retrieval on the tri-modal test split
-    measures what the shared text space transfers. Written when missing (or with a rebuilt train split)."""
-    counts = {}
+def _write_sources(out: Path, rebuild: bool) -> dict[str, dict[str, int]]:
+    """The demo as a two-source mixture: each split's even-position samples with image and text
+    (`image_text/{split}`) and its odd-position samples with audio and text (`audio_text/{split}`). No
+    image ever meets an audio clip in one training sample, so vision-audio retrieval on the tri-modal test
+    split measures what the shared text space transfers; each source's val/test halves are its own
+    held-out splits. Written when missing (or with rebuilt splits)."""
+    counts: dict[str, dict[str, int]] = {}
     for part, (name, keep) in enumerate(SOURCES.items()):
-        folder = out / name / "train"
-        if rebuild or not (folder / "shards.json").exists():
-            if folder.exists():
-                shutil.rmtree(folder)  # a partial or stale earlier one
-            write_subset(
-                out / "train", folder, keep, num_parts=len(SOURCES), part=part, samples_per_shard=256
-            )
-        counts[name] = sum(info.num_samples for info in load_index(folder))
+        counts[name] = {}
+        for split in SPLITS:
+            folder = out / name / split
+            if rebuild or not (folder / "shards.json").exists():
+                if folder.exists():
+                    shutil.rmtree(folder)  # a partial or stale earlier one
+                write_subset(
+                    out / split, folder, keep, num_parts=len(SOURCES), part=part, samples_per_shard=256
+                )
+            counts[name][split] = sum(info.num_samples for info in load_index(folder))
     return counts
