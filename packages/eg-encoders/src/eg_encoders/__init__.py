@@ -1,15 +1,16 @@
-"""eg-encoders: vision (CLIP), audio (Whisper) and text (Sentence-BERT) encoders with pooling and a
+"""eg-encoders: vision (CLIP), audio (Whisper) and text (Sentence-BERT, or an open_clip CLIP text tower) encoders with pooling and a
 Matryoshka projection head. Every encoder returns an `EncoderOutput(tokens, mask, pooled)`; every config
 checks itself when constructed and builds its component with `build(...)`."""
 
 from .audio import AudioEncoder, AudioEncoderConfig, AudioSpec, WhisperEncoderDims
 from .common import EncoderError, EncoderOutput
 from .matryoshka import MatryoshkaConfig, MatryoshkaProjection, truncate_normalize
+from .open_clip_text import OpenClipTextEncoder
 from .pooling import AttentionPooling, ClsPooling, MeanPooling, PoolingConfig
 from .text import TextEncoder, TextEncoderConfig
 from .vision import ImageSpec, VisionEncoder, VisionEncoderConfig
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "AttentionPooling",
@@ -23,6 +24,7 @@ __all__ = [
     "MatryoshkaConfig",
     "MatryoshkaProjection",
     "MeanPooling",
+    "OpenClipTextEncoder",
     "PoolingConfig",
     "TextEncoder",
     "TextEncoderConfig",
