@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from apps.common import config_doc
@@ -95,3 +96,20 @@ def test_documented_keys_and_defaults_are_what_the_loader_takes() -> None:
             if row.key not in ("train.output_dir", "train.checkpoint_dir"):  # the stage names them
                 assert config_doc.yaml_value(value) == row.default, row.key
             load_config(schema, None, [*required, f"{row.key}={row.default}"])
+
+
+def test_keys_cited_in_the_docs_exist() -> None:
+    """Every `a.b.c` key path that docs/troubleshooting.md cites in backticks (`key`, `key: value`,
+    `--set key=value`) is a key of a stage config."""
+    keys = {row.key.replace("[]", "") for _, section in config_doc.all_sections() for row in section.rows}
+    roots = {key.split(".")[0] for key in keys if "." in key}
+    text = (DOC.parent / "troubleshooting.md").read_text()
+    cited = set()
+    for span in re.findall(r"`([^`\n]+)`", text):
+        for token in re.split(r"[\s,]+", span):
+            token = token.removeprefix("--set=").split("=")[0].rstrip(":")
+            if re.fullmatch(r"[a-z_0-9]+(\.[a-z_0-9]+)+", token) and token.split(".")[0] in roots:
+                cited.add(token)
+    assert len(cited) > 30, sorted(cited)  # the pattern finds them
+    unknown = sorted(cited - keys)
+    assert not unknown, f"docs/troubleshooting.md cites keys no config has: {unknown}"
