@@ -22,7 +22,9 @@ from eg_train.metrics import TIME_COLUMNS
 
 # 8 batches per epoch; kill during step 11 (epoch 1): latest is step 9, whose logging window holds step 9,
 # so the first row after the resume (step 12) averages steps 9-12 only if the window was restored.
-CONFIG = {"max_steps": 20, "save_every": 3, "log_every": 4, "lr": 0.02}
+# async_save false: step 9's file is on disk before step 10 starts (written in the background, it may still
+# be in flight two toy steps later, and the kill would find step 8; test_resume kills the background write).
+CONFIG = {"max_steps": 20, "save_every": 3, "log_every": 4, "lr": 0.02, "async_save": False}
 OPTS = {"model": "sampled", "data": "reporting", "dropout": 0.2, "config": CONFIG}
 
 

@@ -96,6 +96,10 @@ class TrainerConfig:
     """Steps between checkpoint_latest.pt writes; 0 = only at epoch ends and at the end."""
     keep_last_n: int = 0
     """Also keep the N newest checkpoint_step_<step>.pt files (0 = none)."""
+    async_save: bool = True
+    """Write checkpoint files on a background thread: the loop waits only while the state is serialized.
+    Each file is still atomic; a crash during a write keeps the previous checkpoint. false = wait for every
+    write (the file is on disk when the loop goes on)."""
     save_trainable_only: bool = True
     """Checkpoints hold the trainable params, buffers and module extra state, not frozen weights (they are
     rebuilt from the config); false = the full state dict."""
@@ -118,7 +122,8 @@ class TrainerConfig:
     tensorboard: bool = True
     """Write tensorboard event files to output_dir/tensorboard."""
     plots: bool = True
-    """Draw training_curves.png and loss_components.png in output_dir after each validation."""
+    """Draw training_curves.png and loss_components.png in output_dir after each validation (on a background
+    thread) and at the end."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Optional Weights & Biases logging."""
 

@@ -154,7 +154,7 @@ class Trainer:
             while self.step < self.total_steps and not (self.epoch_limit and self.epoch >= self.epoch_limit):
                 self._run_epoch()
             if self._last_save_step != self.step:
-                self._save(best=False)
+                self._save(best=False, final=True)
             self._draw_plots(final=True)  # while the final checkpoint is being written
             self._collect_write(final=True)
             # Every rank leaves fit() together: a rank that exits (and tears down its gloo/nccl group at exit)
@@ -385,7 +385,7 @@ class Trainer:
             )
         if (cfg.save_every and self.step % cfg.save_every == 0) or epoch_ended or final or improved:
             save_latest = bool((cfg.save_every and self.step % cfg.save_every == 0) or epoch_ended or final)
-            self._save(best=improved, latest=save_latest)
+            self._save(best=improved, latest=save_latest, final=final)
         if self._last_val_step == self.step:
             self._draw_plots(final=False)
         if self.loggers is not None and self.plotter.poll():
@@ -400,13 +400,13 @@ class Trainer:
             tqdm.write(f"eg-train: {line}", file=sys.stdout)  # keeps the progress bar intact
             sys.stdout.flush()
 
-    def _save(self, best: bool, latest: bool = True) -> None:
+    def _save(self, best: bool, latest: bool = True, final: bool = False) -> None:
         """Capture and serialize the run state (a collective), then write it on the writer thread.
 
-        Training is blocked only while the state is captured and serialized (about what one torch.save
-        costs); the atomic writes and fsyncs overlap the next steps. A failed write (disk full...) warns
-        when its outcome is collected and training goes on, with the earlier files intact; fit() waits for
-        the final save, and its failure raises TrainError."""
+        With `async_save`, training is blocked only while the state is captured and serialized (about one
+        torch.save); the atomic writes and fsyncs overlap the next steps, and fit() waits for the final one.
+        A failed write (disk full...) warns when its outcome is collected and training goes on, with the
+        earlier files intact; a failed final write raises TrainError."""
         contents = state.capture(self)
         if latest:
             self._last_save_step = self.step
@@ -415,6 +415,8 @@ class Trainer:
         data = ck.serialize(contents)
         self._collect_write()  # one write at a time; the previous one's failure is reported first
         self.writer.submit(self.checkpoint_dir, data, self.step, latest, best, self.cfg.keep_last_n)
+        if not self.cfg.async_save:
+            self._collect_write(final=final)
 
     def _collect_write(self, final: bool = False) -> None:
         """Wait for the checkpoint write in flight (if any) and account for its outcome."""
