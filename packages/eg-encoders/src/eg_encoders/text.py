@@ -41,30 +41,28 @@ BACKENDS = ("sentence_transformers", "open_clip")
 
 @dataclass
 class TextEncoderConfig:
-    """Text encoder settings; checked when constructed (EncoderError naming the key).
-
-    backend: "sentence_transformers" or "open_clip" (the text tower of an open_clip CLIP model, tokenized
-        with that model's own open_clip tokenizer; pooled = CLIP's text embedding, its projection included).
-    model_name: sentence_transformers: a hub name ("sentence-transformers/all-MiniLM-L6-v2") or a local
-        directory saved by SentenceTransformer.save(). open_clip: an open_clip model name ("ViT-B-32"),
-        "hf-hub:org/repo", "local-dir:/path", or the file stem of `model_config_file`.
-    pretrained: open_clip only: a pretrained tag ("openai"), a checkpoint file, or "" for random init.
-    model_config_file: open_clip only: a JSON model config registered with open_clip ("" = none).
-    cache_dir: download cache ("" = library default).
-    trainable: True = fine-tune the whole model; False = frozen (no gradients, eval mode).
-    grad_checkpointing: recompute activations in backward (trainable only).
-    max_seq_length: sentence_transformers only: truncate texts to this many tokens (0 = the model's own
-        setting). open_clip models have a fixed context length (their tokenizer pads and truncates to it).
-    """
+    """Text encoder settings; checked when constructed (EncoderError naming the key)."""
 
     backend: str = "sentence_transformers"
+    """sentence_transformers, or open_clip: the text tower of an open_clip CLIP model, tokenized with that
+    model's own open_clip tokenizer; pooled = CLIP's text embedding, its projection included."""
     model_name: str = "sentence-transformers/all-MiniLM-L6-v2"
+    """sentence_transformers: a hub name ("sentence-transformers/all-MiniLM-L6-v2") or a local directory saved
+    by SentenceTransformer.save(). open_clip: an open_clip model name ("ViT-B-32"), "hf-hub:org/repo",
+    "local-dir:/path", or the file stem of `model_config_file`."""
     pretrained: str = ""
+    """open_clip only: a pretrained tag ("openai"), a checkpoint file, or "" for random init."""
     model_config_file: str = ""
+    """open_clip only: a JSON model config registered with open_clip ("" = none)."""
     cache_dir: str = ""
+    """Download cache ("" = the library's default)."""
     trainable: bool = False
+    """True = fine-tune the whole model; False = frozen (no gradients, eval mode)."""
     grad_checkpointing: bool = False
+    """Recompute activations in backward to save memory (trainable only)."""
     max_seq_length: int = 0
+    """sentence_transformers only: truncate texts to this many tokens (0 = the model's own setting). open_clip
+    models have a fixed context length (their tokenizer pads and truncates to it)."""
 
     def __post_init__(self) -> None:
         """Raise EncoderError naming the first bad key (values still omegaconf.MISSING are skipped)."""
