@@ -49,35 +49,33 @@ class ImageSpec:
 class VisionEncoderConfig:
     """Vision encoder settings; checked when constructed (EncoderError naming the key).
 
-    backend: "open_clip" or "hf".
-    model_name: open_clip model name (e.g. "ViT-L-14-336", also "hf-hub:org/repo" / "local-dir:/path") or,
-        for "hf", a hub id ("openai/clip-vit-large-patch14") or a local directory.
-    pretrained: open_clip only: a pretrained tag ("openai"), a local checkpoint file, or "" for random init.
-        Must be "" for backend "hf" (the weights come from model_name).
-    model_config_file: open_clip only: a JSON model config registered with open_clip.add_model_config, so
-        model_name may be its file stem ("" = none).
-    cache_dir: download cache for open_clip tags / HF hub ids ("" = library default).
-    trainable_blocks: 0 = frozen, -1 = train all, k = train the last k transformer blocks (+ final norm).
-    grad_checkpointing: recompute block activations in backward to save memory.
-    pooling: how tokens become the pooled vector (`type: none`: no pooling, `pooled` is None).
-    clip_projection: open_clip only: keep CLIP's own image projection, so `pooled` is CLIP's image embedding
-        (the class token after ln_post times `proj`, exactly `encode_image`; needs `pooling.type: cls`)
-        and `pooled_dim` is CLIP's embed_dim. False (default): the projection is dropped and `pooled` is
-        the pooled token width.
-
-    Whether names and files exist, and k of `trainable_blocks` against the backbone's depth, are checked
-    when the encoder is built.
+    Whether names and files exist, and k of `trainable_blocks` against the backbone's depth, are checked when
+    the encoder is built.
     """
 
     backend: str = "open_clip"
+    """open_clip or hf (a Hugging Face CLIPVisionModel)."""
     model_name: str = "ViT-L-14-336"
+    """open_clip: a model name (e.g. "ViT-L-14-336", also "hf-hub:org/repo" / "local-dir:/path", or the file
+    stem of `model_config_file`); hf: a hub id ("openai/clip-vit-large-patch14") or a local directory."""
     pretrained: str = "openai"
+    """open_clip only: a pretrained tag ("openai"), a local checkpoint file, or "" for random init. Must be ""
+    for backend hf (the weights come from model_name)."""
     model_config_file: str = ""
+    """open_clip only: a JSON model config registered with open_clip.add_model_config, so model_name may be
+    its file stem ("" = none)."""
     cache_dir: str = ""
+    """Download cache for open_clip tags / HF hub ids ("" = the library's default)."""
     trainable_blocks: int = 0
+    """0 = frozen, -1 = train all, k = train the last k transformer blocks (+ final norm)."""
     grad_checkpointing: bool = False
+    """Recompute block activations in backward to save memory."""
     pooling: PoolingConfig = field(default_factory=lambda: PoolingConfig(type="cls"))
+    """How tokens become the pooled vector (`type: none`: no pooling, `pooled` is None)."""
     clip_projection: bool = False
+    """open_clip only: keep CLIP's own image projection, so `pooled` is CLIP's image embedding (the class
+    token after ln_post times `proj`, exactly `encode_image`; needs `pooling.type: cls`) and `pooled_dim`
+    is CLIP's embed_dim. False: the projection is dropped and `pooled` has the token width."""
 
     def __post_init__(self) -> None:
         """Raise EncoderError naming the first bad key (values still omegaconf.MISSING are skipped)."""
