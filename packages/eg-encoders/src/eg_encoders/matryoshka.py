@@ -19,18 +19,20 @@ MAX_MATRYOSHKA_DIM = 4096
 
 @dataclass
 class MatryoshkaConfig:
-    """max_dim: the top Matryoshka dim (1..4096). hidden_dim: 0 = one linear layer, >0 = a 2-layer MLP.
-
-    identity: no head at all: the encoder's pooled vector is the embedding as it is, so its width must be
-    max_dim (for encoders that project by themselves, e.g. CLIP's own image and text projections, which
-    is how a CLIP model trains exactly as CLIP). Needs hidden_dim 0.
+    """The Matryoshka projection head: pooled features to a max_dim embedding whose prefixes are embeddings
+    too.
 
     Checked when constructed (EncoderError naming the key).
     """
 
     max_dim: int = 1024
+    """The top Matryoshka dim, the width of the shared embedding space (1..4096)."""
     hidden_dim: int = 0
+    """0 = one linear layer; > 0 = a 2-layer MLP (Linear, GELU, Linear) with this hidden width."""
     identity: bool = False
+    """No head at all: the encoder's pooled vector is the embedding as it is, so its width must be max_dim
+    (for encoders that project by themselves, e.g. CLIP's own image and text projections: how a CLIP model
+    trains exactly as CLIP). Needs hidden_dim 0."""
 
     def __post_init__(self) -> None:
         """Raise EncoderError naming the first bad key (values still omegaconf.MISSING are skipped)."""
