@@ -43,8 +43,13 @@ class VisionTowerConfig:
     """Vision: a CLIP encoder (its `pooling` pools tokens, or the resampler's latents when one is set)."""
 
     encoder: VisionEncoderConfig = field(default_factory=VisionEncoderConfig)
+    """eg-encoders' vision encoder (open_clip or Hugging Face CLIP)."""
     resampler: PerceiverResamplerConfig | None = None
-    lr: float = -1.0  # learning rate of this tower's trainable encoder weights; -1 = train.lr
+    """A Perceiver Resampler over the encoder's tokens (null = none); its `input_dim` is set to the encoder's
+    width."""
+    lr: float = -1.0
+    """Learning rate of this tower's trainable encoder weights; -1 = train.lr (the resampler and projection
+    always use train.lr)."""
 
 
 @dataclass
@@ -52,8 +57,13 @@ class AudioTowerConfig:
     """Audio: a Whisper encoder, optionally followed by a Perceiver Resampler."""
 
     encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    """eg-encoders' Whisper audio encoder."""
     resampler: PerceiverResamplerConfig | None = None
+    """A Perceiver Resampler over the encoder's tokens (null = none); its `input_dim` is set to the encoder's
+    width."""
     lr: float = -1.0
+    """Learning rate of this tower's trainable encoder weights; -1 = train.lr (the resampler and projection
+    always use train.lr)."""
 
 
 @dataclass
@@ -62,88 +72,92 @@ class TextTowerConfig:
     CLIP model with its own tokenizer; its sentence (CLIP: text) embedding is the pooled vector."""
 
     encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    """eg-encoders' text encoder (sentence-transformers or an open_clip text tower)."""
     lr: float = -1.0
+    """Learning rate of this tower's trainable encoder weights; -1 = train.lr (the resampler and projection
+    always use train.lr)."""
 
 
 @dataclass
 class ModelConfig:
-    """The alignment model: the modalities present (null = absent), the pairs aligned, the shared projection.
-
-    pairs: any of "vision_text", "audio_text", "vision_audio"; each names two present modalities.
-    projection: one MatryoshkaProjection per modality, all to the same `max_dim` (the shared space).
-        `projection.identity: true` adds no head: the encoders' own embeddings are the shared space, which is
-        how an open_clip CLIP trains exactly as CLIP (`vision.encoder.clip_projection: true`,
-        `text.encoder.backend: open_clip`, max_dim = the model's embed_dim; configs/clip_finetune.yaml).
-    """
+    """The alignment model: the modalities present (null = absent), the pairs aligned, the shared projection."""
 
     vision: VisionTowerConfig | None = None
+    """The vision tower (null = no vision)."""
     audio: AudioTowerConfig | None = None
+    """The audio tower (null = no audio)."""
     text: TextTowerConfig | None = None
+    """The text tower (null = no text)."""
     pairs: list[str] = field(default_factory=lambda: ["vision_text"])
+    """The pairs aligned, any of vision_text, audio_text, vision_audio; each names two present modalities."""
     projection: MatryoshkaConfig = field(default_factory=MatryoshkaConfig)
+    """One MatryoshkaProjection per modality, all to the same `max_dim` (the shared space). `identity: true`
+    adds no head: the encoders' own embeddings are the shared space, which is how an open_clip CLIP trains
+    exactly as CLIP (`vision.encoder.clip_projection: true`, `text.encoder.backend: open_clip`, max_dim =
+    the model's embed_dim; configs/clip_finetune.yaml)."""
 
 
 @dataclass
 class LossesConfig:
-    """Per pair: contrastive * InfoNCE(full width) + mrl * Matryoshka(InfoNCE at nested dims), times the pair weight.
-
-    contrastive / mrl: the two weights (0 switches a term off; not both).
-    mrl_dims: nested dims, increasing, the last <= model.projection.max_dim (null = 128, 256, ... capped).
-    mrl_weights: one per dim (null = 1.0 each).
-    sample_single_mrl_dim: one random dim per step instead of all of them.
-    num_sampled_mrl_dims: k > 0 draws k random dims per step (0 = all, or one with the switch above).
-    pair_weights: weight per pair name; pairs not listed weigh 1.0.
-    infonce: eg-losses' ContrastiveLoss settings (temperature, learnable, distributed gathering).
-    """
+    """Per pair: contrastive * InfoNCE(full width) + mrl * Matryoshka(InfoNCE at nested dims), times the pair
+    weight."""
 
     contrastive: float = 1.0
+    """Weight of the full-width InfoNCE term (0 switches it off; not both weights 0)."""
     mrl: float = 1.0
+    """Weight of the Matryoshka term (0 switches it off)."""
     mrl_dims: list[int] | None = None
+    """Nested dims, increasing, the last <= model.projection.max_dim (null = 128, 256, ... capped at max_dim).
+    """
     mrl_weights: list[float] | None = None
+    """One weight per Matryoshka dim (null = 1.0 each)."""
     sample_single_mrl_dim: bool = False
+    """Score one random Matryoshka dim per step instead of all of them."""
     num_sampled_mrl_dims: int = 0
+    """k > 0 draws k random dims per step (0 = all, or one with sample_single_mrl_dim)."""
     pair_weights: dict[str, float] = field(default_factory=dict)
+    """Weight per pair name; pairs not listed weigh 1.0 (0 = evaluated only)."""
     infonce: ContrastiveLossConfig = field(default_factory=ContrastiveLossConfig)
+    """eg-losses' ContrastiveLoss settings (temperature, learnable, distributed gathering)."""
 
 
 @dataclass
 class DataConfig:
-    """Where the shards are and how they are read.
-
-    train: eg-data's loader settings for training (shard_dir, batch size, workers, text dropout, ...);
-        `image.size/mean/std` and `audio.n_mels/n_samples` come from the encoders and need not be set.
-        `train.sources` (instead of shard_dir) mixes several folders, each with a weight and the
-        modalities its samples have; every pair of model.pairs must have a source with both sides.
-    val_dir / test_dir: shard folders for validation during training and the final held-out evaluation,
-        every pair of model.pairs evaluated on them; read with train's settings minus shuffling,
-        augmentation and text dropout. "" = none. With `train.sources`, each source's own `val_dir` /
-        `test_dir` is evaluated too, on its own, for the pairs whose two sides the source has (docs/data.md).
-        No validation split at all: no validation. A test split (own or a source's) is required.
-    build_demo: a folder; when the shards are missing there, eg-data's demo dataset is built into it first
-        ("" = never build).
-    """
+    """Where the shards are and how they are read."""
 
     train: LoaderConfig = field(default_factory=LoaderConfig)
+    """eg-data's loader settings for training (shard_dir, batch size, workers, text dropout, ...);
+    `image.size/mean/std` and `audio.n_mels/n_samples` come from the encoders and need not be set.
+    `train.sources` (instead of shard_dir) mixes several folders, each with a weight and the modalities its
+    samples have; every pair of model.pairs must have a source with both sides. With sources, each source's
+    own `val_dir` / `test_dir` is evaluated too, on its own, for the pairs whose two sides the source has
+    (docs/data.md)."""
     val_dir: str = "data/demo/val"
+    """Shards for validation during training, every pair of model.pairs evaluated on them; read with train's
+    settings minus shuffling, augmentation and text dropout ("" = none; with no validation split at all, no
+    validation)."""
     test_dir: str = "data/demo/test"
+    """Shards for the final held-out evaluation (and apps/evaluate), read as val_dir ("" = none; a test split,
+    this or a source's, is required)."""
     build_demo: str = ""
+    """A folder; when the shards are missing there, eg-data's demo dataset is built into it first ("" = never
+    build)."""
 
 
 @dataclass
 class EvalConfig:
-    """Retrieval evaluation on val (during training) and test (at the end, and by apps/evaluate).
-
-    batch_size: batch size of the evaluation loaders. chunk_size: queries per similarity block.
-    dims: the Matryoshka dims evaluated (null = the MRL dims of `losses`).
-    max_val_samples: cap on validation samples per evaluation (0 = all).
-    plot_max_points: points per modality in embedding_space.png (0 = no plot).
-    """
+    """Retrieval evaluation on val (during training) and test (at the end, and by apps/evaluate)."""
 
     batch_size: int = 128
+    """Batch size of the evaluation loaders."""
     chunk_size: int = 1024
+    """Queries per similarity block (bounds the memory of the similarity matrix)."""
     dims: list[int] | None = None
+    """The Matryoshka dims evaluated (null = the MRL dims of `losses`)."""
     max_val_samples: int = 0
+    """Cap on validation samples per evaluation (0 = all)."""
     plot_max_points: int = 400
+    """Points per modality in embedding_space.png (0 = no plot)."""
 
 
 @dataclass
@@ -157,16 +171,28 @@ class AlignmentConfig:
     the data order and the Matryoshka dim draws; `train.seed` seeds the trainer's per-rank RNG.
     """
 
-    stage: str = "alignment"  # the stage package that runs this config (apps/alignment)
+    stage: str = "alignment"
+    """The stage that runs this config; alignment for this tree (apps/alignment)."""
     experiment_name: str = "alignment"
+    """Names the default output and checkpoint folders (outputs/<name>, checkpoints/<name>)."""
     seed: int = 0
-    num_threads: int = 0  # torch intra-op threads per process; 0 = torch's default
+    """Seeds the model's initialization, the data order and the Matryoshka dim draws."""
+    num_threads: int = 0
+    """Torch intra-op threads per process; 0 = torch's default (on a busy or small CPU machine 1 is far faster
+    than oversubscribed threads)."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Where the shards are and how they are read."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The towers, the pairs aligned and the shared projection."""
     losses: LossesConfig = field(default_factory=LossesConfig)
+    """Contrastive and Matryoshka loss weights and settings."""
     train: TrainerConfig = field(default_factory=TrainerConfig)
+    """eg-train's settings; `train.seed` seeds the trainer's per-rank RNG."""
     eval: EvalConfig = field(default_factory=EvalConfig)
-    demo_models: DemoModelsConfig | None = None  # write tiny random-init backbones first (the demo)
+    """Retrieval evaluation."""
+    demo_models: DemoModelsConfig | None = None
+    """When set, the tiny random-init demo backbones are written (once) before the encoders load them (the
+    demo)."""
 
     def __post_init__(self) -> None:
         if self.stage != "alignment":
