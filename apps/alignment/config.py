@@ -164,11 +164,8 @@ class EvalConfig:
 class AlignmentConfig:
     """A stage-1 alignment experiment: everything `uv run apps/train --config FILE` needs.
 
-    num_threads: on a busy or small CPU machine 1 is far faster than oversubscribed threads.
-    demo_models: when set, the tiny demo backbones are written (once) before the encoders load them.
-    Outputs go to `train.output_dir` and `train.checkpoint_dir`, which default to
-    outputs/<experiment_name> and checkpoints/<experiment_name>. `seed` seeds the model's initialization,
-    the data order and the Matryoshka dim draws; `train.seed` seeds the trainer's per-rank RNG.
+    Outputs go to `train.output_dir` and `train.checkpoint_dir`, which default to outputs/<experiment_name>
+    and checkpoints/<experiment_name>.
     """
 
     stage: str = "alignment"
