@@ -184,12 +184,8 @@ class QAEvalConfig:
 class QAConfig:
     """A stage-2 experiment: `uv run apps/train --config FILE` with `stage: qa`.
 
-    demo_qwen: when set, a tiny random-init Qwen2 and its tokenizer are written (once) to `demo_qwen.dir`
-    before the decoder loads it from there (`model.decoder.qwen.model_name`).
-
     Outputs go to `train.output_dir` / `train.checkpoint_dir`, by default outputs/<experiment_name> and
-    checkpoints/<experiment_name>. `seed` seeds the decoder's initialization; `train.seed` the trainer's
-    per-rank RNG, which also draws the modality dropout.
+    checkpoints/<experiment_name>.
     """
 
     stage: str = "qa"
