@@ -66,7 +66,7 @@ def test_sections_rows_from_a_hand_written_tree() -> None:
             [
                 ("name", "str", "required", "Required name | with a bar."),
                 ("ratios", "list[float]", "[0.5, 0.25]", ""),
-                ("inner", "section", "(section)", "The inner part."),
+                ("inner", "section", "(below)", "The inner part."),
                 ("extra", "section or null", "null", "Optional part."),
             ],
         ),

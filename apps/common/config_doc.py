@@ -147,9 +147,9 @@ def yaml_value(value: Any) -> str:
     if isinstance(value, str) and value == MISSING:
         return "required"
     if dataclasses.is_dataclass(value):
-        return "(section)"
+        return "(below)"
     if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
-        return f"({len(value)} sections)"
+        return f"({len(value)} items, below)"
     return json.dumps(value)
 
 
