@@ -352,7 +352,7 @@ def qwen_workload(
 # --- measurement ---
 
 
-def matmul_peak_tflops(size: int, iterations: int = 20, bursts: int = 5) -> float:
+def matmul_peak_tflops(size: int, iterations: int = 50, bursts: int = 5) -> float:
     """The best bf16 matmul rate (TFLOP/s) of `bursts` timed bursts of (size x size) @ (size x size)."""
     a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)

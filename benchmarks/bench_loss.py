@@ -16,7 +16,9 @@ tensors) and `head` (the loss on top of a fixed projection head: two nn.Linear(-
 (B, --head-in) features, their weight gradients included). A timed region repeats one contender until
 --region-s seconds have passed (at least one call); the contenders are alternated region by region
 (rotating the order), --repeats times; per-call time is the median over regions, the ratio the median
-of the per-repeat ratios to contrastive alone in the same repeat. The sampled modes draw their dims from
+of the per-repeat ratios to contrastive alone in the same repeat. Both wall time and this process's
+CPU time (time.process_time, one thread) are measured: on a shared machine the CPU time is what the
+work itself cost, the wall time adds waiting for a core. The sampled modes draw their dims from
 the loss's seeded generator, so a region's cost depends on the dims it drew: the mean number of MRL
 dims per call is reported beside it.
 
@@ -78,6 +80,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "torch": torch.__version__,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit,
+        "load_average_1min_at_start": os.getloadavg()[0],  # the machine is shared: how busy it was
     }
 
 
@@ -127,16 +130,19 @@ class LossUnderTest:
         return [*self.head_a.parameters(), *self.head_b.parameters()]
 
 
-def timed_region(fn: Callable[[], None], seconds: float) -> tuple[float, int]:
-    """Call fn until `seconds` have passed (at least once); return (seconds per call, calls)."""
+def timed_region(fn: Callable[[], None], seconds: float) -> tuple[float, float, int]:
+    """Call fn until `seconds` have passed (at least once); return (wall s per call, CPU s per call, calls).
+
+    CPU time is this process's (one thread): what the work itself cost, whatever else the machine ran.
+    """
     calls = 0
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     while True:
         fn()
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
-            return elapsed / calls, calls
+            return elapsed / calls, (time.process_time() - start_cpu) / calls, calls
 
 
 def bench_time(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -150,17 +156,20 @@ def bench_time(args: argparse.Namespace) -> list[dict[str, Any]]:
                     c.step()  # warm-up
                     c.mrl_dims_used = c.calls = 0
                 per_call: dict[str, list[float]] = {m: [] for m in MODES}
+                cpu_per_call: dict[str, list[float]] = {m: [] for m in MODES}
                 region_s: dict[str, list[float]] = {m: [] for m in MODES}
                 for repeat in range(args.repeats):
                     order = MODES[repeat % len(MODES) :] + MODES[: repeat % len(MODES)]
                     for mode in order:
-                        seconds, calls = timed_region(contenders[mode].step, args.region_s)
+                        seconds, cpu, calls = timed_region(contenders[mode].step, args.region_s)
                         per_call[mode].append(seconds)
+                        cpu_per_call[mode].append(cpu)
                         region_s[mode].append(seconds * calls)
-                base = per_call["contrastive"]
+                base, cpu_base = per_call["contrastive"], cpu_per_call["contrastive"]
                 for mode in MODES:
                     c = contenders[mode]
                     ratios = [t / b for t, b in zip(per_call[mode], base)]
+                    cpu_ratios = [t / b for t, b in zip(cpu_per_call[mode], cpu_base)]
                     rows.append(
                         {
                             "setting": setting,
@@ -173,6 +182,9 @@ def bench_time(args: argparse.Namespace) -> list[dict[str, Any]]:
                             "ms_per_step_all": [1000 * t for t in per_call[mode]],
                             "ratio": statistics.median(ratios),
                             "ratios": ratios,
+                            "cpu_ms_per_step": 1000 * statistics.median(cpu_per_call[mode]),
+                            "cpu_ratio": statistics.median(cpu_ratios),
+                            "cpu_ratios": cpu_ratios,
                             "mean_mrl_dims": c.mrl_dims_used / c.calls if c.calls else 0.0,
                             "region_s_median": statistics.median(region_s[mode]),
                         }
@@ -319,6 +331,7 @@ def main() -> None:
         "time": bench_time(args),
         "memory": bench_memory(args) if args.mem_batches else [],
     }
+    report["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -326,20 +339,23 @@ def main() -> None:
     m = report["machine"]
     print(
         f"\nloss benchmark ({m['cpu']}, nproc {m['nproc']}, {args.threads} thread(s), torch {m['torch']}, "
-        f"commit {m['commit']}, {m['date']}); JSON: {out}"
+        f"commit {m['commit']}, {m['date']}, load average {m['load_average_1min_at_start']:.1f} -> "
+        f"{m['load_average_1min_at_end']:.1f}); JSON: {out}"
     )
     print(
         f"forward+backward, median of {args.repeats} alternated regions of >= {args.region_s:g} s; "
         "ratio to contrastive alone"
     )
     print(
-        f"{'setting':<8}{'B':>6}{'D':>6}  {'mode':<16}{'MRL dims/step':>14}{'ms/step':>10}{'ratio':>8}{'region s':>10}"
+        f"{'setting':<8}{'B':>6}{'D':>6}  {'mode':<16}{'MRL dims/step':>14}{'ms/step':>10}{'ratio':>8}"
+        f"{'CPU ms/step':>12}{'CPU ratio':>10}{'region s':>10}"
     )
     for r in report["time"]:
         mode = f"{r['mode']} (k={r['k']})" if r["k"] else r["mode"]
         print(
             f"{r['setting']:<8}{r['batch']:>6}{r['dim']:>6}  {mode:<16}{r['mean_mrl_dims']:>14.2f}"
-            f"{r['ms_per_step']:>10.1f}{r['ratio']:>8.3f}{r['region_s_median']:>10.2f}"
+            f"{r['ms_per_step']:>10.1f}{r['ratio']:>8.3f}{r['cpu_ms_per_step']:>12.1f}{r['cpu_ratio']:>10.3f}"
+            f"{r['region_s_median']:>10.2f}"
         )
     if report["memory"]:
         print(

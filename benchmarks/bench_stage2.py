@@ -22,7 +22,9 @@ prefix), for each N in --lengths: TRM and the baseline with their KV cache (the 
 may pick eos at any step; to measure N tokens every time, each model's output-head row of eos is zeroed
 (its logit is 0, below the largest of the other random logits). TRM's halting head starts at bias -5
 (never halting), so the random TRM runs all its supervision steps for every token, its worst case. The
-contenders are alternated per N, --repeats times; tokens/s = batch x new tokens / median seconds. Cached
+contenders are alternated per N, --repeats times; tokens/s = batch x new tokens / median seconds.
+Wall time and this process's CPU time (time.process_time, one thread) are both reported: on a shared
+machine the CPU time is what the work itself cost, the wall time adds waiting for a core. Cached
 and uncached tokens are checked identical.
 
 Prints a table last and writes JSON (default outputs/benchmarks/bench_stage2.json).
@@ -79,6 +81,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "torch": torch.__version__,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit,
+        "load_average_1min_at_start": os.getloadavg()[0],  # the machine is shared: how busy it was
     }
 
 
@@ -118,28 +121,34 @@ def never_eos(decoder: Decoder) -> None:
         head.weight[decoder.eos_id] = 0.0
 
 
-def timed_region(fn: Callable[[], Any], seconds: float) -> tuple[float, Any]:
-    """Call fn until `seconds` have passed (at least once); return (seconds per call, last result)."""
+def timed_region(fn: Callable[[], Any], seconds: float) -> tuple[float, float]:
+    """Call fn until `seconds` have passed (at least once); return (wall s, CPU s) per call.
+
+    CPU time is this process's (one thread): what the work itself cost, whatever else the machine ran.
+    """
     calls = 0
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     while True:
-        result = fn()
+        fn()
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
-            return elapsed / calls, result
+            return elapsed / calls, (time.process_time() - start_cpu) / calls
 
 
 def alternate(
     contenders: dict[str, Callable[[], Any]], repeats: int, seconds: float
-) -> dict[str, list[float]]:
-    """Time each contender region by region, rotating the order every repeat; seconds per call."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Time each contender region by region, rotating the order every repeat; wall and CPU s per call."""
     names = list(contenders)
     times: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     for repeat in range(repeats):
         for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
-            times[name].append(timed_region(contenders[name], seconds)[0])
-    return times
+            wall, used = timed_region(contenders[name], seconds)
+            times[name].append(wall)
+            cpu[name].append(used)
+    return times, cpu
 
 
 def bench_train(args: argparse.Namespace, models: dict[str, Decoder]) -> list[dict[str, Any]]:
@@ -161,11 +170,11 @@ def bench_train(args: argparse.Namespace, models: dict[str, Decoder]) -> list[di
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            return float(out.loss)
+            return float(out.loss.detach())
 
         step()  # warm-up (and the optimizer's state)
         steps[name] = step
-    times = alternate(steps, args.repeats, args.region_s)
+    times, cpu = alternate(steps, args.repeats, args.region_s)
     text_len = models["trm"].encode_qa([q for q, _ in pairs], [a for _, a in pairs])["input_ids"].shape[1]
     base = times["tiny"]
     return [
@@ -178,6 +187,8 @@ def bench_train(args: argparse.Namespace, models: dict[str, Decoder]) -> list[di
             "ms_per_step": 1000 * statistics.median(times[name]),
             "ms_per_step_all": [1000 * t for t in times[name]],
             "ratio_to_tiny": statistics.median(t / b for t, b in zip(times[name], base)),
+            "cpu_ms_per_step": 1000 * statistics.median(cpu[name]),
+            "cpu_ratio_to_tiny": statistics.median(t / b for t, b in zip(cpu[name], cpu["tiny"])),
         }
         for name in steps
     ]
@@ -205,7 +216,7 @@ def bench_generate(args: argparse.Namespace, models: dict[str, Decoder]) -> list
                     prefix, i, k, max_new_tokens=n, use_cache=c
                 )
         outputs = {name: fn() for name, fn in contenders.items()}  # warm-up, and the tokens to compare
-        times = alternate(contenders, args.repeats, args.gen_region_s)
+        times, cpu = alternate(contenders, args.repeats, args.gen_region_s)
         for name, seconds in times.items():
             new = outputs[name].shape[1]
             family = name.split(" ")[0]
@@ -221,6 +232,7 @@ def bench_generate(args: argparse.Namespace, models: dict[str, Decoder]) -> list
                     "ms_per_call": 1000 * statistics.median(seconds),
                     "ms_per_call_all": [1000 * t for t in seconds],
                     "tokens_per_s": args.gen_batch * new / statistics.median(seconds),
+                    "tokens_per_cpu_s": args.gen_batch * new / statistics.median(cpu[name]),
                     "cached_equals_uncached": same,
                 }
             )
@@ -268,6 +280,7 @@ def main() -> None:
             "train": bench_train(args, small),
             "generate": bench_generate(args, generating),
         }
+    report["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -275,21 +288,27 @@ def main() -> None:
     m = report["machine"]
     print(
         f"\nstage-2 benchmark ({m['cpu']}, nproc {m['nproc']}, {args.threads} thread(s), torch {m['torch']}, "
-        f"commit {m['commit']}, {m['date']}); JSON: {out}"
+        f"commit {m['commit']}, {m['date']}, load average {m['load_average_1min_at_start']:.1f} -> "
+        f"{m['load_average_1min_at_end']:.1f}); JSON: {out}"
     )
     print(f"training step, median of {args.repeats} alternated regions of >= {args.region_s:g} s")
-    print(f"{'model':<8}{'params':>10}{'batch':>7}{'prefix':>8}{'text':>6}{'ms/step':>10}{'vs tiny':>9}")
+    print(
+        f"{'model':<8}{'params':>10}{'batch':>7}{'prefix':>8}{'text':>6}{'ms/step':>10}{'vs tiny':>9}"
+        f"{'CPU ms/step':>13}{'CPU vs tiny':>13}"
+    )
     for r in report["train"]:
         print(
             f"{r['model']:<8}{r['parameters']:>10,}{r['batch']:>7}{r['prefix']:>8}{r['text_len']:>6}"
-            f"{r['ms_per_step']:>10.1f}{r['ratio_to_tiny']:>8.2f}x"
+            f"{r['ms_per_step']:>10.1f}{r['ratio_to_tiny']:>8.2f}x{r['cpu_ms_per_step']:>13.1f}"
+            f"{r['cpu_ratio_to_tiny']:>12.2f}x"
         )
-    print(f"\ngeneration, batch {args.gen_batch}, tokens/s (median of {args.repeats} alternated regions)")
     names = list(dict.fromkeys(r["model"] for r in report["generate"]))
-    print(f"{'new tokens':<12}" + "".join(f"{n:>18}" for n in names))
-    for length in args.lengths:
-        cells = {r["model"]: r["tokens_per_s"] for r in report["generate"] if r["max_new_tokens"] == length}
-        print(f"{length:<12}" + "".join(f"{cells[n]:>18.0f}" for n in names))
+    for key, what in (("tokens_per_s", "tokens/s (wall)"), ("tokens_per_cpu_s", "tokens per CPU second")):
+        print(f"\ngeneration, batch {args.gen_batch}, {what}, median of {args.repeats} alternated regions")
+        print(f"{'new tokens':<12}" + "".join(f"{n:>18}" for n in names))
+        for length in args.lengths:
+            cells = {r["model"]: r[key] for r in report["generate"] if r["max_new_tokens"] == length}
+            print(f"{length:<12}" + "".join(f"{cells[n]:>18.0f}" for n in names))
 
 
 if __name__ == "__main__":
