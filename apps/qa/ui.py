@@ -7,104 +7,30 @@ beside it. Tab "Search": type text and see the nearest images and audio of an in
 `uv run apps/search index` (the same exact top-dim search as `apps/search query --modality ...`), the
 samples read from the shard folder the index names (or --shards).
 
-The logic (`ShardSamples`, `DemoSearch`, `DemoAsk`) is plain Python; `build_app` lays gradio around it.
-gradio is the apps' optional `ui` extra: it is imported only when the demo starts, and its absence is one
-line and exit 2.
+The logic (`DemoSearch`, `DemoAsk`; `ShardSamples` in apps/common/ui.py) is plain Python; `build_app`
+lays gradio around it. gradio is the apps' optional `ui` extra: it is imported only when the demo starts,
+and its absence is one line and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
-import json
 import os
-import shutil
 import sys
-import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from apps.alignment.embed import InputError
-from apps.alignment.search import AUDIO_SUFFIXES, IMAGE_SUFFIXES, MatryoshkaSearcher, SearchIndex
+from apps.alignment.search import MatryoshkaSearcher, SearchIndex
+from apps.common.ui import ShardSamples
 
 NUM_SAMPLES_LISTED = 40  # held-out samples offered in the Ask tab's picker
 # small images (the demo's 32 px digits) shown large with sharp pixels
 CSS = "#image img { width: 100%; height: 100%; object-fit: contain } img { image-rendering: pixelated }"
 INSTALL_HINT = "the web demo needs gradio, the apps' `ui` extra: uv sync --extra ui (pip: edge-glass[ui])"
-
-
-class ShardSamples:
-    """The samples of a shard folder by key. Opening it reads only each sample's txt and json (seeking past
-    the media); `read(keys)` reads the whole samples of those keys; `media(key)` writes a sample's image
-    and audio into a temporary folder (removed at exit) for the browser."""
-
-    def __init__(self, shard_dir: str | Path, what: str) -> None:
-        from eg_data import DataError, load_index
-        from eg_data.shards import iter_raw_samples
-
-        self.shard_dir = Path(shard_dir)
-        if not self.shard_dir.is_dir():
-            raise InputError(f"{what}={str(shard_dir)!r} is not a folder")
-        self.errors: list[str] = []
-        try:
-            shards = load_index(self.shard_dir, build_if_missing=True, save=False)
-        except DataError as exc:
-            raise InputError(f"{what}={str(shard_dir)!r}: {exc}") from exc
-        self._where: dict[str, tuple[str, int]] = {}
-        self.info: dict[str, dict[str, Any]] = {}  # key -> {"txt": caption, "json": metadata}
-        for shard in shards:
-            for ordinal, raw in iter_raw_samples(shard.path, self._error, suffixes=("txt", "json")):
-                key = raw["__key__"]
-                self._where[key] = (shard.path, ordinal)
-                self.info[key] = {
-                    "txt": raw.get("txt", b"").decode("utf-8", "replace").strip(),
-                    "json": json.loads(raw["json"]) if "json" in raw else {},
-                }
-        self.keys = list(self.info)
-        self._media_dir = ""
-
-    def _error(self, exc: Exception) -> None:
-        self.errors.append(f"{type(exc).__name__}: {exc}")
-
-    def read(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """{key: raw sample (suffix -> bytes)} for `keys`; a key the folder lacks is an InputError."""
-        from eg_data.shards import iter_raw_samples
-
-        missing = [k for k in keys if k not in self._where]
-        if missing:
-            raise InputError(f"{self.shard_dir}: no sample with key {missing[0]!r}")
-        by_shard: dict[str, set[int]] = defaultdict(set)
-        for key in keys:
-            path, ordinal = self._where[key]
-            by_shard[path].add(ordinal)
-        out: dict[str, dict[str, Any]] = {}
-        for path, ordinals in by_shard.items():
-            for _, raw in iter_raw_samples(path, self._error, wanted=ordinals.__contains__):
-                out[raw["__key__"]] = raw
-        return out
-
-    def media(self, keys: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
-        """{key: (image file, audio file)} written from the samples of `keys` (None where one lacks it)."""
-        if not self._media_dir:
-            self._media_dir = tempfile.mkdtemp(prefix="eg-demo-ui-")
-            atexit.register(shutil.rmtree, self._media_dir, True)
-        out = {}
-        for key, raw in self.read(keys).items():
-            files: list[str | None] = []
-            for suffixes in (IMAGE_SUFFIXES, AUDIO_SUFFIXES):
-                ext = next((s[1:] for s in suffixes if s[1:] in raw), None)
-                if ext is None:
-                    files.append(None)
-                    continue
-                path = Path(self._media_dir) / f"{key.replace('/', '_')}.{ext}"
-                path.write_bytes(raw[ext])
-                files.append(str(path))
-            out[key] = (files[0], files[1])
-        return out
 
 
 @dataclass
@@ -346,6 +272,28 @@ def build_app(ask: DemoAsk, search: DemoSearch | None, k: int = 4) -> Any:
     return app
 
 
+def _startup_lines(ask: DemoAsk, search: DemoSearch | None) -> list[str]:
+    """What the demo serves, and every shard read error met while listing samples (none is silent)."""
+    a = ask.assistant
+    lines = [f"ask: {ask.checkpoint} (step {a.step}, inputs: {', '.join(a.inputs)})"]
+    folders = []
+    if ask.samples is not None:
+        lines.append(f"held-out samples: {len(ask.samples.keys)} in {ask.samples.shard_dir}")
+        folders.append(ask.samples)
+    else:
+        lines.append(ask.samples_note)
+    if search is not None:
+        counts = ", ".join(f"{n} {m}" for m, n in search.index.counts().items())
+        lines.append(f"search: {search.index_path} ({counts}, weights {search.embedder.fingerprint})")
+        folders += [search.samples] if search.samples is not None else []
+    else:
+        lines.append("search: no --index (the Search tab says how to build one)")
+    for folder in folders:
+        if folder.errors:
+            lines.append(f"{folder.shard_dir}: {len(folder.errors)} read errors, e.g. {folder.errors[0]}")
+    return lines
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="apps/demo_ui",
@@ -386,11 +334,20 @@ def demo_ui_main(argv: Sequence[str] | None = None) -> int:
         ask = DemoAsk(args.checkpoint, args.samples, args.device)
         search = DemoSearch(args.index, args.shards, args.device) if args.index else None
         app = build_app(ask, search, args.k)
+        for line in _startup_lines(ask, search):
+            print(line)
         # system fonts: the default theme fetches web fonts, which an offline machine cannot
         theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
         print(f"demo: http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
         app.queue().launch(
-            server_name=args.host, server_port=args.port, theme=theme, css=CSS, show_error=True, quiet=True
+            server_name=args.host,
+            server_port=args.port,
+            theme=theme,
+            css=CSS,
+            show_error=True,
+            quiet=True,
+            # a files index shows the files themselves (samples of shards are written to a temp folder)
+            allowed_paths=[str(search.files_root)] if search and search.files_root else None,
         )
 
     return run_guarded(main)

@@ -22,6 +22,7 @@ import pytest
 from eg_data import read_all
 
 from apps.alignment.search import search_main
+from apps.common.config import ConfigError
 from apps.qa.ui import INSTALL_HINT, demo_ui_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -213,6 +214,7 @@ def test_without_gradio_one_line_names_the_extra(
     assert err == f"error: {INSTALL_HINT}\n" and "uv sync --extra ui" in err
 
 
+@pytest.mark.slow  # gradio's import and a checkpoint load
 def test_bad_inputs_are_one_line_and_exit_2(
     qa_space: dict, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -224,3 +226,21 @@ def test_bad_inputs_are_one_line_and_exit_2(
     assert demo_ui_main(["--checkpoint", str(qa_space["checkpoint"])]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "stage-1 (alignment) checkpoint" in err
+
+
+def test_shard_samples_read_and_write_the_shards_own_bytes(qa_space: dict) -> None:
+    from apps.common.ui import ShardSamples
+
+    raw = read_all(qa_space["test"])  # 11 samples in shards of 4: reads grouped over three shards
+    samples = ShardSamples(qa_space["test"], "--samples")
+    assert samples.keys == [s["__key__"] for s in raw] and samples.errors == []
+    assert [samples.info[s["__key__"]]["json"] for s in raw] == [json.loads(s["json"]) for s in raw]
+    wanted = [raw[9]["__key__"], raw[0]["__key__"], raw[5]["__key__"]]
+    files = samples.media(wanted)
+    for sample in (raw[9], raw[0], raw[5]):
+        image, audio = files[sample["__key__"]]
+        assert Path(image).read_bytes() == sample["png"] and Path(audio).read_bytes() == sample["flac"]
+    with pytest.raises(ConfigError, match="no sample with key 'nope'"):
+        samples.read(["nope"])
+    with pytest.raises(ConfigError, match="--samples='/nowhere' is not a folder"):
+        ShardSamples("/nowhere", "--samples")
