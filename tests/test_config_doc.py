@@ -73,7 +73,24 @@ def test_sections_rows_from_a_hand_written_tree() -> None:
         ("inner", False, [("inner.width", "int", "8", "How wide.")]),
         ("extra", True, [("extra.width", "int", "4", "How wide.")]),
     ]
-    assert config_doc.class_summary(_Outer) == "Outer settings."
+    assert config_doc.class_summary(_Outer) == "Outer settings.\n\nMore text that is not the summary."
+
+
+@dataclasses.dataclass
+class _Choice:
+    """A `type`-picked variant."""
+
+    type: str = "???"
+    """Which."""
+    small: _Inner | None = None
+    """The small one."""
+
+
+def test_a_section_beside_a_type_key_is_a_variant() -> None:
+    got = {s.path: (s.optional, s.variant) for s in config_doc.sections(_Choice, "model.choice")}
+    assert got == {"model.choice": (False, ""), "model.choice.small": (True, "small")}
+    outer = {s.path: s.variant for s in config_doc.sections(_Outer)}
+    assert outer["extra"] == ""  # optional, but no `type` key beside it
 
 
 def test_documented_keys_and_defaults_are_what_the_loader_takes() -> None:

@@ -89,6 +89,7 @@ class Section:
     cls: type
     optional: bool
     rows: list[Row]
+    variant: str = ""  # set when a sibling `type` key picks this section (e.g. model.decoder.trm)
 
 
 @cache
@@ -113,9 +114,9 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def class_summary(cls: type) -> str:
-    """The first paragraph of a class docstring, on one line."""
+    """A class docstring, each paragraph on one line, paragraphs separated by a blank line."""
     doc = inspect.cleandoc(cls.__doc__ or "")
-    return " ".join(doc.split("\n\n")[0].split())
+    return "\n\n".join(" ".join(para.split()) for para in doc.split("\n\n") if para.strip())
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
@@ -163,11 +164,15 @@ def _default(f: dataclasses.Field, owner: Any) -> Any:
     return MISSING
 
 
-def sections(cls: type, path: str = "", owner: Any = None, optional: bool = False) -> Iterator[Section]:
+def sections(
+    cls: type, path: str = "", owner: Any = None, optional: bool = False, variant: str = ""
+) -> Iterator[Section]:
     """Depth first: the section of `cls` at `path` (its defaults from `owner`, an instance, where the
-    parent's default holds one), then its nested sections, in field order."""
+    parent's default holds one), then its nested sections, in field order. An optional section beside a
+    `type` key is a variant: it applies when `type` names it."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
+    has_type = "type" in {f.name for f in dataclasses.fields(cls)}
     rows: list[Row] = []
     nested: list[tuple[str, type, Any, bool]] = []
     for f in dataclasses.fields(cls):
@@ -181,9 +186,10 @@ def sections(cls: type, path: str = "", owner: Any = None, optional: bool = Fals
             nested.append((key, inner, value if dataclasses.is_dataclass(value) else None, is_optional))
         elif typing.get_origin(inner) is list and dataclasses.is_dataclass(typing.get_args(inner)[0]):
             nested.append((f"{key}[]", typing.get_args(inner)[0], None, True))
-    yield Section(path, cls, optional, rows)
+    yield Section(path, cls, optional, rows, variant)
     for key, inner, value, is_optional in nested:
-        yield from sections(inner, key, value, is_optional)
+        name = key.rsplit(".", 1)[-1]
+        yield from sections(inner, key, value, is_optional, name if has_type and is_optional else "")
 
 
 def load_root(spec: str) -> type:
@@ -226,7 +232,11 @@ def render() -> str:
         out += ["", f"## {title}", "", usage]
         for section in sections(load_root(spec)):
             where = f"`{section.path}`" if section.path else "top level"
-            when = " (when set)" if section.optional else ""
+            if section.variant:
+                type_key = section.path.rsplit(".", 1)[0] + ".type"
+                when = f" (when `{type_key}` is {section.variant})"
+            else:
+                when = " (when set)" if section.optional else ""
             out += ["", f"### {title}: {where}{when}", ""]
             summary = class_summary(section.cls)
             out += [f"{section.cls.__name__}: {summary}" if summary else section.cls.__name__, ""]
