@@ -219,6 +219,10 @@ def bench_generate(args: argparse.Namespace, models: dict[str, Decoder]) -> list
         times, cpu = alternate(contenders, args.repeats, args.gen_region_s)
         for name, seconds in times.items():
             new = outputs[name].shape[1]
+            if new != length:  # every row emitted eos early: tokens/s would be of a shorter answer
+                raise RuntimeError(
+                    f"{name} generated {new} of {length} tokens (eos despite its zeroed head row)"
+                )
             family = name.split(" ")[0]
             same = None
             if family in ("trm", "tiny"):
@@ -267,9 +271,10 @@ def main() -> None:
         args.batch, args.gen_batch, args.lengths, args.repeats = 4, 2, [4, 8], 1
         args.region_s = args.gen_region_s = 0.0
     torch.set_num_threads(args.threads)
+    # training changes the weights (and teaches eos): generation gets fresh random-init twins
     small = {"trm": build_small("trm", args.max_seq_len), "tiny": build_small("tiny", args.max_seq_len)}
     with tempfile.TemporaryDirectory() as folder:
-        generating = dict(small)
+        generating = {name: build_small(name, args.max_seq_len) for name in small}
         if not args.no_qwen:
             generating["qwen"] = build_qwen(folder)
         for model in generating.values():
