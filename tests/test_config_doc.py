@@ -1,4 +1,5 @@
-"""docs/configs.md is generated from the config dataclasses and must match them; every field has a meaning."""
+"""docs/configs.md is generated from the config dataclasses and must match them; every field has a meaning;
+the docs cite existing keys."""
 
 from __future__ import annotations
 
