@@ -42,3 +42,11 @@ def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     for i, block in enumerate(blocks):
         code = compile(block, f"{PACKAGE} README.md, example block {i + 1}", "exec")
         exec(code, namespace)  # noqa: S102 - running the README's own example is the point
+
+
+def test_readme_links_its_changelog() -> None:
+    """The README links CHANGELOG.md; in the source tree that file exists and is this package's."""
+    assert "[CHANGELOG.md](CHANGELOG.md)" in readme()
+    changelog = Path(__file__).resolve().parents[1] / "CHANGELOG.md"
+    if changelog.parent.joinpath("README.md").is_file():  # the source tree, not the standalone copy
+        assert changelog.read_text().startswith(f"# Changelog: {PACKAGE}\n")
