@@ -33,7 +33,7 @@ from eg_train import load_checkpoint
 
 from apps.alignment.embed import AudioInput, ImageInput, InputError, read_audio, read_image
 from apps.common.config import build_config
-from apps.qa.build import load_trained, qa_loader_config, stage1_command
+from apps.qa.build import load_trained, qa_loader_config
 from apps.qa.config import BATCH_KEY, QAConfig
 from apps.qa.model import QAModel
 
@@ -67,11 +67,11 @@ def load_qa(checkpoint: str | Path, device: str | torch.device = "cpu") -> QAAss
         where = (
             ""
             if Path(stage1).is_absolute()
-            else " (relative to the current folder: run from the one it was trained in)"
+            else " (a path relative to the folder it was trained in: run from there)"
         )
         raise InputError(
             f"{checkpoint} needs its stage-1 checkpoint {stage1!r} (stage1.checkpoint of its stored config), "
-            f"which does not exist{where}; it was written by {stage1_command(stage1)}"
+            f"which does not exist{where}"
         )
     model, aligned, meta = load_trained(cfg, checkpoint, device)
     return QAAssistant(cfg, model, aligned, str(checkpoint), int(meta.get("step") or 0))
