@@ -151,8 +151,12 @@ def test_demo_ui_in_chromium_answers_as_apps_ask_and_searches_as_apps_search(
             wait.until(lambda b: "answered by step" in info.text)
             return value("#answer textarea"), info.text
 
-        # 1. upload an image, type a question
+        # 0. no question: one line in the page, no answer
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
+        browser.find_element(By.ID, "ask").click()
+        wait.until(lambda b: "type a question" in b.find_element(By.TAG_NAME, "body").text)
+        assert value("#answer textarea") == "" and browser.find_element(By.ID, "answer-info").text == ""
+        # 1. upload an image, type a question
         browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(
             str(files["uploaded", "png"])
         )
