@@ -1,7 +1,7 @@
 """Stage-2 decoders: TRM against the tiny baseline per training step, and generation tokens/s against length.
 
-`uv run benchmarks/bench_stage2.py [--batch 64] [--prefix 24] [--gen-batch 32] [--lengths 8 16 32 64 128]
-[--repeats 5] [--region-s 2] [--threads 1] [--quick] [--out FILE]`
+`uv run benchmarks/bench_stage2.py [--batch 64] [--prefix 24] [--gen-batch 8] [--lengths 8 16 32 64 128]
+[--repeats 3] [--region-s 2] [--threads 1] [--quick] [--out FILE]`
 
 Sizes from the demo configs: the decoder blocks of configs/demo_qa_trm.yaml (width 64, 1 layer, 4 heads,
 n=2, T=2, 2 supervision steps, halting) and configs/demo_qa_baseline.yaml (width 64, 1 layer), an MLP
@@ -254,10 +254,10 @@ def main() -> None:
     parser.add_argument(
         "--prefix", type=int, default=24, help="prefix tokens (16 image + 8 audio in the demo)"
     )
-    parser.add_argument("--gen-batch", type=int, default=32)
+    parser.add_argument("--gen-batch", type=int, default=8)
     parser.add_argument("--lengths", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     parser.add_argument("--max-seq-len", type=int, default=256, help="TRM/baseline max_seq_len")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--region-s", type=float, default=2.0, help="least seconds of a training region")
     parser.add_argument(
         "--gen-region-s", type=float, default=1.0, help="least seconds of a generation region"
