@@ -70,11 +70,29 @@ def write_model(folder: Path) -> None:
     torch.save(open_clip.CLIP(**MODEL_CFG).state_dict(), folder / "open_clip_pytorch_model.bin")
 
 
+def write_one_batch_split(src: Path, dst: Path) -> Path:
+    """The first BATCH samples of `src` as one shard: every step of either trainer sees exactly this batch
+    (in its own order, which the contrastive loss does not depend on)."""
+    import webdataset as wds
+    from eg_data import ShardInfo, read_all
+    from eg_data.shards import write_index
+
+    dst.mkdir(parents=True, exist_ok=True)
+    samples = read_all(src)[:BATCH]
+    with wds.TarWriter(str(dst / "shard-00000.tar"), encoder=False, mtime=0) as writer:
+        for sample in samples:
+            writer.write({k: v for k, v in sample.items() if k != "__url__"})
+    write_index(dst, [ShardInfo(path="shard-00000.tar", num_samples=len(samples))])
+    return dst
+
+
 def num_samples(data: Path) -> int:
     return int(json.loads((data / "shards.json").read_text())["num_samples"])
 
 
-def openclip_command(work: Path, data: Path, epochs: int, log_every: int, name: str) -> list[str]:
+def openclip_command(
+    work: Path, data: Path, epochs: int, log_every: int, name: str, extra: tuple[str, ...] = ()
+) -> list[str]:
     shards = sorted(p.name for p in data.glob("*.tar"))
     first, last = shards[0].split("-")[1].split(".")[0], shards[-1].split("-")[1].split(".")[0]
     prefix = shards[0].split("-")[0]
@@ -93,11 +111,18 @@ def openclip_command(work: Path, data: Path, epochs: int, log_every: int, name: 
         "--log-every-n-steps", str(log_every),
         "--logs", str(work / "openclip_logs"), "--name", name, "--report-to", "",
         "--seed", "0",
+        *extra,
     ]  # fmt: skip
 
 
-def ours_config(work: Path, data: Path, steps: int, log_every: int, name: str) -> Path:
-    """Our stage-1 config for the same model and setup (configs/clip_finetune.yaml's CLIP-as-CLIP form)."""
+def ours_config(
+    work: Path, data: Path, held_out: Path, steps: int, log_every: int, name: str, augment: bool
+) -> Path:
+    """Our stage-1 config for the same model and setup (configs/clip_finetune.yaml's CLIP-as-CLIP form).
+
+    augment: OpenCLIP's default train transform, a random resized crop of 0.9..1 of the area (aspect
+    3/4..4/3, no flip); else resize and center crop (on the 32 px demo images: the image as it is).
+    """
     import yaml
 
     model = f"local-dir:{work / 'model'}"
@@ -106,8 +131,8 @@ def ours_config(work: Path, data: Path, steps: int, log_every: int, name: str) -
         "seed": 0,
         "num_threads": 1,
         "data": {
-            "val_dir": str(data.parent / "val"),
-            "test_dir": str(data.parent / "test"),
+            "val_dir": str(held_out / "val"),
+            "test_dir": str(held_out / "test"),
             "train": {
                 "shard_dir": str(data),
                 "batch_size": BATCH,
@@ -116,6 +141,7 @@ def ours_config(work: Path, data: Path, steps: int, log_every: int, name: str) -
                 "modalities": ["image", "text"],
                 "required": ["image", "text"],
                 "text_dropout": 0.0,
+                "image": {"augment": augment, "crop_scale_min": 0.9, "hflip": False},
             },
         },
         "model": {
@@ -227,18 +253,42 @@ def ours_step(line: str) -> int | None:
     return None if m is None else int(m.group(1))
 
 
-def profile_summary(path: Path, loop: tuple[str, str], parts: dict[str, list[tuple[str, str]]]) -> dict:
-    """Cumulative seconds of the training loop and of named parts (file substring, function name)."""
+# Where the time goes, per training step, from each trainer's cProfile'd main process. Each part is the
+# outermost call of that name (its cumulative seconds, so callees are inside), divided by the steps.
+PROFILE_PARTS = {
+    "openclip": {
+        "loop": [("open_clip_train/train.py", "train_one_epoch")],
+        "data_wait": [("torch/utils/data/dataloader.py", "__next__")],  # OpenCLIP tokenizes in the worker
+        "forward_and_loss": [("open_clip/model.py", "forward"), ("open_clip/loss.py", "forward")],
+        "backward": [("torch/_tensor.py", "backward")],
+        "optimizer": [("torch/optim/adam.py", "step")],  # AdamW subclasses Adam
+        "checkpoint": [("torch/serialization.py", "save")],
+    },
+    "ours": {
+        "loop": [("eg_train/trainer.py", "_run_epoch")],  # the steps only (not the final validation)
+        "data_wait": [("eg_train/data.py", "next")],  # the training loader only
+        "micro_step": [("eg_train/trainer.py", "_micro_step")],  # forward + loss + backward
+        "tokenize": [("open_clip/tokenizer.py", "__call__")],  # ours tokenizes in the main process
+        "backward": [("torch/_tensor.py", "backward")],
+        "optimizer": [("torch/optim/adam.py", "step")],
+        "checkpoint": [("torch/serialization.py", "save")],
+    },
+}
+PROFILE_COLUMNS = ("data_wait", "forward_and_loss", "backward", "optimizer", "checkpoint", "other")
+
+
+def profile_summary(path: Path, parts: dict[str, list[tuple[str, str]]], steps: int) -> dict[str, float]:
+    """Milliseconds per step of the loop and its parts; `other` = the loop minus the named parts."""
     stats = pstats.Stats(str(path)).stats  # {(file, line, func): (cc, nc, tt, ct, callers)}
 
-    def cum(keys: list[tuple[str, str]]) -> float:
-        return sum(v[3] for (f, _, fn), v in stats.items() if any(s in f and fn == name for s, name in keys))
+    def outermost(file_part: str, name: str) -> float:
+        return max((v[3] for (f, _, fn), v in stats.items() if file_part in f and fn == name), default=0.0)
 
-    total = cum([loop])
-    out = {"loop_s": total}
-    for name, keys in parts.items():
-        out[name + "_s"] = cum(keys)
-    return out
+    sec = {part: sum(outermost(f, n) for f, n in keys) for part, keys in parts.items()}
+    if "micro_step" in sec:
+        sec["forward_and_loss"] = sec.pop("micro_step") - sec["backward"]
+    sec["other"] = sec["loop"] - sum(sec[k] for k in PROFILE_COLUMNS if k in sec)
+    return {f"{k}_ms": 1e3 * v / steps for k, v in sec.items()}
 
 
 def main() -> None:
@@ -264,13 +314,24 @@ def main() -> None:
     epochs = max(1, round(args.steps / num_batches))
     steps = epochs * num_batches
     py = sys.executable
+    held_out = (
+        data.parent
+    )  # the demo's val/ and test/ (our app evaluates on test at the end, after the region)
     train = str(REPO / "apps" / "train" / "__main__.py")
 
-    def openclip(name: str, log_every: int, epochs: int = epochs, prefix: list[str] = ()) -> list[str]:
-        return [py, *prefix, *openclip_command(work, data, epochs, log_every, name)]
+    def openclip(
+        name: str, log_every: int, epochs: int = epochs, prefix=(), data=data, extra=()
+    ) -> list[str]:
+        return [py, *prefix, *openclip_command(work, data, epochs, log_every, name, extra)]
 
-    def ours(name: str, log_every: int, steps: int = steps, prefix: list[str] = ()) -> list[str]:
-        return [py, *prefix, train, "--config", str(ours_config(work, data, steps, log_every, name))]
+    def ours(name: str, log_every: int, steps: int = steps, prefix=(), data=data, augment=True) -> list[str]:
+        return [
+            py,
+            *prefix,
+            train,
+            "--config",
+            str(ours_config(work, data, held_out, steps, log_every, name, augment)),
+        ]
 
     results: dict[str, list[dict]] = {"openclip": [], "ours": []}
     for i in range(args.pairs):
@@ -285,13 +346,19 @@ def main() -> None:
             print(f"pair {i} {who:8s} {r['samples_per_s']:7.1f} samples/s over {r['region_s']:.1f} s "
                   f"({r['region_steps']} steps), start-up {r['startup_s']:.1f} s", flush=True)  # fmt: skip
 
-    # the first steps' losses side by side (a loss at every step)
+    # the first steps' losses side by side (a loss at every step) on one fixed batch without augmentation
+    # (OpenCLIP's crop at scale 1 is the whole 32 px image, as our resize + center crop): the same init
+    # weights, the same batch, the same optimizer, so the curves should agree to float rounding
     n = args.loss_steps
-    run_timed(openclip("openclip_losses", 1, epochs=1), work, lambda _: None, work / "openclip_losses.log")
+    one_batch = write_one_batch_split(data, work / "one_batch" / "train")
+    no_aug = ("--aug-cfg", "scale=(1.0,1.0)", "--save-frequency", "0")
+    cmd = openclip("openclip_losses", 1, epochs=n, data=one_batch, extra=no_aug)
+    run_timed(cmd, work, lambda _: None, work / "openclip_losses.log")
     openclip_losses = [float(x) for x in OPENCLIP_LOSS.findall((work / "openclip_losses.log").read_text())][
         :n
     ]
-    run_timed(ours("ours_losses", 1, steps=n), work, lambda _: None, work / "ours_losses.log")
+    cmd = ours("ours_losses", 1, steps=n, data=one_batch, augment=False)
+    run_timed(cmd, work, lambda _: None, work / "ours_losses.log")
     with open(work / "ours_out" / "ours_losses" / "metrics.csv", newline="") as f:
         ours_losses = [float(row["loss"]) for row in csv.DictReader(f) if row.get("loss")][:n]
 
@@ -303,19 +370,7 @@ def main() -> None:
             f"{who}_profile", 5 if who == "openclip" else 10, prefix=["-m", "cProfile", "-o", str(out)]
         )
         run_timed(cmd, work, lambda _: None, work / f"{who}_profile.log")
-        common = {
-            "data_wait": [("torch/utils/data/dataloader.py", "__next__")],
-            "backward": [("torch/_tensor.py", "backward")],
-            "optimizer": [("torch/optim/adam.py", "step")],  # AdamW subclasses Adam
-            "checkpoint": [("torch/serialization.py", "save")],
-        }
-        if who == "openclip":
-            loop = ("open_clip_train/train.py", "train_one_epoch")
-            common["forward_and_loss"] = [("open_clip/model.py", "forward"), ("open_clip/loss.py", "forward")]
-        else:
-            loop = ("eg_train/trainer.py", "fit")
-            common["forward_and_loss"] = [("apps/alignment/model.py", "forward")]
-        prof[who] = profile_summary(out, loop, common)
+        prof[who] = profile_summary(out, PROFILE_PARTS[who], steps)
 
     med = {who: statistics.median(r["samples_per_s"] for r in rs) for who, rs in results.items()}
     startup = {who: statistics.median(r["startup_s"] for r in rs) for who, rs in results.items()}
@@ -340,17 +395,19 @@ def main() -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=2))
 
-    print("\nfirst steps' loss (same init weights; each trainer's own data order):")
+    print("\nloss of the first steps (same init weights, one fixed batch of 64, no augmentation):")
     print(f"{'step':>4}  {'open_clip_train':>15}  {'ours':>8}")
     for s in range(max(len(openclip_losses), len(ours_losses))):
         a = f"{openclip_losses[s]:.4f}" if s < len(openclip_losses) else "-"
         b = f"{ours_losses[s]:.4f}" if s < len(ours_losses) else "-"
         print(f"{s + 1:>4}  {a:>15}  {b:>8}")
-    print("\nprofile (main process, seconds, cProfile'd run):")
-    keys = ["loop_s", "data_wait_s", "forward_and_loss_s", "backward_s", "optimizer_s", "checkpoint_s"]
-    print(f"{'':10s}" + "".join(f"{k:>20s}" for k in keys))
-    for who in ("openclip", "ours"):
-        print(f"{who:10s}" + "".join(f"{prof[who].get(k, 0.0):20.2f}" for k in keys))
+    print(
+        f"\nwhere a step's time goes (ms per step, cProfile'd main process, {steps} steps; slower than unprofiled):"
+    )
+    keys = ["loop", *PROFILE_COLUMNS, "tokenize"]
+    print(f"{'':16s}" + "".join(f"{k:>17s}" for k in keys))
+    for who, label in (("openclip", "open_clip_train"), ("ours", "apps/train")):
+        print(f"{label:16s}" + "".join(f"{prof[who].get(k + '_ms', 0.0):17.1f}" for k in keys))
     print(f"\nwrote {out_path}\n")
     print(f"{'trainer':16s} {'samples/s (median)':>19s} {'runs':>28s} {'start-up s':>11s}")
     for who, label in (("openclip", "open_clip_train"), ("ours", "apps/train")):
