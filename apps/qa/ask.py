@@ -17,7 +17,8 @@ INTERACTIVE_HELP = """interactive mode (--interactive): one line at a time from 
   :image FILE       use FILE as the image of the questions that follow; `:image` alone clears it
   :audio FILE       the same for the audio
   # ...             a comment; blank lines are skipped too
-  --image/--audio set the starting inputs. Stdout gets one line per question (its answer), nothing else.
+  --image/--audio set the starting inputs. Stdout gets one line per question (its answer, a line break in
+  it written as \\n), nothing else.
   A refused line (a missing file, an image for a model without images) prints `error: ...` on stderr and
   the session goes on; the exit status is then 2, else 0.
 
@@ -25,6 +26,16 @@ examples:
   uv run apps/ask --checkpoint checkpoints/demo_qa_trm/checkpoint_best.pt --image digit.png "which digit is this?"
   printf ':image a.png\\nwhich digit is this?\\n:image\\n:audio a.flac\\nwhich digit is this?\\n' |
     uv run apps/ask --checkpoint checkpoints/demo_qa_trm/checkpoint_best.pt --interactive"""
+
+
+LINE_BREAKS = {
+    ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+}  # where str.splitlines splits
+
+
+def one_line(answer: str) -> str:
+    """`answer` with its line breaks written as escapes (`\\n`, ...), so that each answer is one output line."""
+    return answer.translate(LINE_BREAKS)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,8 +76,7 @@ class Session:
         if not text or text.startswith("#"):
             return
         if not text.startswith(":"):
-            answer = self.assistant.answer(text, **self.inputs)
-            print(answer, file=self.out, flush=True)
+            print(one_line(self.assistant.answer(text, **self.inputs)), file=self.out, flush=True)
             return
         command, _, argument = text[1:].partition(" ")
         argument = argument.strip()
@@ -119,7 +129,7 @@ def ask_main(argv: Sequence[str] | None = None) -> int:
         assistant = load_qa(args.checkpoint, args.device)
         image, audio = args.image, args.audio
         if not args.interactive:
-            print(assistant.answer(args.question, image, audio))
+            print(one_line(assistant.answer(args.question, image, audio)))
             return 0
         assistant.prepare("?", image, audio)  # a starting input the model cannot take: refused here
         if sys.stdin.isatty():

@@ -17,7 +17,7 @@ from eg_data import read_all
 
 from apps.alignment.embed import read_audio, read_image
 from apps.qa import load_qa
-from apps.qa.ask import ask_main
+from apps.qa.ask import ask_main, one_line
 from apps.qa.build import qa_loader_config
 from apps.qa.evaluate import qa_eval_loader
 
@@ -112,7 +112,8 @@ def test_cli_prints_the_answer_and_interactive_answers_every_line(
     files = inputs[row["key"]]
     one = ["--checkpoint", checkpoint, "--image", str(files["image"]), "--audio", str(files["audio"])]
     assert ask_main([*one, row["question"]]) == 0  # in-process: the CLI's code path, without a start-up
-    assert capsys.readouterr().out == row["generated"]["image+audio"] + "\n"
+    assert capsys.readouterr().out == one_line(row["generated"]["image+audio"]) + "\n"
+    assert one_line("a\nb\u2028c\x85d é") == "a\\nb\\u2028c\\x85d é"  # one output line per answer
 
     # --interactive through the script: one process, one load, every line answered
     picked = rows[1::9]
@@ -123,7 +124,7 @@ def test_cli_prints_the_answer_and_interactive_answers_every_line(
         for name in ("image", "audio"):
             script.append(f":{name} {files[name]}" if name in PREFIX_INPUTS[variant] else f":{name}")
         script.append(row["question"])
-        expected.append(row["generated"][variant])
+        expected.append(one_line(row["generated"][variant]))
         if i == 2:
             script += ["# a comment, then a missing file", f":image {tmp_path / 'gone.png'}", ""]
     done = run_ask(["--checkpoint", checkpoint, "--interactive"], tmp_path, "\n".join(script) + "\n")
