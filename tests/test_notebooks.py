@@ -16,13 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import nbclient
+import nbformat
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: the conftest helpers
 from conftest import REPO, app_env
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = REPO / "notebooks"
 # CI sizes: a few steps on small batches, every 15th held-out sample (12 of 180)
@@ -57,6 +56,14 @@ def run_notebook(name: str, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> A
 def text_of(cell: Any) -> str:
     """The stdout/stderr text a code cell printed."""
     return "".join(out.get("text", "") for out in cell.outputs if out.output_type == "stream")
+
+
+def written_in_repo(experiment: str) -> list[Path]:
+    """Folders of `experiment` in the repository's own outputs/ and checkpoints/ (a notebook that did not
+    change into its working folder would write there)."""
+    return [
+        REPO / top / experiment for top in ("outputs", "checkpoints") if (REPO / top / experiment).exists()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +110,7 @@ def test_alignment_notebook_runs(workdir: Path, monkeypatch: pytest.MonkeyPatch)
     assert len(images) >= 7  # samples, 2 curves, retrieval plot, 2 embedding views, search results
     checkpoint = workdir / "checkpoints" / "nb_alignment" / "checkpoint_best.pt"
     assert checkpoint.is_file() and (workdir / "outputs" / "nb_alignment" / "eval.json").is_file()
+    assert not written_in_repo("nb_alignment")
 
 
 @pytest.mark.slow
@@ -117,3 +125,4 @@ def test_qa_notebook_runs(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     same = re.search(r"(\d+) of (\d+) rows also in eval.json answered the same", printed)
     assert same and same[1] == same[2] and int(same[2]) > 0, same
     assert (workdir / "outputs" / "nb_qa" / "eval.json").is_file()
+    assert not written_in_repo("nb_qa")
