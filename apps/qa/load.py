@@ -49,13 +49,14 @@ def config_of_qa_checkpoint(checkpoint: str | Path) -> QAConfig:
         raise InputError(f"checkpoint {str(path)!r} does not exist")
     raw: dict[str, Any] = load_checkpoint(path).get("run_config") or {}
     stage = raw.get("stage", "alignment")
-    if stage == "alignment":
+    if stage == "alignment" and "model" in raw:
         raise InputError(
             f"{path} is a stage-1 (alignment) checkpoint; asking needs a stage-2 (QA) checkpoint, written by "
             "a `stage: qa` config (e.g. checkpoints/demo_qa_trm/checkpoint_best.pt)"
         )
     if stage != "qa" or "model" not in raw:
-        raise InputError(f"{path} is not a stage-2 (QA) checkpoint (its stored config has stage={stage!r})")
+        held = f"its stored config has stage={stage!r}" if raw else "it stores no run config"
+        raise InputError(f"{path} is not a stage-2 (QA) checkpoint ({held})")
     return build_config(QAConfig, raw, f"{path} (stored config)")
 
 
