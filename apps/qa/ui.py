@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +29,9 @@ from apps.common.ui import ShardSamples
 NUM_SAMPLES_LISTED = 40  # held-out samples offered in the Ask tab's picker
 # small images (the demo's 32 px digits) shown large with sharp pixels
 CSS = "#image img { width: 100%; height: 100%; object-fit: contain } img { image-rendering: pixelated }"
-INSTALL_HINT = "the web demo needs gradio, the apps' `ui` extra: uv sync --extra ui (pip: edge-glass[ui])"
+INSTALL_HINT = (
+    "the web demo needs gradio, the apps' ui extra: uv sync --extra ui (pip install 'edge-glass[ui]')"
+)
 
 
 @dataclass
@@ -294,6 +295,18 @@ def _startup_lines(ask: DemoAsk, search: DemoSearch | None) -> list[str]:
     return lines
 
 
+def _check_port(host: str, port: int) -> None:
+    """InputError unless this process can serve on host:port (a port in use, a host not of this machine)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.bind((host, port))
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InputError(f"--host {host} --port {port}: cannot serve there ({reason}); pass another --port")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="apps/demo_ui",
@@ -318,19 +331,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def demo_ui_main(argv: Sequence[str] | None = None) -> int:
     """`uv run apps/demo_ui --checkpoint CKPT [--index INDEX] [--port N] ...` (see `--help`)."""
-    from apps.common.cli import USER_ERROR_EXIT, run_guarded
+    from apps.common.cli import run_guarded
 
     args = _parser().parse_args(argv)
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage pings
-    try:
-        import gradio as gr
-    except ImportError:
-        print(f"error: {INSTALL_HINT}", file=sys.stderr)
-        return USER_ERROR_EXIT
 
     def main() -> None:
         if args.k < 1:
             raise InputError(f"--k={args.k} must be >= 1")
+        _check_port(args.host, args.port)  # before the imports and the loading, not after
+        os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage pings
+        try:
+            import gradio as gr
+        except ImportError as exc:
+            raise InputError(INSTALL_HINT) from exc
         ask = DemoAsk(args.checkpoint, args.samples, args.device)
         search = DemoSearch(args.index, args.shards, args.device) if args.index else None
         app = build_app(ask, search, args.k)

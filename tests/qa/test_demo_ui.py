@@ -209,11 +209,21 @@ def test_demo_ui_in_chromium_answers_as_apps_ask_and_searches_as_apps_search(
                 proc.wait(timeout=30)
 
 
+def test_a_port_in_use_is_one_line_before_any_loading(capsys: pytest.CaptureFixture) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert demo_ui_main(["--checkpoint", "not-loaded.pt", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--host 127.0.0.1 --port {port}: cannot serve there" in err
+
+
 def test_without_gradio_one_line_names_the_extra(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` raises ImportError
-    assert demo_ui_main(["--checkpoint", "any.pt"]) == 2
+    assert demo_ui_main(["--checkpoint", "any.pt", "--port", str(_free_port())]) == 2
     err = capsys.readouterr().err
     assert err == f"error: {INSTALL_HINT}\n" and "uv sync --extra ui" in err
 
