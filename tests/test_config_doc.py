@@ -1,5 +1,5 @@
 """docs/configs.md is generated from the config dataclasses and must match them; every field has a meaning;
-the docs cite existing keys."""
+the docs cite existing keys; the docs index lists every page."""
 
 from __future__ import annotations
 
@@ -133,3 +133,17 @@ def test_keys_cited_in_the_docs_exist() -> None:
     assert len(cited) > 30, sorted(cited)  # the pattern finds them
     unknown = sorted(cited - keys)
     assert not unknown, f"docs/troubleshooting.md cites keys no config has: {unknown}"
+
+
+def test_docs_index_links_every_page_and_its_links_resolve() -> None:
+    """docs/index.md links every docs/*.md page (a new page must be listed) and every relative link there
+    points at a file that exists."""
+    docs = DOC.parent
+    text = (docs / "index.md").read_text()
+    targets = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    relative = [t for t in targets if "://" not in t]
+    missing = [t for t in relative if not (docs / t).resolve().exists()]
+    assert not missing, f"docs/index.md links files that do not exist: {missing}"
+    linked = {(docs / t).resolve() for t in relative}
+    unlisted = sorted(p.name for p in docs.glob("*.md") if p.name != "index.md" and p.resolve() not in linked)
+    assert not unlisted, f"docs/index.md does not list: {unlisted}"
