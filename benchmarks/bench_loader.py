@@ -129,7 +129,8 @@ def bare_sample(raw: dict[str, Any], cfg: LoaderConfig) -> dict[str, Any]:
     img = img.crop((left, top, left + size, top + size))
     pixels = np.asarray(img).transpose(2, 0, 1)  # (3, H, W) uint8
     std = np.asarray(cfg.image.std, dtype=np.float32)[:, None, None]
-    image = np.multiply(pixels, np.float32(1 / 255) / std, dtype=np.float32)  # (x / 255 - mean) / std
+    image = np.empty(pixels.shape, dtype=np.float32)  # contiguous (3, H, W)
+    np.multiply(pixels, np.float32(1 / 255) / std, out=image)  # (x / 255 - mean) / std
     image -= np.asarray(cfg.image.mean, dtype=np.float32)[:, None, None] / std
     out["image"] = torch.from_numpy(image)
     if "audio" in cfg.modalities:

@@ -1,12 +1,13 @@
 """eg-train's Trainer against a bare hand-written training loop on the demo model: wall time and step losses.
 
-`uv run benchmarks/bench_trainer.py [--config configs/demo.yaml] [--pairs 3] [--region-s 12] [--quick]`
+`uv run benchmarks/bench_trainer.py [--config configs/demo.yaml] [--pairs 3] [--steps 80] [--quick]`
 
 Both contenders train the stage-1 demo model (`apps/alignment` build path: the demo towers from
 data/demo_models, configs/demo.yaml's losses, optimizer groups, lr schedule and clipping) from the same
 initialization on the same batches: the first `--num-batches` batches of data/demo/train, decoded once and
 held in memory, so the loader is not timed and both see identical inputs. Each timed region is one whole
-run of `--steps` optimizer steps (calibrated so a region lasts `--region-s` seconds or more):
+run of `--steps` optimizer steps (a fixed amount of work, so the run's fixed costs weigh the same however
+loaded the machine is; regions shorter than `--region-s` seconds are reported):
 
 - trainer: `Trainer.fit()` with the demo's settings (metrics.csv, tensorboard, log every 10 steps, the
   non-finite guard, the final checkpoint, both PNGs) plus a trivial `evaluate_fn` every steps/4 steps, so
@@ -220,7 +221,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--set", nargs="*", default=[], help="config overrides, key=value")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--region-s", type=float, default=12.0, help="minimum seconds per timed region")
-    parser.add_argument("--steps", type=int, default=0, help="steps per region (0: calibrated to --region-s)")
+    parser.add_argument(
+        "--steps", type=int, default=80, help="steps per region (0: as many as --region-s takes, calibrated)"
+    )
     parser.add_argument("--num-batches", type=int, default=8)
     parser.add_argument("--check-steps", type=int, default=10)
     parser.add_argument("--rtol", type=float, default=1e-5, help="tolerance of the step-loss check")
@@ -264,9 +267,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per_step(b["stamps"]) / per_step(t["stamps"]) for t, b in zip(runs["trainer"], runs["bare"])
     ]
     draw_s = plot_cost(work / "trainer" / "outputs" / "metrics.csv", 1 if args.quick else 3)
+    short = [r["seconds"] for v in runs.values() for r in v if r["seconds"] < args.region_s]
+    if short:
+        print(f"warning: {len(short)} regions shorter than {args.region_s} s: {short}")
     report = {
         **info,
         "settings": {**vars(args), "steps": steps},
+        "regions_shorter_than_region_s": len(short),
         "regions_s": {k: [r["seconds"] for r in v] for k, v in runs.items()},
         "median_region_s": {k: med(k, "seconds") for k in runs},
         "median_step_ms": {k: 1e3 * med(k, "step") for k in runs},

@@ -19,6 +19,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: conftest's helpers
+from conftest import copy_split, tiny_config, write_config
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -173,3 +176,79 @@ def test_bench_gpu_without_cuda_says_so(
     assert capsys.readouterr().out.strip().splitlines() == [
         "bench_gpu: no CUDA device here (torch.cuda.is_available() is False); nothing measured"
     ]
+
+
+@pytest.mark.slow
+def test_bench_trainer_checkpoint_loader_quick(tmp_path: Path, demo_data: Path) -> None:
+    """bench_trainer, bench_checkpoint and bench_loader run end to end in one process on a tiny stage-1
+    config and a 64-sample split: the trainer's step losses equal the bare loop's, every contender is
+    timed, and the bare loader's hand-written decoding gives the loader's tensors."""
+    from eg_data import decode_sample, read_all
+
+    small = tmp_path / "small"
+    copy_split(demo_data / "train", small / "train", 64, 32)
+    cfg = tiny_config(tmp_path, demo_data)
+    cfg["data"]["train"]["shard_dir"] = str(small / "train")
+    config = str(write_config(tmp_path, cfg))
+
+    trainer = load_benchmark("bench_trainer").main(
+        [
+            "--config",
+            config,
+            "--quick",
+            "--workdir",
+            str(tmp_path / "runs"),
+            "--out",
+            str(tmp_path / "t.json"),
+        ]
+    )
+    assert json.loads((tmp_path / "t.json").read_text())["median_ratio"] == trainer["median_ratio"]
+    assert trainer["loss_check"]["steps"] == 4 and trainer["loss_check"]["worst_relative_difference"] <= 1e-5
+    assert trainer["losses_first_pair"]["trainer"] == pytest.approx(
+        trainer["losses_first_pair"]["bare"], rel=1e-5
+    )
+    assert all(len(v) == 1 and v[0] > 0 for v in trainer["regions_s"].values())
+
+    ckpt = load_benchmark("bench_checkpoint").main(
+        ["--config", config, "--quick", "--workdir", str(tmp_path / "ck"), "--out", str(tmp_path / "c.json")]
+    )
+    assert [(r["what"], r["contender"]) for r in ckpt["table"]] == [
+        ("save (blocked)", "eg-train"),
+        ("save (blocked)", "eg-train (sync)"),
+        ("save (blocked)", "torch.save"),
+        ("load", "eg-train"),
+        ("load", "torch.load"),
+    ]
+    assert ckpt["checkpoint_mb"] > 0.1 and all(r["median_ms"] > 0 for r in ckpt["table"])
+    assert all(region["saves"] >= 2 for regions in ckpt["saves"].values() for region in regions)
+
+    bench_loader = load_benchmark("bench_loader")
+    photos = tmp_path / "photos"
+    loader = bench_loader.main(
+        [
+            "--quick",
+            "--data",
+            str(small),
+            "--photos",
+            str(photos),
+            "--num-photos",
+            "64",
+            "--out",
+            str(tmp_path / "l.json"),
+        ]
+    )
+    demo, photo = loader["results"]
+    assert demo["samples_in_split"] == 64 and photo["samples_in_split"] == 64
+    assert demo["runs"]["loader"][0]["samples"] == 64 and demo["runs"]["bare"][0]["samples"] == 64
+    assert demo["ratio_per_worker_with_startup"] > 0 and photo["ratio_per_worker_with_startup"] > 0
+    # like for like: the hand-written decoding gives the loader's own tensors
+    for shards, cfg_of in ((small / "train", bench_loader.demo_config), (photos, bench_loader.photo_config)):
+        loader_cfg = cfg_of(str(shards), 0)
+        raw = read_all(shards)[0]
+        ours, reason = decode_sample(raw, loader_cfg, epoch=0)
+        assert reason == "" and ours is not None
+        bare = bench_loader.bare_sample(raw, loader_cfg)
+        torch.testing.assert_close(bare["image"], ours["image"], rtol=1e-6, atol=1e-6)
+        if "audio" in bare:
+            torch.testing.assert_close(bare["audio"], ours["audio"])
+            assert torch.equal(bare["audio_mask"], ours["audio_mask"])

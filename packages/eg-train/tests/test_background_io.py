@@ -1,6 +1,6 @@
-"""Checkpoint writes and plot drawings run off the training loop's thread: training goes on while a
-checkpoint is written, every write is still atomic and complete when fit() returns, and the final plots
-show every logged row."""
+"""Saving and plotting stay off the training loop's critical path: checkpoint files are written on a
+background thread while training goes on (each still atomic and complete when fit() returns), and plots
+at validations are drawn only within 1% of the run's wall time, with one final drawing of every row."""
 
 from __future__ import annotations
 
@@ -8,17 +8,15 @@ import threading
 import time
 
 import eg_train
-import pytest
 from eg_train import checkpoint as ck
 from eg_train import plots
 
 
-@pytest.mark.slow  # matplotlib's import and two drawings: 3-10 s on the shared 2 cores
-def test_checkpoint_writes_and_plots_run_off_the_training_thread(toy, tmp_path, monkeypatch):
+def test_checkpoints_are_written_while_training_goes_on(toy, tmp_path, monkeypatch):
     writes: list[tuple[int, str, int, int]] = []  # (step, thread, forward calls before, after)
     drawings: list[tuple[str, int]] = []  # (thread, rows drawn)
     model = toy.ToyModel()
-    real_write, real_draw = ck.write_checkpoint, plots.draw_training_curves
+    real_write = ck.write_checkpoint
 
     def slow_write(folder, data, step, *args, **kwargs):
         before = model.calls
@@ -28,10 +26,10 @@ def test_checkpoint_writes_and_plots_run_off_the_training_thread(toy, tmp_path, 
 
     def draw(rows, path):
         drawings.append((threading.current_thread().name, len(rows)))
-        real_draw(rows, path)
 
     monkeypatch.setattr(ck, "write_checkpoint", slow_write)
     monkeypatch.setattr(plots, "draw_training_curves", draw)
+    monkeypatch.setattr(plots, "draw_loss_components", lambda rows, path: None)
     cfg = toy.make_config(tmp_path, max_steps=8, save_every=4, val_every=4, plots=True, log_every=1)
     summary = eg_train.Trainer(model, cfg, toy.ToyData(), val_data=toy.ToyData()).fit()
 
@@ -41,7 +39,32 @@ def test_checkpoint_writes_and_plots_run_off_the_training_thread(toy, tmp_path, 
     assert step4[3] > step4[2], "training should go on while step 4's checkpoint is written"
     assert eg_train.load_checkpoint(tmp_path / "checkpoints" / ck.LATEST)["step"] == 8
     assert not list((tmp_path / "checkpoints").glob(".checkpoint_*.tmp.*"))
-    assert drawings[0] == ("eg-train-plots_0", 4)  # the validation at step 4, in the background
+    # a run of milliseconds has no budget for a drawing at its step-4 validation: one final drawing of every row
     rows = toy.read_rows(tmp_path / "outputs" / "metrics.csv")
-    assert drawings[-1][1] == len(rows) == 8  # the last drawing shows every row
-    assert len(drawings) == 2  # step 8's validation drawing is the final one, not drawn twice
+    assert drawings == [("MainThread", len(rows))] and len(rows) == 8
+
+
+def test_plot_drawings_stay_within_the_budget(tmp_path, monkeypatch):
+    now = [0.0]
+    calls: list[int] = []
+
+    def draw(rows, path):
+        calls.append(len(rows))
+        now[0] += 0.5  # each drawing costs 0.5 s
+
+    monkeypatch.setattr(plots, "draw_training_curves", draw)
+    monkeypatch.setattr(plots, "draw_loss_components", lambda rows, path: None)
+    drawer = plots.PlotDrawer(tmp_path, budget=0.01, clock=lambda: now[0])
+    rows: list[dict] = []
+    drawn = []
+    for t in (10.0, 99.0, 100.0, 120.0, 130.0, 200.0, 1000.0):
+        now[0] = t
+        rows.append({"step": t, "loss": 1.0})
+        drawn.append(drawer.maybe_draw(rows))
+    # a drawing is allowed while (spent + last cost) <= 1% of the elapsed time; the first one is assumed
+    # to cost 1 s (so from 100 s on), later ones cost what the previous one did (0.5 s)
+    assert drawn == [False, False, True, True, False, True, True]
+    assert calls == [3, 4, 6, 7] and drawer.spent == 2.0 and drawer.num_skipped == 3
+    assert drawer.finish(rows) is False  # the last drawing showed every row
+    rows.append({"step": 1001.0, "loss": 0.5})
+    assert drawer.finish(rows) is True and calls[-1] == 8

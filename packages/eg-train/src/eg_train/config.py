@@ -122,8 +122,8 @@ class TrainerConfig:
     tensorboard: bool = True
     """Write tensorboard event files to output_dir/tensorboard."""
     plots: bool = True
-    """Draw training_curves.png and loss_components.png in output_dir after each validation (on a background
-    thread) and at the end."""
+    """Draw training_curves.png and loss_components.png in output_dir after validations (skipped where the
+    drawings would pass 1% of the run's wall time) and at the end."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Optional Weights & Biases logging."""
 

@@ -1,10 +1,11 @@
 """training_curves.png and loss_components.png from metrics.csv rows (matplotlib, no global backend), and
-the PlotDrawer that draws them off the training loop's thread."""
+the PlotDrawer that keeps drawing them within 1% of a run's wall time."""
 
 from __future__ import annotations
 
 import math
-from concurrent.futures import Future, ThreadPoolExecutor
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,65 +101,56 @@ def draw_loss_components(rows: list[dict], path: Path) -> None:
     fig.savefig(path)
 
 
-class PlotDrawer:
-    """Draws both PNGs into `output_dir` on one background thread, so a validation does not wait for
-    matplotlib (about 0.3 s a drawing on one core; it grows with the run's length).
+PLOT_BUDGET = 0.01  # drawings at validations take at most 1% of a run's wall time
+FIRST_DRAWING_S = 1.0  # what a first drawing is assumed to cost (matplotlib's import included)
 
-    `start(rows)` snapshots the rows (they are only ever appended) and draws them in the background; a
-    request while a drawing runs is skipped, `finish(rows)` draws whatever the last drawing missed.
-    `poll()` and `finish()` return True once per finished drawing (to send the images to wandb).
-    Matplotlib's object-oriented API with its own Agg canvas per figure keeps no global state to share.
+
+class PlotDrawer:
+    """Draws both PNGs into `output_dir` on the caller's thread, within a time budget.
+
+    `maybe_draw(rows)` (at a validation) draws only while the drawings so far plus the last one's cost stay
+    within `budget` of the wall time since `restart_clock()`, so a long run pays at most 1% for its plots
+    however often it validates (a drawing costs 0.3-0.6 s of CPU on one core; on a background thread it
+    slowed the training steps about as much, through the GIL). `finish(rows)` draws the rows the last
+    drawing missed, whatever the budget. Both return whether they drew (to send the images to wandb).
     """
 
-    def __init__(self, output_dir: Path) -> None:
+    def __init__(
+        self, output_dir: Path, budget: float = PLOT_BUDGET, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self.images = {
             "training_curves": output_dir / "training_curves.png",
             "loss_components": output_dir / "loss_components.png",
         }
-        self._pool: ThreadPoolExecutor | None = None
-        self._future: Future | None = None
-        self._num_drawn = -1  # rows in the last finished drawing
-        self._unreported = False
+        self.budget, self.clock = budget, clock
+        self.t0 = clock()
+        self.spent, self.last_cost = 0.0, FIRST_DRAWING_S
+        self.num_drawn = -1  # rows in the last drawing
+        self.num_skipped = 0
 
-    def _draw(self, rows: list[dict]) -> int:
+    def restart_clock(self) -> None:
+        """Count the budget's wall time from now on."""
+        self.t0 = self.clock()
+
+    def _draw(self, rows: list[dict]) -> None:
+        start = self.clock()
         draw_training_curves(rows, self.images["training_curves"])
         draw_loss_components(rows, self.images["loss_components"])
-        return len(rows)
+        self.last_cost = self.clock() - start
+        self.spent += self.last_cost
+        self.num_drawn = len(rows)
 
-    def _reap(self) -> None:
-        future, self._future = self._future, None
-        if future is not None:
-            self._num_drawn = future.result()  # waits; a drawing's exception is a bug: raised here
-            self._unreported = True
-
-    def start(self, rows: list[dict]) -> None:
-        """Draw `rows` in the background unless a drawing is still running."""
-        if self._future is not None:
-            if not self._future.done():
-                return
-            self._reap()
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eg-train-plots")
-        self._future = self._pool.submit(self._draw, list(rows))
-
-    def poll(self) -> bool:
-        """True once after each drawing has finished."""
-        if self._future is not None and self._future.done():
-            self._reap()
-        reported, self._unreported = self._unreported, False
-        return reported
+    def maybe_draw(self, rows: list[dict]) -> bool:
+        """Draw `rows` if the budget allows it now."""
+        if self.spent + self.last_cost > self.budget * (self.clock() - self.t0):
+            self.num_skipped += 1
+            return False
+        self._draw(rows)
+        return True
 
     def finish(self, rows: list[dict]) -> bool:
-        """Wait for the running drawing, draw `rows` here if it missed any, and stop the thread."""
-        self._reap()
-        if self._num_drawn != len(rows):
-            self._num_drawn = self._draw(list(rows))
-            self._unreported = True
-        self.close()
-        return self.poll()
-
-    def close(self) -> None:
-        """Stop the thread (a running drawing is finished first)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        """Draw `rows` unless the last drawing already showed all of them."""
+        if self.num_drawn == len(rows):
+            return False
+        self._draw(rows)
+        return True

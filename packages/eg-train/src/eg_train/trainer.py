@@ -99,7 +99,7 @@ class Trainer:
         self._warned_best = False
         self._pbar: Any = None
         self.writer = ck.CheckpointWriter()  # checkpoint files are written off the training loop
-        self.plotter = PlotDrawer(self.output_dir)  # and so are the plots drawn at validations
+        self.plotter = PlotDrawer(self.output_dir)  # plots at validations within 1% of the wall time
 
     # ---- sizing -------------------------------------------------------------------------------
     def _steps_per_epoch(self) -> int | None:
@@ -151,6 +151,7 @@ class Trainer:
                 )
             self.model.train()
             self.window.restart_clock()
+            self.plotter.restart_clock()
             while self.step < self.total_steps and not (self.epoch_limit and self.epoch >= self.epoch_limit):
                 self._run_epoch()
             if self._last_save_step != self.step:
@@ -166,7 +167,6 @@ class Trainer:
         finally:
             self._collect_write()  # also after an error: a write in flight still completes
             self.writer.close()
-            self.plotter.close()
             if self._pbar is not None:
                 self._pbar.close()
             if self.loggers is not None:
@@ -388,8 +388,6 @@ class Trainer:
             self._save(best=improved, latest=save_latest, final=final)
         if self._last_val_step == self.step:
             self._draw_plots(final=False)
-        if self.loggers is not None and self.plotter.poll():
-            self.loggers.log_images(self.step, self.plotter.images)
 
     def _report_data(self, report: dict[str, Any] | None, epoch: int, partial: bool) -> None:
         """One summary line for the epoch when the data skipped any sample."""
@@ -442,11 +440,9 @@ class Trainer:
         )
 
     def _draw_plots(self, final: bool) -> None:
-        """At a validation, start drawing in the background; at the end, draw the last rows and wait."""
+        """At a validation, draw if the plot budget allows; at the end, draw the rows not drawn yet."""
         if self.loggers is None or not self.cfg.plots:
             return
         rows = self.loggers.csv.rows
-        if not final:
-            self.plotter.start(rows)
-        elif self.plotter.finish(rows):
+        if self.plotter.finish(rows) if final else self.plotter.maybe_draw(rows):
             self.loggers.log_images(self.step, self.plotter.images)
