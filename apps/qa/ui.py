@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -352,6 +353,8 @@ def demo_ui_main(argv: Sequence[str] | None = None) -> int:
         # system fonts: the default theme fetches web fonts, which an offline machine cannot
         theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
         print(f"demo: http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+        # SIGTERM stops it as Ctrl-C does: gradio closes the server, the sample files are removed at exit
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         app.queue().launch(
             server_name=args.host,
             server_port=args.port,

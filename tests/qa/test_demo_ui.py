@@ -120,7 +120,8 @@ def test_demo_ui_in_chromium_answers_as_apps_ask_and_searches_as_apps_search(
         app = subprocess.Popen(
             [sys.executable, str(DEMO_UI), "--checkpoint", str(checkpoint), "--index", str(index),
              "--k", str(K), "--port", str(port)],
-            cwd=root, env=app_env(), stdout=out, stderr=subprocess.STDOUT,
+            cwd=root, env={**app_env(), "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}, stdout=out,
+            stderr=subprocess.STDOUT,
         )  # fmt: skip
     phases = {"index": time.perf_counter() - start}
     try:
@@ -197,6 +198,8 @@ def test_demo_ui_in_chromium_answers_as_apps_ask_and_searches_as_apps_search(
         screenshot = tmp_path / "demo_ui.png"
         browser.save_screenshot(str(screenshot))
         print(f"screenshot: {screenshot}; seconds since start: {phases}")
+        app.terminate()  # SIGTERM stops the app as Ctrl-C does: a clean exit
+        assert app.wait(timeout=60) == 0, log.read_text()[-3000:]
     except Exception:
         browser.save_screenshot(str(tmp_path / "failure.png"))
         print(f"screenshot: {tmp_path / 'failure.png'}\napps/demo_ui's output:\n{log.read_text()[-3000:]}")
