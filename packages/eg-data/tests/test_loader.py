@@ -121,6 +121,17 @@ def test_order_is_deterministic_per_epoch(shard_set):
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_epoch_leaves_torchs_global_rng_untouched(shard_set, num_workers):
+    """A validation pass between training steps must not shift the model's later random draws (dropout)."""
+    loader = ShardLoader(make_cfg(shard_set(2, 6), num_workers=num_workers))
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    batches = epoch_batches(loader, 0)
+    assert len(batches) == 4 and torch.equal(torch.rand(4), expected)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
 def test_resume_yields_exactly_the_rest(shard_set, num_workers):
     root = shard_set(3, 12)
     cfg = make_cfg(

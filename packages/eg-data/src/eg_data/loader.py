@@ -340,7 +340,16 @@ class ShardLoader:
             if self.cfg.num_workers == 0:
                 source: Iterable[dict[str, Any]] = self.dataset
             else:
-                source = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.num_workers)
+                # Its own generator: without one, each iteration draws the workers' base seed from torch's
+                # global RNG, so a validation pass (or a worker count) would shift the model's dropout
+                # draws after it. Nothing in the workers uses that seed: order and augmentation have their
+                # own seeded generators.
+                source = DataLoader(
+                    self.dataset,
+                    batch_size=None,
+                    num_workers=self.cfg.num_workers,
+                    generator=torch.Generator().manual_seed(self.cfg.seed),
+                )
             for item in source:
                 report.add(*item.pop(REPORT_KEY))  # before the batch is handed over: data_report() has it
                 if SLOT_KEY in item:
