@@ -34,7 +34,8 @@ def load_stage1(cfg: QAConfig, device: str | torch.device = "cpu") -> Any:
     """The trained stage-1 model of `stage1.checkpoint` (apps.alignment's `Aligned`), frozen, on `device`.
 
     A missing file is refused with the command that trains it; a checkpoint whose weights do not match the
-    config stored in it (a missing, unexpected or mis-shaped key) is refused by `load_aligned`.
+    config stored in it (a missing, unexpected or mis-shaped key) is refused by `load_aligned`; towers whose
+    fingerprint differs from a non-empty `stage1.fingerprint` are refused.
     """
     checkpoint = cfg.stage1.checkpoint
     if not Path(checkpoint).is_file():
@@ -44,6 +45,16 @@ def load_stage1(cfg: QAConfig, device: str | torch.device = "cpu") -> Any:
     from apps.alignment import load_aligned
 
     aligned = load_aligned(checkpoint, device)
+    expected = cfg.stage1.fingerprint
+    if expected:
+        from apps.alignment.embed import weights_fingerprint
+
+        found = weights_fingerprint(aligned.towers)
+        if found != expected:
+            raise ConfigError(
+                f"stage1.fingerprint={expected!r} but stage1.checkpoint {checkpoint} holds other tower weights "
+                f"(fingerprint {found!r}): it is not the stage-1 model this config was trained on"
+            )
     absent = [m for m in cfg.model.modalities if m not in aligned.towers]
     if absent:
         raise ConfigError(

@@ -9,6 +9,7 @@ the key relative to itself; `load_config` adds the YAML path.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from eg_data import LoaderConfig
@@ -31,6 +32,16 @@ class Stage1Config:
     checkpoint: str = MISSING
     """The stage-1 checkpoint file (e.g. checkpoints/demo/checkpoint_best.pt); its stored config rebuilds the
     towers, loaded strictly and frozen."""
+    fingerprint: str = ""
+    """The stage-1 tower weights' fingerprint (16 hex digits of a sha256). Empty: not checked. A run records
+    the one it trained on in its stored config, so loading a stage-2 checkpoint against a replaced stage-1
+    file is refused; set it to pin a config to one stage-1 model."""
+
+    def __post_init__(self) -> None:
+        if self.fingerprint and not re.fullmatch(r"[0-9a-f]{16}", self.fingerprint):
+            raise ConfigError(
+                f"fingerprint must be 16 lowercase hex digits or empty, got {self.fingerprint!r}"
+            )
 
 
 @dataclass

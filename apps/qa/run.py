@@ -14,6 +14,7 @@ import torch
 from eg_data import ShardLoader
 from eg_train import Trainer, barrier, init_distributed
 
+from apps.alignment.embed import weights_fingerprint
 from apps.common.config import to_dict, to_yaml
 from apps.qa.build import build_model, load_stage1, qa_loader_config
 from apps.qa.config import QAConfig
@@ -35,6 +36,8 @@ def train(cfg: QAConfig) -> None:
         torch.set_num_threads(cfg.num_threads)
     info = init_distributed(cfg.train.device)
     aligned = load_stage1(cfg)  # before writing anything: a missing stage-1 checkpoint is refused first
+    # Recorded in config.yaml and every checkpoint: loading this model later checks its stage-1 towers.
+    cfg.stage1.fingerprint = weights_fingerprint(aligned.towers)
     out_dir = Path(cfg.train.output_dir)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)

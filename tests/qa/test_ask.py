@@ -150,6 +150,12 @@ def vision_only(state: dict[str, Any]) -> None:
     }
 
 
+def perturb_a_tower_weight(state: dict[str, Any]) -> None:
+    """Add 1e-3 to the first floating tower weight of a stage-1 checkpoint: same shapes, other weights."""
+    name = next(k for k, v in state["model"].items() if k.startswith("towers.") and v.is_floating_point())
+    state["model"][name] = state["model"][name] + 1e-3
+
+
 @pytest.mark.slow
 def test_bad_input_is_one_line_naming_it_and_exit_2(
     asked: dict, qa_space: dict, qa_checkpoint: dict, tmp_path: Path, capsys: pytest.CaptureFixture
@@ -161,6 +167,13 @@ def test_bad_input_is_one_line_naming_it_and_exit_2(
         checkpoint,
         tmp_path / "moved.pt",
         lambda s: s["run_config"]["stage1"].update(checkpoint=gone_stage1),
+    )
+    # Another stage-1 model of the same shapes (one tower weight changed) where the trained one was.
+    other_stage1 = with_config(qa_space["checkpoint"], tmp_path / "stage1_other.pt", perturb_a_tower_weight)
+    swapped = with_config(
+        checkpoint,
+        tmp_path / "swapped.pt",
+        lambda s: s["run_config"]["stage1"].update(checkpoint=str(other_stage1)),
     )
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(b"not an image")
@@ -177,6 +190,10 @@ def test_bad_input_is_one_line_naming_it_and_exit_2(
         "stage-1 checkpoint gone": (
             ["--checkpoint", str(moved)],
             [str(moved), repr(gone_stage1), "does not exist"],
+        ),
+        "another stage-1 model": (
+            ["--checkpoint", str(swapped)],
+            ["stage1.fingerprint=", str(other_stage1), "not the stage-1 model this config was trained on"],
         ),
         "missing image": (
             ["--checkpoint", str(checkpoint), "--image", str(tmp_path / "no.png")],
