@@ -17,7 +17,8 @@ are timed. Contenders, alternated in every pair (the order rotates):
 
 Load: `eg_train.load_checkpoint(path)` (torch.load weights_only + format checks) against
 `torch.load(path, map_location="cpu", weights_only=True)` of the same file, alternated, regions of
-`--region-s` seconds of repeated loads. Medians over the pairs of the per-save (per-load) milliseconds and of
+`--region-s` seconds of repeated loads (`--pairs` rounded up to even, so each goes first as often); the CPU
+time of the loads is reported too (this process: less disturbed by other load on the machine). Medians over the pairs of the per-save (per-load) milliseconds and of
 the per-pair ratios. 1 torch thread. Writes JSON (default outputs/benchmarks/bench_checkpoint.json) and
 prints a table last.
 """
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     path = work / "eg_train" / "checkpoint_latest.pt"
     size_mb = path.stat().st_size / 1e6
     loads: dict[str, list[dict[str, Any]]] = {"eg-train": [], "torch.load": []}
-    for pair in range(args.pairs):
+    for pair in range(args.pairs + args.pairs % 2):  # an even count: each contender goes first as often
         for how in ["eg-train", "torch.load"] if pair % 2 == 0 else ["torch.load", "eg-train"]:
             loads[how].append(load_region(path, how, args.region_s))
             print(f"pair {pair + 1} load {how:<16}: {loads[how][-1]['median_ms']:7.2f} ms", flush=True)
