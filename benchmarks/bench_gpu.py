@@ -317,7 +317,11 @@ def qwen_workload(
         torch.set_default_dtype(default_dtype)
     model.requires_grad_(False)
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5's name
+        if enable is not None:
+            enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     lora = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.05, target_modules="all-linear")
     model = get_peft_model(model, lora)
@@ -400,6 +404,8 @@ def measure(workload: Workload, args: argparse.Namespace, peak: float) -> list[d
             errors[name] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
             del contenders[name]
             print(f"{workload.name} {name}: FAILED {errors[name]}", flush=True)
+    for step in contenders.values():  # one more step each, so no region is the first after another's warm-up
+        step()
     times: dict[str, list[float]] = {n: [] for n in contenders}
     memory: dict[str, int] = dict.fromkeys(contenders, 0)
     names = list(contenders)

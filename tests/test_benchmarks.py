@@ -166,6 +166,68 @@ def test_bench_gpu_flops_match_torch_counter(tmp_path: Path) -> None:
     assert counter.get_total_flops() == workload.flops_per_step + recompute
 
 
+@pytest.mark.slow
+def test_bench_gpu_flow_with_cuda_stubbed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """bench_gpu.main() end to end on the CPU: tiny towers, torch.cuda's timing and memory calls stubbed,
+    torch.compile as identity. Checks the flow, the JSON and the table before a GPU run is spent on it."""
+    from eg_encoders import PoolingConfig, VisionEncoderConfig
+    from eg_encoders.debug import write_open_clip_vit
+    from transformers import MPNetConfig
+
+    bench = load_benchmark("bench_gpu")
+    cpu = torch.device("cpu")
+    fields = write_open_clip_vit(str(tmp_path))
+    vision = VisionEncoderConfig(
+        **{**fields, "pretrained": ""},
+        trainable_blocks=0,
+        pooling=PoolingConfig(type="attention", num_queries=1, num_heads=2),
+    )
+    text = MPNetConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    pixmo, qwen = bench.pixmo_workload, bench.qwen_workload
+    small = bench.QwenShape(hidden=32, intermediate=64, heads=4, kv_heads=2, layers=1, vocab=100)
+    monkeypatch.setattr(bench, "pixmo_workload", lambda _, b, n: pixmo(cpu, b, n, vision, text, 64, [16, 64]))
+    monkeypatch.setattr(
+        bench, "qwen_workload", lambda _, b, n, s, checkpointing: qwen(cpu, b, n, small, 4, checkpointing)
+    )
+    monkeypatch.setattr(bench, "matmul_peak_tflops", lambda size: 1e-3)
+    checks = iter([True])  # main's own check sees a device; anything later (the optimizer's) sees none
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: next(checks, False))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stub")
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda *a: type("P", (), {"total_memory": 2**34})
+    )
+    monkeypatch.setattr(torch, "compile", lambda fn: fn)
+    out = tmp_path / "gpu.json"
+    argv = ["bench_gpu.py", "--pixmo-batch", "2", "--text-len", "8", "--qwen-batch", "2", "--seq-len", "16"]
+    argv += ["--layers", "1", "--repeats", "2", "--region-s", "0", "--warmup", "1", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    threads = torch.get_num_threads()
+    try:
+        bench.main()
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(out.read_text())
+    rows = {(r["workload"], r["mode"]): r for r in report["rows"]}
+    assert set(rows) == {("pixmo", "eager"), ("pixmo", "compile"), ("qwen", "eager"), ("qwen", "compile")}
+    for row in rows.values():
+        seconds = row["ms_per_step"] / 1000
+        assert math.isclose(row["samples_per_s"], row["batch"] / seconds)
+        assert math.isclose(row["mfu"], row["model_tflops"] / 1e-3)
+        assert math.isclose(row["model_tflops"], row["model_tflop_per_step"] / seconds)
+        assert row["peak_memory_gib"] == 3.0
+    assert rows[("qwen", "eager")]["tokens_per_s"] == pytest.approx(
+        2 * 16 / (rows[("qwen", "eager")]["ms_per_step"] / 1000)
+    )
+    assert capsys.readouterr().out.splitlines()[-1].startswith("  qwen: ")  # the table, then its notes
+
+
 def test_bench_gpu_without_cuda_says_so(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
