@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,7 +52,10 @@ class DemoSearch:
     """Text -> the nearest indexed images and audio, each modality searched on its own exactly at the top
     dim: the ranking `apps/search query --text T --modality M --k K` prints."""
 
-    def __init__(self, index_path: str, shards: str = "", device: str = "cpu") -> None:
+    def __init__(self, index_path: str, shards: str = "", device: str = "cpu", aligned: Any = None) -> None:
+        """`aligned`: a loaded stage-1 model (the QA model's towers) that embeds the queries when its tower
+        weights are those the index was built with, instead of loading the index's checkpoint again."""
+        from apps.alignment.embed import Embedder
         from apps.alignment.search import query_embedder
 
         self.index_path = index_path
@@ -70,7 +74,11 @@ class DemoSearch:
                     f"{source}: {len(absent)} indexed keys are not there (e.g. {absent[0]!r}); "
                     "pass --shards with the folder the index was built from"
                 )
-        self.embedder = query_embedder(self.index, index_path, "", device)
+        reused = Embedder(aligned) if aligned is not None else None
+        if reused is not None and reused.fingerprint == self.index.meta["fingerprint"]:
+            self.embedder = reused
+        else:  # the index's own checkpoint, refused unless its weights are the index's
+            self.embedder = query_embedder(self.index, index_path, "", device)
         self.searchers = {}
         for modality in self.index.counts():
             rows = self.index.rows(modality)
@@ -156,7 +164,9 @@ def build_app(ask: DemoAsk, search: DemoSearch | None, k: int = 4) -> Any:
             try:
                 return fn(*args)
             except user_error_types() as exc:  # a user's input: shown in the page, not a traceback
-                raise gr.Error(str(exc).strip().splitlines()[0]) from exc
+                line = str(exc).strip().splitlines()[0]
+                print(f"error: {line}", file=sys.stderr, flush=True)  # one line here too, no traceback
+                raise gr.Error(line, print_exception=False) from exc
 
         return call
 
@@ -346,7 +356,9 @@ def demo_ui_main(argv: Sequence[str] | None = None) -> int:
         except ImportError as exc:
             raise InputError(INSTALL_HINT) from exc
         ask = DemoAsk(args.checkpoint, args.samples, args.device)
-        search = DemoSearch(args.index, args.shards, args.device) if args.index else None
+        search = (
+            DemoSearch(args.index, args.shards, args.device, ask.assistant.aligned) if args.index else None
+        )
         app = build_app(ask, search, args.k)
         for line in _startup_lines(ask, search):
             print(line)

@@ -35,6 +35,15 @@ SEARCH_TEXT = "a small seven"
 BROWSER_MISSING = "chromium or chromedriver missing: apt-get install chromium chromium-driver"
 
 
+@pytest.fixture(scope="module")
+def demo_index(qa_space: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`apps/search index` of the 11-sample test split with the stage-1 towers of the QA model."""
+    index = tmp_path_factory.mktemp("demo_index") / "index.npz"
+    stage1, test_split = str(qa_space["checkpoint"]), str(qa_space["test"])
+    assert search_main(["index", "--checkpoint", stage1, "--shards", test_split, "--out", str(index)]) == 0
+    return index
+
+
 def _browser() -> Any:
     """A headless Chromium through selenium and Debian's chromedriver (no browser download)."""
     chromium = shutil.which("chromium")
@@ -89,8 +98,9 @@ def _search_keys(index: Path, modality: str, capsys: pytest.CaptureFixture) -> l
 
 @pytest.mark.slow  # the session's tiny stage-1/stage-2 runs, the app's and apps/ask's start-up
 def test_demo_ui_in_chromium_answers_as_apps_ask_and_searches_as_apps_search(
-    qa_space: dict, qa_checkpoint: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+    qa_checkpoint: dict, demo_index: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -98,22 +108,20 @@ def test_demo_ui_in_chromium_answers_as_apps_ask_and_searches_as_apps_search(
     start = time.perf_counter()
     root, checkpoint = qa_checkpoint["root"], qa_checkpoint["checkpoint"]
     samples = read_all(qa_checkpoint["test"])
-    uploaded, picked = samples[1], samples[0]  # the picker lists the split in storage order
+    uploaded, picked = samples[1], samples[0]
     files = {}
     for name, sample in (("uploaded", uploaded), ("picked", picked)):
         for ext in ("png", "flac"):
             files[name, ext] = tmp_path / f"{name}.{ext}"
             files[name, ext].write_bytes(sample[ext])
     question = "which digit is this?"
-    picked_qa = json.loads(picked["json"])["qa"][1]  # the picker's second question
+    picked_qa = json.loads(picked["json"])["qa"][1]  # one of the questions the picker offers
     # the same questions through apps/ask (one load, --interactive), while the index is built and the app starts
     ask = subprocess.Popen(
         [sys.executable, str(ASK), "--checkpoint", str(checkpoint), "--interactive"],
         cwd=root, env=app_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    index = tmp_path / "index.npz"
-    stage1, test_split = str(qa_space["checkpoint"]), str(qa_space["test"])
-    assert search_main(["index", "--checkpoint", stage1, "--shards", test_split, "--out", str(index)]) == 0
+    index = demo_index
     port = _free_port()
     log = tmp_path / "demo_ui.log"
     with open(log, "w") as out:
@@ -123,7 +131,7 @@ def test_demo_ui_in_chromium_answers_as_apps_ask_and_searches_as_apps_search(
             cwd=root, env={**app_env(), "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}, stdout=out,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-    phases = {"index": time.perf_counter() - start}
+    phases = {"app started": time.perf_counter() - start}
     try:
         want_keys = {m: _search_keys(index, m, capsys) for m in ("vision", "audio")}
         script = (
@@ -139,7 +147,7 @@ def test_demo_ui_in_chromium_answers_as_apps_ask_and_searches_as_apps_search(
         phases["app serving"] = time.perf_counter() - start
 
         browser.get(url)
-        wait = WebDriverWait(browser, 60)
+        wait = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
 
         def value(selector: str) -> str:
             return browser.find_element(By.CSS_SELECTOR, selector).get_property("value")
@@ -166,14 +174,21 @@ def test_demo_ui_in_chromium_answers_as_apps_ask_and_searches_as_apps_search(
         shown_uploaded, info = ask_and_read()
         assert shown_uploaded == want_uploaded
         assert info.startswith("inputs: image;")
+
         # 2. pick a held-out sample (its image and audio fill in) and one of its own questions
-        browser.find_element(By.CSS_SELECTOR, "#sample input").click()
-        options = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#sample ul li"))
-        assert options[0].text.startswith(picked["__key__"] + ":")
-        options[0].click()
+        def option(dropdown: str, text: str) -> Any:
+            """Open a dropdown; its item whose text starts with `text`, once rendered."""
+            browser.find_element(By.CSS_SELECTOR, f"#{dropdown} input").click()
+            items = f"#{dropdown} ul li"
+            return wait.until(
+                lambda b: next(
+                    (e for e in b.find_elements(By.CSS_SELECTOR, items) if e.text.startswith(text)), None
+                )
+            )
+
+        option("sample", picked["__key__"] + ":").click()
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#audio audio"))
-        browser.find_element(By.CSS_SELECTOR, "#suggested input").click()
-        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#suggested ul li"))[1].click()
+        option("suggested", picked_qa["question"]).click()
         wait.until(lambda b: value("#question textarea") == picked_qa["question"])
         shown_picked, info = ask_and_read()
         assert shown_picked == want_picked
@@ -200,6 +215,8 @@ def test_demo_ui_in_chromium_answers_as_apps_ask_and_searches_as_apps_search(
         print(f"screenshot: {screenshot}; seconds since start: {phases}")
         app.terminate()  # SIGTERM stops the app as Ctrl-C does: a clean exit
         assert app.wait(timeout=60) == 0, log.read_text()[-3000:]
+        output = log.read_text()  # the page's user error was one line on stderr too, without a traceback
+        assert "error: type a question\n" in output and "Traceback" not in output, output[-3000:]
     except Exception:
         browser.save_screenshot(str(tmp_path / "failure.png"))
         print(f"screenshot: {tmp_path / 'failure.png'}\napps/demo_ui's output:\n{log.read_text()[-3000:]}")
@@ -261,3 +278,35 @@ def test_shard_samples_read_and_write_the_shards_own_bytes(qa_space: dict) -> No
         samples.read(["nope"])
     with pytest.raises(ConfigError, match="--samples='/nowhere' is not a folder"):
         ShardSamples("/nowhere", "--samples")
+
+
+@pytest.mark.slow  # two model loads
+def test_search_reuses_the_qa_towers_only_when_their_weights_are_the_indexs(
+    qa_space: dict, qa_checkpoint: dict, demo_index: Path
+) -> None:
+    import copy
+
+    import torch
+
+    from apps.qa import load_qa
+    from apps.qa.ui import DemoSearch
+
+    index = demo_index
+    aligned = load_qa(qa_checkpoint["checkpoint"]).aligned
+    reused = DemoSearch(str(index), aligned=aligned)
+    loaded = DemoSearch(str(index))  # the index's own checkpoint, loaded again
+    assert reused.embedder.aligned is aligned and loaded.embedder.aligned is not aligned
+    found, expected = reused.search(SEARCH_TEXT, K), loaded.search(SEARCH_TEXT, K)
+    assert [[(h.key, h.score) for h in found[m]] for m in found] == [
+        [(h.key, h.score) for h in expected[m]] for m in expected
+    ]
+    raw = {s["__key__"]: s for s in read_all(qa_space["test"])}
+    for hit in found["vision"]:
+        assert Path(hit.path).read_bytes() == raw[hit.key]["png"]
+    for hit in found["audio"]:
+        assert Path(hit.path).read_bytes() == raw[hit.key]["flac"]
+    # towers with one changed weight (e.g. a stage 2 that trained the resampler) are not used for queries
+    changed = copy.deepcopy(aligned)
+    with torch.no_grad():
+        next(changed.model.towers["vision"].parameters()).add_(1.0)
+    assert DemoSearch(str(index), aligned=changed).embedder.aligned is not changed
