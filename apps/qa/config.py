@@ -167,7 +167,7 @@ class QAEvalConfig:
     """Generation-based evaluation: on val during training (exact match), on test at the end."""
 
     batch_size: int = 64
-    """Samples per evaluation batch (each with all its QA pairs)."""
+    """Question-answer rows per evaluation batch (each QA pair of a sample is one row; its pairs are consecutive)."""
     max_new_tokens: int = 16
     """Most tokens generated per answer (greedy)."""
     max_val_samples: int = 0
