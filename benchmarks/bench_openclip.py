@@ -297,6 +297,57 @@ def profile_summary(path: Path, parts: dict[str, list[tuple[str, str]]], steps: 
     return {f"{k}_ms": 1e3 * v / steps for k, v in sec.items()}
 
 
+def model_step_costs(work: Path, data: Path, config: Path, steps: int = 15) -> dict[str, dict[str, float]]:
+    """Median ms of forward (+ loss), backward and AdamW step of the two models in this process, alternated
+    step by step on one batch of the demo: the model math without either trainer or data loader.
+
+    OpenCLIP: its CLIP.forward on pre-tokenized ids + its ClipLoss. Ours: the AlignmentModel our app
+    builds from `config`, given the captions as strings (so its forward includes tokenization).
+    """
+    import open_clip
+    import torch
+    from eg_data import read_all
+    from open_clip.loss import ClipLoss
+
+    from apps.alignment.build import build_model
+    from apps.alignment.config import AlignmentConfig
+    from apps.common.config import load_config
+
+    torch.set_num_threads(1)
+    captions = [s["txt"].decode() for s in read_all(data)[:BATCH]]
+    images = torch.randn(BATCH, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    name = f"local-dir:{work / 'model'}"
+    clip, clip_loss = open_clip.create_model(name).train(), ClipLoss()
+    ids = open_clip.get_tokenizer(name)(captions)
+    ours = build_model(load_config(AlignmentConfig, config)).train()
+    hyper = {"lr": 1e-3, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.1}
+    optimizers = {
+        "openclip": torch.optim.AdamW(clip.parameters(), **hyper),
+        "ours": torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], **hyper),
+    }
+    forwards = {
+        "openclip": lambda: clip_loss(*clip(images, ids)[:3]),
+        "ours": lambda: ours({"image": images, "text": captions})["loss"],
+    }
+    times: dict[str, list[tuple[float, float, float]]] = {"openclip": [], "ours": []}
+    for i in range(steps + 3):  # 3 warm-up steps each
+        for who in ("openclip", "ours"):
+            t0 = time.perf_counter()
+            loss = forwards[who]()
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            optimizers[who].step()
+            optimizers[who].zero_grad()
+            if i >= 3:
+                times[who].append((t1 - t0, t2 - t1, time.perf_counter() - t2))
+    parts = ("forward_and_loss", "backward", "optimizer")
+    return {
+        who: {f"{p}_ms": 1e3 * statistics.median(col) for p, col in zip(parts, zip(*rows))}
+        for who, rows in times.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/demo/train")
@@ -384,6 +435,9 @@ def main() -> None:
         run_timed(cmd, work, lambda _: None, work / f"{who}_profile.log")
         prof[who] = profile_summary(out, PROFILE_PARTS[who], steps)
 
+    step_costs = model_step_costs(
+        work, data, ours_config(work, data, held_out, steps, 10, "step_costs", False)
+    )
     med = {who: statistics.median(r["samples_per_s"] for r in rs) for who, rs in results.items()}
     startup = {who: statistics.median(r["startup_s"] for r in rs) for who, rs in results.items()}
     # each pair runs back to back under about the same machine load; the median of the pair ratios is the
@@ -408,6 +462,7 @@ def main() -> None:
         "ratio_of_medians": med["ours"] / med["openclip"],
         "first_losses": {"openclip": openclip_losses, "ours": ours_losses},
         "profile": prof,
+        "model_step_ms": step_costs,
         "goal": ">= 1.0",
     }  # fmt: skip
     out_path = REPO / args.out
@@ -427,11 +482,15 @@ def main() -> None:
     print(f"{'':16s}" + "".join(f"{k:>17s}" for k in keys))
     for who, label in (("openclip", "open_clip_train"), ("ours", "apps/train")):
         print(f"{label:16s}" + "".join(f"{prof[who].get(k + '_ms', 0.0):17.1f}" for k in keys))
+    print("\nthe models alone, in one process, alternated step by step (median ms per step):")
+    print(f"{'':16s}" + "".join(f"{k:>17s}" for k in ("forward_and_loss", "backward", "optimizer")))
+    for who, label in (("openclip", "open_clip_train"), ("ours", "apps/train")):
+        print(f"{label:16s}" + "".join(f"{v:17.1f}" for v in step_costs[who].values()))
     print(f"\nwrote {out_path}\n")
-    print(f"{'trainer':16s} {'samples/s (median)':>19s} {'runs':>28s} {'start-up s':>11s}")
+    print(f"{'trainer':16s} {'samples/s (median)':>19s} {'runs':>40s} {'start-up s':>11s}")
     for who, label in (("openclip", "open_clip_train"), ("ours", "apps/train")):
         runs = ", ".join(f"{r['samples_per_s']:.1f}" for r in results[who])
-        print(f"{label:16s} {med[who]:19.1f} {runs:>28s} {startup[who]:11.1f}")
+        print(f"{label:16s} {med[who]:19.1f} {runs:>40s} {startup[who]:11.1f}")
     print(f"apps/train / open_clip_train per pair: {', '.join(f'{r:.3f}' for r in pair_ratios)}")
     print(
         f"ratio (median of the pairs): {ratio:.3f}; ratio of the medians: {med['ours'] / med['openclip']:.3f} (goal >= 1.0)"
