@@ -4,6 +4,7 @@ same embeddings as the app's model."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from eg_encoders import debug
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: conftest's helpers
 from conftest import TRAIN_SCRIPT, run_app, tiny_config, write_config
 
-pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
 
 
 def clip_config(workdir: Path, data: Path) -> dict:
@@ -42,6 +43,7 @@ def clip_config(workdir: Path, data: Path) -> dict:
     return cfg
 
 
+@pytest.mark.slow
 def test_clip_trains_as_clip_and_exports_back_to_open_clip(tmp_path: Path, demo_data: Path) -> None:
     from apps.alignment.build import load_aligned
 
@@ -77,3 +79,49 @@ def test_clip_trains_as_clip_and_exports_back_to_open_clip(tmp_path: Path, demo_
         theirs_text = clip.encode_text(open_clip.get_tokenizer(text_cfg["model_name"])(texts))
     assert torch.allclose(ours["vision"], theirs_image, atol=1e-5)
     assert torch.allclose(ours["text"], theirs_text, atol=1e-5)
+
+
+def test_clip_finetune_config_loads_as_clip() -> None:
+    """configs/clip_finetune.yaml: both towers ViT-B-32 openai, CLIP's projections, no head, contrastive only;
+    the widths are checked from open_clip's bundled model config (no weights, no download)."""
+    from apps.alignment.config import AlignmentConfig
+    from apps.common.config import load_config
+
+    cfg = load_config(AlignmentConfig, REPO / "configs" / "clip_finetune.yaml")
+    vision, text = cfg.model.vision.encoder, cfg.model.text.encoder
+    assert (
+        (vision.model_name, vision.pretrained) == (text.model_name, text.pretrained) == ("ViT-B-32", "openai")
+    )
+    assert vision.pooled_width() == text.pooled_width() == cfg.model.projection.max_dim == 512
+    assert cfg.model.projection.identity and cfg.losses.mrl == 0.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.projection.max_dim=256", "eval.dims=[256]"],
+            "model.projection.max_dim=256 differs from model.vision",
+        ),
+        (["model.vision.encoder.clip_projection=false"], "model.vision.encoder's embedding width 768"),
+        (
+            ["model.text.encoder.max_seq_length=16"],
+            "model.text.encoder.max_seq_length=16 is a sentence_transformers",
+        ),
+        (
+            ["model.vision.encoder.pooling.type=mean"],
+            "model.vision.encoder.pooling.type='mean': clip_projection",
+        ),
+        (["model.projection.hidden_dim=64"], "model.projection.hidden_dim=64: identity has no head"),
+        (
+            ["model.vision.resampler={dim: 64}", "model.projection.identity=false"],
+            "model.vision.encoder.clip_projection: true projects CLIP's class token",
+        ),
+    ],
+)
+def test_bad_clip_combinations_are_refused_at_load(overrides: list[str], message: str) -> None:
+    from apps.alignment.config import AlignmentConfig
+    from apps.common.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(AlignmentConfig, REPO / "configs" / "clip_finetune.yaml", overrides)
