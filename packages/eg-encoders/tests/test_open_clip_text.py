@@ -24,7 +24,7 @@ def test_text_tower_equals_open_clip_encode_text(open_clip_clip_files, reference
     model, tokenizer = reference
     config = TextEncoderConfig(**open_clip_clip_files)
     encoder = config.build().eval()
-    assert encoder.output_dim == 32 == config.pooled_width()  # embed_dim (text width is 64)
+    assert (encoder.output_dim, encoder.pooled_dim, config.pooled_width()) == (64, 32, 32)  # width, embed_dim
     ids = tokenizer(TEXTS)  # (3, 32)
     assert torch.equal(encoder.tokenize(TEXTS), ids)
     out = encoder(TEXTS)

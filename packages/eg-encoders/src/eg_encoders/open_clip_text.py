@@ -66,7 +66,10 @@ def create_open_clip_model(
 
 
 class OpenClipTextEncoder(nn.Module):
-    """texts list[str] -> EncoderOutput(tokens (B, L, W), mask (B, L), pooled (B, E) = CLIP's encode_text)."""
+    """texts list[str] -> EncoderOutput(tokens (B, L, W), mask (B, L), pooled (B, E) = CLIP's encode_text).
+
+    output_dim: W, the token width; pooled_dim: E, CLIP's embed_dim (as the vision encoder's attributes).
+    """
 
     def __init__(self, config: TextEncoderConfig) -> None:
         super().__init__()
@@ -89,12 +92,13 @@ class OpenClipTextEncoder(nn.Module):
         self.tokenizer = open_clip.get_tokenizer(config.model_name, cache_dir=config.cache_dir or None)
         self.pad_id = int(getattr(self.tokenizer, "pad_token_id", 0) or 0)
         projection = model.text_projection
-        width = model.transformer.width
+        self.output_dim: int = int(model.transformer.width)  # token width (as the vision encoder's)
+        pooled = self.output_dim
         if isinstance(projection, nn.Linear):
-            width = projection.out_features
+            pooled = projection.out_features
         elif projection is not None:
-            width = projection.shape[1]
-        self.output_dim: int = int(width)
+            pooled = projection.shape[1]
+        self.pooled_dim: int = int(pooled)  # CLIP's embed_dim: the width of `pooled`
         self.model.requires_grad_(config.trainable)
         if config.grad_checkpointing:
             self.model.transformer.grad_checkpointing = True

@@ -85,7 +85,7 @@ class TextEncoderConfig:
             )
 
     def pooled_width(self) -> int | None:
-        """The width of `pooled` that `build()` will give (its `output_dim`), from config files only:
+        """The width of `pooled` that `build()` will give (its `pooled_dim`), from config files only:
         CLIP's embed_dim for backend open_clip; None for sentence_transformers (known once loaded) or when
         unknown offline."""
         if self.backend != "open_clip" or is_missing(self.model_name):
