@@ -108,3 +108,13 @@ def test_pooling_none_returns_tokens_only(whisper_files):
     assert out.pooled is None
     assert torch.equal(out.tokens, reference.tokens) and torch.equal(out.mask, reference.mask)
     assert out.mask.sum(dim=1).tolist() == [50, 25]
+
+
+def test_debug_whisper_is_the_same_bytes_for_the_same_seed(tmp_path):
+    """Every tensor is drawn from the seed (whisper leaves one uninitialized): the demo models rebuild equal."""
+    from eg_encoders.debug import write_whisper
+
+    a = write_whisper(str(tmp_path / "a"), seed=3, width=16, layers=1, n_audio_ctx=20)["model_name"]
+    b = write_whisper(str(tmp_path / "b"), seed=3, width=16, layers=1, n_audio_ctx=20)["model_name"]
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        assert fa.read() == fb.read()

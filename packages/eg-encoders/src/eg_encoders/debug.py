@@ -182,6 +182,9 @@ def write_whisper(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Whisper(dims)
+        # whisper leaves the text decoder's positional embedding uninitialized (torch.empty): draw it too,
+        # so the same seed writes the same bytes (the audio encoder never reads it).
+        model.decoder.positional_embedding.data.normal_(0.0, 0.02)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "eg-debug-whisper.pt")
     torch.save({"dims": asdict(dims), "model_state_dict": model.state_dict()}, path)
