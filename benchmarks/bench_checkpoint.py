@@ -38,7 +38,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_trainer import demo_setup, machine_info
+from bench_trainer import demo_setup
+from machine import machine_info
 
 GOAL = 1.2  # eg-train's blocked time (and load time) at most 1.2x torch's
 FOLDERS = {"eg-train": "eg_train", "eg-train (sync)": "eg_train_sync", "torch.save": "torch_save"}

@@ -40,18 +40,18 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import statistics
-import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared machine_info
+from machine import machine_info
 
 # --- model FLOPs (pure functions; tests/test_benchmarks.py checks them against hand counts and torch) ---
 
@@ -445,31 +445,6 @@ def measure(workload: Workload, args: argparse.Namespace, peak: float) -> list[d
     return rows
 
 
-def machine_info() -> dict[str, Any]:
-    """GPU name, nproc, CPU model, torch version, date and commit of this run."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True
-    ).stdout.strip()
-    return {
-        "gpu": torch.cuda.get_device_name(),
-        "gpu_memory_gib": torch.cuda.get_device_properties(0).total_memory / 2**30,
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", default=["pixmo", "qwen"], choices=["pixmo", "qwen"])
@@ -512,7 +487,7 @@ def main() -> None:
         torch.cuda.empty_cache()
         torch._dynamo.reset()
     report = {
-        "machine": machine_info(),
+        "machine": machine_info(gpu=True),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "bf16_matmul_peak_tflops": peak,
         "rows": rows,

@@ -53,7 +53,7 @@ from eg_data import (
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_trainer import machine_info
+from machine import machine_info
 
 GOAL = 0.9
 

@@ -39,14 +39,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
-import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,32 +54,11 @@ import torch.multiprocessing as mp
 from eg_losses import ContrastiveLoss, ContrastiveLossConfig, MatryoshkaLossConfig, resolve_mrl_dims
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared machine_info
+from machine import machine_info
+
 CONTRASTIVE_WEIGHT, MRL_WEIGHT = 0.25, 1.0  # configs/pixmo_alignment.yaml; weights do not change the cost
 MODES = ("contrastive", "+ MRL all", "+ MRL one", "+ MRL k of n")
-
-
-def machine_info(threads: int) -> dict[str, Any]:
-    """nproc, CPU model, torch version, date and commit of this run."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True
-    ).stdout.strip()
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "threads": threads,
-        "torch": torch.__version__,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit,
-        "load_average_1min_at_start": os.getloadavg()[0],  # the machine is shared: how busy it was
-    }
 
 
 class LossUnderTest:

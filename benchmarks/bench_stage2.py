@@ -35,19 +35,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from eg_decoders import Decoder, QwenDecoderConfig, TinyDecoderConfig, TRMConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared machine_info
+from machine import machine_info
 
 REPO = Path(__file__).resolve().parent.parent
 QUESTIONS = [  # the demo's six questions (eg_data.demo) and typical answers
@@ -59,30 +60,6 @@ QUESTIONS = [  # the demo's six questions (eg_data.demo) and typical answers
     ("does it lean left, right or stand upright?", "upright"),
 ]
 PREFIX_DIM = 64  # the demo towers' token width
-
-
-def machine_info(threads: int) -> dict[str, Any]:
-    """nproc, CPU model, torch version, date and commit of this run."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True
-    ).stdout.strip()
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "threads": threads,
-        "torch": torch.__version__,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit,
-        "load_average_1min_at_start": os.getloadavg()[0],  # the machine is shared: how busy it was
-    }
 
 
 def decoder_section(config_file: str, kind: str) -> dict[str, Any]:

@@ -29,47 +29,22 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import platform
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared machine_info
+from machine import machine_info
+
 GOAL = 0.97  # within 3% of the bare loop
-
-
-def machine_info(threads: int) -> dict[str, Any]:
-    """nproc, CPU model, torch version, date and commit, for the docs."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True
-    ).stdout.strip()
-    return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit,
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "torch": torch.__version__,
-        "threads": threads,
-        "shared": "the machine is shared with other agents: ratios are fair (alternated), absolute times noisy",
-    }
 
 
 def demo_setup(config: str, overrides: list[str], num_batches: int) -> tuple[Any, list[dict]]:
