@@ -94,3 +94,26 @@ def test_nested_validation_gets_the_yaml_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(ToyConfig, write(tmp_path, "name: a\n"), ["optim.schedule=step"])
     assert str(info.value) == f"{tmp_path / 'exp.yaml'}: optim.schedule='step' is not one of cosine, linear"
+
+
+def test_set_reaches_into_an_unset_decoder_variant(tmp_path: Path) -> None:
+    """`model.decoder.type: trm` without a `trm:` section: --set fills that variant's defaults first; a key of
+    another variant, or of no section at all, is still refused naming it."""
+    import yaml
+    from eg_decoders import TRMConfig
+
+    from apps.qa.config import QAConfig
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo_qa_trm.yaml").read_text())
+    raw["model"]["decoder"] = {"type": "trm"}
+    path = tmp_path / "qa.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(QAConfig, path, ["model.decoder.trm.n_cycles=3"])
+    assert cfg.model.decoder.trm.n_cycles == 3
+    assert cfg.model.decoder.trm.hidden_size == TRMConfig().hidden_size  # the rest: the variant's defaults
+    with pytest.raises(ConfigError, match="model.decoder.tiny"):
+        load_config(QAConfig, path, ["model.decoder.tiny.hidden_size=8"])
+    with pytest.raises(ConfigError, match=r"unknown key 'model.decodr.trm.n_cycles'"):
+        load_config(QAConfig, path, ["model.decodr.trm.n_cycles=3"])
+    with pytest.raises(ConfigError, match=r"unknown key 'stage1.checkpoint.x'"):
+        load_config(QAConfig, path, ["stage1.checkpoint.x=3"])

@@ -75,6 +75,12 @@ def _apply_override(cfg: DictConfig, key: str, value: Any, item: str) -> None:
         parent = OmegaConf.select(cfg, parent_key, throw_on_missing=False) if parent_key else cfg
     except OmegaConfBaseException as exc:
         raise ConfigError(f"--set {item}: key '{key}': {_describe(exc)}") from None
+    if parent is None and parent_key:  # an unset optional section (e.g. model.decoder.trm): its defaults
+        try:
+            OmegaConf.update(cfg, parent_key, {}, merge=True)
+            parent = OmegaConf.select(cfg, parent_key, throw_on_missing=False)
+        except OmegaConfBaseException:
+            parent = None  # not a section (an unknown key, or a plain optional value)
     # keys(), not `in`: a DictConfig says a required (MISSING) key is not in it, and --set must fill one
     if not isinstance(parent, DictConfig) or leaf not in parent.keys():  # noqa: SIM118
         raise ConfigError(f"--set {item}: unknown key '{key}'")
