@@ -1,7 +1,7 @@
 """The benchmarks in benchmarks/ run at tiny sizes (`--quick`) and their own arithmetic is right.
 
 Benchmarks are not tests; these only check that each script runs through and writes what its table
-reads, plus the model-FLOPs formulas of bench_gpu.py against hand counts and torch's FlopCounterMode.
+reads, plus the model-FLOPs formulas of bench_gpu.py (benchmarks/flops.py) against hand counts and torch's FlopCounterMode.
 """
 
 from __future__ import annotations
@@ -100,15 +100,15 @@ def test_bench_stage2_quick(tmp_path: Path) -> None:
 
 
 def test_bench_gpu_flops_by_hand() -> None:
-    bench = load_benchmark("bench_gpu")
-    assert bench.linear_flops(10, 3, 4, "none") == 240  # 2 x 10 x 3 x 4
-    assert bench.linear_flops(10, 3, 4, "input") == 480
-    assert bench.linear_flops(10, 3, 4, "weight") == 480
-    assert bench.linear_flops(10, 3, 4, "both") == 720
-    assert bench.attention_flops(2, 3, 5, 8, grad=False) == 960  # 2 products x 2 x 2 x 3 x 5 x 8
-    assert bench.attention_flops(2, 3, 5, 8, grad=True) == 2880
+    flops = load_benchmark("flops")  # the formulas bench_gpu.py reports
+    assert flops.linear_flops(10, 3, 4, "none") == 240  # 2 x 10 x 3 x 4
+    assert flops.linear_flops(10, 3, 4, "input") == 480
+    assert flops.linear_flops(10, 3, 4, "weight") == 480
+    assert flops.linear_flops(10, 3, 4, "both") == 720
+    assert flops.attention_flops(2, 3, 5, 8, grad=False) == 960  # 2 products x 2 x 2 x 3 x 5 x 8
+    assert flops.attention_flops(2, 3, 5, 8, grad=True) == 2880
     # one Qwen2 layer: width 8, MLP 16, 2 heads with 1 KV head (k/v width 4), vocab 10, 2 tokens, LoRA r=1
-    shape = bench.QwenShape(hidden=8, intermediate=16, heads=2, kv_heads=1, layers=1, vocab=10)
+    shape = flops.QwenShape(hidden=8, intermediate=16, heads=2, kv_heads=1, layers=1, vocab=10)
     q = 2 * 2 * 8 * 8 + 2 * (2 * 2 * 8 * 1) + 3 * (2 * 2 * 1 * 8)  # base fwd; lora_A fwd+wgrad; lora_B all
     k = v = 2 * 2 * 8 * 4 + 2 * (2 * 2 * 8 * 1) + 3 * (2 * 2 * 1 * 4)
     o = 2 * (2 * 2 * 8 * 8) + 3 * (2 * 2 * 8 * 1) + 3 * (2 * 2 * 1 * 8)  # input grad from here on
@@ -118,15 +118,15 @@ def test_bench_gpu_flops_by_hand() -> None:
     lm_head = 2 * (2 * 2 * 8 * 10)
     expected = q + k + v + o + gate + up + down + attention + lm_head
     assert expected == 6560
-    assert bench.qwen_lora_step_flops(shape, batch=1, seq=2, lora_r=1) == expected
+    assert flops.qwen_lora_step_flops(shape, batch=1, seq=2, lora_r=1) == expected
     # with the embeddings needing a gradient (checkpointing), q/k/v and their lora_A pass input grads too
     extra = (2 * 2 * 8 * 8 + 2 * 2 * 8 * 4 * 2) + 3 * (2 * 2 * 8 * 1)
-    assert bench.qwen_lora_step_flops(shape, 1, 2, 1, embeddings_need_grad=True) == expected + extra
+    assert flops.qwen_lora_step_flops(shape, 1, 2, 1, embeddings_need_grad=True) == expected + extra
     # a frozen 1-layer encoder, width 4, MLP 8, batch 2, 3 tokens: forward only
-    encoder = bench.TransformerShape(layers=1, width=4, mlp=8)
+    encoder = flops.TransformerShape(layers=1, width=4, mlp=8)
     tokens = 6
     by_hand = 2 * tokens * (4 * 12 + 4 * 4 + 4 * 8 + 8 * 4) + 4 * 2 * 3 * 3 * 4
-    assert bench.frozen_encoder_flops(encoder, batch=2, seq=3) == by_hand == 1824
+    assert flops.frozen_encoder_flops(encoder, batch=2, seq=3) == by_hand == 1824
 
 
 @pytest.mark.slow
