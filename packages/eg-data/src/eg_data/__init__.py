@@ -4,20 +4,20 @@ and the offline demo dataset. Produces the batch dict of the Edge Glass architec
 The demo builder and the URL downloader need extras (`eg-data[demo]`, `eg-data[download]`); importing
 eg_data needs neither."""
 
-from .audio_captions import AUDIO_CAPTION_REASONS, AudioCaptionsConfig, import_audio_captions
-from .buffers import BatchPool
-from .config import LoaderConfig, SourceConfig
-from .demo import build_demo_dataset, is_demo_complete
-from .download import DownloadConfig, download_urls, read_url_list
-from .errors import DataError
-from .loader import ShardLoader
-from .mixture import MixtureLoader
-from .report import BAD_REASONS, merge_data_reports
-from .samples import decode_sample
-from .shards import ShardInfo, ShardWriter, load_index, read_all
-from .speak import SPEAK_REASONS, SpeakConfig, speak_shards
-from .speech import VOICES, Speaker, Voice
-from .transforms import AudioTransformConfig, ImageTransformConfig, transform_audio, transform_image
+from eg_data.audio_captions import AUDIO_CAPTION_REASONS, AudioCaptionsConfig, import_audio_captions
+from eg_data.buffers import BatchPool
+from eg_data.config import LoaderConfig, SourceConfig
+from eg_data.demo import build_demo_dataset, is_demo_complete
+from eg_data.download import DownloadConfig, download_urls, read_url_list
+from eg_data.errors import DataError
+from eg_data.loader import ShardLoader
+from eg_data.mixture import MixtureLoader
+from eg_data.report import BAD_REASONS, merge_data_reports
+from eg_data.samples import decode_sample
+from eg_data.shards import ShardInfo, ShardWriter, load_index, read_all
+from eg_data.speak import SPEAK_REASONS, SpeakConfig, speak_shards
+from eg_data.speech import VOICES, Speaker, Voice
+from eg_data.transforms import AudioTransformConfig, ImageTransformConfig, transform_audio, transform_image
 
 __version__ = "0.3.0"
 

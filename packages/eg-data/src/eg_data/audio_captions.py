@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import soundfile
 
-from .errors import DataError, is_missing
-from .writing import (
+from eg_data.errors import DataError, is_missing
+from eg_data.writing import (
     AudioLengths,
     Failures,
     ShardJob,

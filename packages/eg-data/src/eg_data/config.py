@@ -8,12 +8,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import MISSING, DataError, is_missing
-from .transforms import AudioTransformConfig, ImageTransformConfig
+from eg_data.errors import MISSING, DataError, is_missing
+from eg_data.transforms import AudioTransformConfig, ImageTransformConfig
 
 if TYPE_CHECKING:
-    from .loader import ShardLoader
-    from .mixture import MixtureLoader
+    from eg_data.loader import ShardLoader
+    from eg_data.mixture import MixtureLoader
 
 MODALITIES = ("image", "audio", "text", "qa")
 MODES = ("train", "eval")
@@ -213,9 +213,9 @@ class LoaderConfig:
         """The loader of this config: a `ShardLoader`, or with sources a `MixtureLoader` (rank and world
         size from torch.distributed when not given)."""
         if self.sources:
-            from .mixture import MixtureLoader
+            from eg_data.mixture import MixtureLoader
 
             return MixtureLoader(self, rank=rank, world_size=world_size)
-        from .loader import ShardLoader
+        from eg_data.loader import ShardLoader
 
         return ShardLoader(self, rank=rank, world_size=world_size)

@@ -18,9 +18,9 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-from .errors import DataError, require_extra
-from .shards import ShardWriter, load_index, write_subset
-from .speech import VOICES, Speaker, Voice
+from eg_data.errors import DataError, require_extra
+from eg_data.shards import ShardWriter, load_index, write_subset
+from eg_data.speech import VOICES, Speaker, Voice
 
 DEMO_VERSION = 2
 MANIFEST = "demo.json"

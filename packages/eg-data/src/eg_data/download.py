@@ -24,8 +24,8 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
-from .errors import DataError, is_missing, require_extra
-from .shards import ShardInfo, ShardWriter, write_index
+from eg_data.errors import DataError, is_missing, require_extra
+from eg_data.shards import ShardInfo, ShardWriter, write_index
 
 if TYPE_CHECKING:
     import httpx

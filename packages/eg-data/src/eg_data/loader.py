@@ -20,13 +20,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .buffers import BatchPool, shared_empty
-from .config import LoaderConfig
-from .errors import DataError
-from .order import StreamPlan, plan_stream, stream_range
-from .report import BAD_REASONS, REPORT_KEY, SHARD_FAULTS, EpochReport
-from .samples import Row, decode_sample, place, row_strings, row_values, tensor_fields
-from .shards import AUDIO_EXTS, IMAGE_EXTS, iter_raw_samples, load_index, starts_like_tar
+from eg_data.buffers import BatchPool, shared_empty
+from eg_data.config import LoaderConfig
+from eg_data.errors import DataError
+from eg_data.order import StreamPlan, plan_stream, stream_range
+from eg_data.report import BAD_REASONS, REPORT_KEY, SHARD_FAULTS, EpochReport
+from eg_data.samples import Row, decode_sample, place, row_strings, row_values, tensor_fields
+from eg_data.shards import AUDIO_EXTS, IMAGE_EXTS, iter_raw_samples, load_index, starts_like_tar
 
 SLOT_KEY = "__slot__"  # a batch sent as (stream, pool slot, rows) instead of its tensors
 POOL_SLOTS = 4  # buffers per stream: 2 batches queued (DataLoader's prefetch), 1 being filled, 1 in use

@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from .config import LoaderConfig
-from .errors import DataError
-from .loader import ShardLoader
-from .order import plan_rng
-from .report import merge_data_reports
+from eg_data.config import LoaderConfig
+from eg_data.errors import DataError
+from eg_data.loader import ShardLoader
+from eg_data.order import plan_rng
+from eg_data.report import merge_data_reports
 
 MIX_STREAM = -1  # plan_rng part of the source draws (the loader's streams use 1 + stream >= 1)
 # data_report() key: {source name: {"earlier": report of its passes finished this epoch, "current": report

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import DataError
+from eg_data.errors import DataError
 
 REPORT_KEY = "__report__"  # (samples read, bad count per reason, {reason: first example}) of one batch
 # Shard faults (the example is the shard path), then sample faults (the example is the sample key).

@@ -8,9 +8,16 @@ from typing import Any
 
 import torch
 
-from .config import LoaderConfig
-from .shards import AUDIO_EXTS, IMAGE_EXTS
-from .transforms import decode_audio, decode_image, drop_text, sample_rng, transform_audio, transform_image
+from eg_data.config import LoaderConfig
+from eg_data.shards import AUDIO_EXTS, IMAGE_EXTS
+from eg_data.transforms import (
+    decode_audio,
+    decode_image,
+    drop_text,
+    sample_rng,
+    transform_audio,
+    transform_image,
+)
 
 MODALITY_TENSORS = ("image", "audio", "audio_mask")  # (B, ...) each, zeros where a sample has none
 PRESENCE = ("image_present", "audio_present", "text_present", "qa_present")  # bool (B,) each

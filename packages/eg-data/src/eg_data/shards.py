@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Self
 import webdataset as wds
 from webdataset import tariterators
 
-from .errors import DataError
+from eg_data.errors import DataError
 
 INDEX_NAME = "shards.json"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")

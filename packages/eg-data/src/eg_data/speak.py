@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, is_missing
-from .shards import AUDIO_EXTS, iter_raw_samples, load_index, starts_like_tar
-from .speech import VOICES, Speaker, Voice
-from .transforms import sample_rng
-from .writing import (
+from eg_data.errors import DataError, is_missing
+from eg_data.shards import AUDIO_EXTS, iter_raw_samples, load_index, starts_like_tar
+from eg_data.speech import VOICES, Speaker, Voice
+from eg_data.transforms import sample_rng
+from eg_data.writing import (
     AudioLengths,
     Failures,
     ShardJob,

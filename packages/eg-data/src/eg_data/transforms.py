@@ -15,7 +15,7 @@ import soxr
 import torch
 from PIL import Image
 
-from .errors import DataError, is_missing
+from eg_data.errors import DataError, is_missing
 
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160  # whisper's STFT hop: one mel frame per 10 ms at 16 kHz

@@ -29,8 +29,8 @@ import soundfile
 import soxr
 import webdataset as wds
 
-from .shards import ShardInfo, write_index
-from .transforms import SAMPLE_RATE
+from eg_data.shards import ShardInfo, write_index
+from eg_data.transforms import SAMPLE_RATE
 
 STATS_SUFFIX = "_stats.json"
 PARTIAL_SUFFIX = ".partial"

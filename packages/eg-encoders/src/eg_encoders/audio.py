@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .common import (
+from eg_encoders.common import (
     EncoderError,
     EncoderOutput,
     apply_trainable_blocks,
@@ -33,7 +33,7 @@ from .common import (
     check_trainable_blocks,
     is_missing,
 )
-from .pooling import PoolingConfig
+from eg_encoders.pooling import PoolingConfig
 
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160  # mel frame = 10 ms; one encoder token = 2 frames = 20 ms

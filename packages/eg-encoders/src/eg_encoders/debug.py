@@ -16,7 +16,7 @@ from dataclasses import asdict
 
 import torch
 
-from .common import quiet_progress_bars
+from eg_encoders.common import quiet_progress_bars
 
 DEBUG_TEXTS = (
     "a photo of a red square",
@@ -204,7 +204,7 @@ def write_sentence_transformer(
     their whole words, so any text tokenizes (unseen characters map to [UNK]). Returns TextEncoderConfig
     fields: model_name (the directory).
     """
-    from .text import import_sentence_transformers
+    from eg_encoders.text import import_sentence_transformers
 
     sentence_transformer = import_sentence_transformers().SentenceTransformer
     try:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import EncoderError, check_int, is_missing
+from eg_encoders.common import EncoderError, check_int, is_missing
 
 MAX_MATRYOSHKA_DIM = 4096
 

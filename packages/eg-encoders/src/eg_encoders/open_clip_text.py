@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .common import EncoderError, EncoderOutput
+from eg_encoders.common import EncoderError, EncoderOutput
 
 if TYPE_CHECKING:
-    from .text import TextEncoderConfig
+    from eg_encoders.text import TextEncoderConfig
 
 
 def register_open_clip_config(model_config_file: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .common import EncoderError, check_choice, check_int, is_missing
+from eg_encoders.common import EncoderError, check_choice, check_int, is_missing
 
 POOLING_TYPES = ("cls", "mean", "attention", "none")
 

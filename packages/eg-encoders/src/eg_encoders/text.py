@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .common import (
+from eg_encoders.common import (
     EncoderError,
     EncoderOutput,
     check_choice,
@@ -34,7 +34,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from .open_clip_text import OpenClipTextEncoder
+    from eg_encoders.open_clip_text import OpenClipTextEncoder
 
 BACKENDS = ("sentence_transformers", "open_clip")
 
@@ -90,7 +90,7 @@ class TextEncoderConfig:
         unknown offline."""
         if self.backend != "open_clip" or is_missing(self.model_name):
             return None
-        from .vision import _open_clip_model_config
+        from eg_encoders.vision import _open_clip_model_config
 
         cache_dir = None if is_missing(self.cache_dir) else self.cache_dir or None
         config_file = "" if is_missing(self.model_config_file) else self.model_config_file
@@ -100,7 +100,7 @@ class TextEncoderConfig:
     def build(self) -> TextEncoder | OpenClipTextEncoder:
         """The text encoder of `backend` with these settings (loads the model)."""
         if self.backend == "open_clip":
-            from .open_clip_text import OpenClipTextEncoder
+            from eg_encoders.open_clip_text import OpenClipTextEncoder
 
             return OpenClipTextEncoder(self)
         return TextEncoder(self)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .common import (
+from eg_encoders.common import (
     EncoderError,
     EncoderOutput,
     apply_trainable_blocks,
@@ -27,8 +27,8 @@ from .common import (
     is_missing,
     quiet_progress_bars,
 )
-from .open_clip_text import create_open_clip_model
-from .pooling import PoolingConfig
+from eg_encoders.open_clip_text import create_open_clip_model
+from eg_encoders.pooling import PoolingConfig
 
 BACKENDS = ("open_clip", "hf")
 

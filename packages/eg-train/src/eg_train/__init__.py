@@ -1,9 +1,9 @@
 """eg-train: a trainer for any nn.Module: torchrun/DDP, mixed precision, accumulation, crash-safe exact
 resume, observability (tensorboard, metrics.csv, plots, tqdm, optional wandb)."""
 
-from .checkpoint import load_checkpoint, load_model_weights
-from .config import TrainerConfig, WandbConfig
-from .distributed import (
+from eg_train.checkpoint import load_checkpoint, load_model_weights
+from eg_train.config import TrainerConfig, WandbConfig
+from eg_train.distributed import (
     DistInfo,
     all_gather_objects,
     all_reduce_sum,
@@ -14,8 +14,8 @@ from .distributed import (
     seed_everything,
     shutdown_distributed,
 )
-from .errors import TrainError
-from .trainer import Trainer
+from eg_train.errors import TrainError
+from eg_train.trainer import Trainer
 
 __version__ = "0.2.0"
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import TrainError
+from eg_train.errors import TrainError
 
 FORMAT = "eg-train/2"  # 2: module extra state, per-rank generators, logging window, data report
 LATEST = "checkpoint_latest.pt"

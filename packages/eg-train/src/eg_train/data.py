@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import capture_rng_state, restore_rng_state
-from .errors import TrainError
+from eg_train.checkpoint import capture_rng_state, restore_rng_state
+from eg_train.errors import TrainError
 
 _END = object()
 

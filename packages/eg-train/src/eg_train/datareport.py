@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .distributed import all_gather_objects
-from .errors import TrainError
+from eg_train.distributed import all_gather_objects
+from eg_train.errors import TrainError
 
 Report = dict[str, Any]  # {"samples": int, "bad": {reason: int}, "examples": {reason: key}}
 EMPTY: Report = {"samples": 0, "bad": {}, "examples": {}}

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import TrainError
+from eg_train.errors import TrainError
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import TrainError
+from eg_train.errors import TrainError
 
 FIXED_COLUMNS = [
     "step",

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .metrics import FIXED_COLUMNS
+from eg_train.metrics import FIXED_COLUMNS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from .errors import TrainError
+from eg_train.errors import TrainError
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TrainerConfig
-from .errors import TrainError
+from eg_train.config import TrainerConfig
+from eg_train.errors import TrainError
 
 
 class WarmupDecay:

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from . import checkpoint as ck
-from .distributed import all_gather_objects, seed_everything
-from .errors import TrainError
+from eg_train import checkpoint as ck
+from eg_train.distributed import all_gather_objects, seed_everything
+from eg_train.errors import TrainError
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from eg_train.trainer import Trainer
 
 RUN_KEYS = (
     "step",

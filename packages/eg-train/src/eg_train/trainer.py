@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint as ck
-from . import state
-from .config import TrainerConfig
-from .data import (
+from eg_train import checkpoint as ck
+from eg_train import state
+from eg_train.config import TrainerConfig
+from eg_train.data import (
     BatchStream,
     batch_size,
     data_length,
@@ -27,8 +27,8 @@ from .data import (
     open_epoch,
     split_output,
 )
-from .datareport import DataReporter
-from .distributed import (
+from eg_train.datareport import DataReporter
+from eg_train.distributed import (
     all_reduce_sum,
     barrier,
     broadcast_object,
@@ -37,12 +37,12 @@ from .distributed import (
     seed_everything,
     shutdown_distributed,
 )
-from .errors import TrainError
-from .metrics import LogWindow, RunLoggers, import_wandb
-from .plots import PlotDrawer
-from .precision import autocast, check_precision, make_grad_scaler
-from .schedule import build_optimizer, build_scheduler
-from .validation import BestTracker, EvaluateFn, run_validation
+from eg_train.errors import TrainError
+from eg_train.metrics import LogWindow, RunLoggers, import_wandb
+from eg_train.plots import PlotDrawer
+from eg_train.precision import autocast, check_precision, make_grad_scaler
+from eg_train.schedule import build_optimizer, build_scheduler
+from eg_train.validation import BestTracker, EvaluateFn, run_validation
 
 
 class Trainer:

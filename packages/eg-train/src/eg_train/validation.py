@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import batch_size, move_to_device, split_output
-from .distributed import all_gather_objects
-from .precision import autocast
+from eg_train.data import batch_size, move_to_device, split_output
+from eg_train.distributed import all_gather_objects
+from eg_train.precision import autocast
 
 EvaluateFn = Callable[[nn.Module, int], dict[str, float]]
 
