@@ -84,6 +84,8 @@ def test_urls_command_writes_shards(tmp_path, server):
         "num_samples=2",
         "--set",
         "timeout_s=5",
+        "--set",
+        "allow_private_addresses=true",  # the server is on loopback
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

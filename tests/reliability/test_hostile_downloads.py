@@ -118,7 +118,8 @@ def test_data_app_refuses_hostile_urls_and_ends(tmp_path: Path, server: str) -> 
             "--out",
             str(tmp_path / "out"),
         ]
-        + ["--set", "timeout_s=0.4", "--set", "retries=0", "--set", "num_threads=2"],
+        + ["--set", "timeout_s=0.4", "--set", "retries=0", "--set", "num_threads=2"]
+        + ["--set", "allow_private_addresses=true"],  # the server is on loopback
         check=False,
         cwd=tmp_path,
         env=app_env(),

@@ -86,7 +86,13 @@ def test_download_good_bad_and_resume(tmp_path, server):
         "\n".join(json.dumps({"image_url": u, "caption": f"cap {i}"}) for i, u in enumerate(urls))
     )
     cfg = DownloadConfig(
-        samples_per_shard=4, num_threads=4, timeout_s=0.3, retries=1, backoff_s=0.05, max_bytes=20_000
+        allow_private_addresses=True,
+        samples_per_shard=4,
+        num_threads=4,
+        timeout_s=0.3,
+        retries=1,
+        backoff_s=0.05,
+        max_bytes=20_000,
     )
     out = tmp_path / "out"
     report = download_urls(listing, out, cfg)
@@ -111,6 +117,7 @@ def test_csv_parquet_columns_and_resize(tmp_path, server):
     table = pa.table({"url": [f"{server}/img100", f"{server}/img200"], "text": ["a", "b"], "src": ["x", "y"]})
     pq.write_table(table, tmp_path / "l.parquet")
     cfg = DownloadConfig(
+        allow_private_addresses=True,
         url_col="url",
         caption_col="text",
         extra_cols=["src"],

@@ -176,7 +176,13 @@ def test_hostile_url_is_refused_and_counted(tmp_path: Path, server: str, path: s
     """Guarantee: a hostile response is refused or cut within the overall per-request deadline (plus one
     read timeout), counted under its own reason, and the good URL next to it is still stored."""
     cfg = DownloadConfig(
-        num_threads=2, timeout_s=TIMEOUT_S, retries=1, backoff_s=0.01, max_bytes=200_000, samples_per_shard=8
+        allow_private_addresses=True,
+        num_threads=2,
+        timeout_s=TIMEOUT_S,
+        retries=1,
+        backoff_s=0.01,
+        max_bytes=200_000,
+        samples_per_shard=8,
     )
     listing = _listing(tmp_path, [f"{server}{path}", f"{server}/good.png"])
     # two attempts (one retry) of at most the deadline each, plus slack for 2 shared cores
@@ -190,7 +196,9 @@ def test_hostile_url_is_refused_and_counted(tmp_path: Path, server: str, path: s
 def test_trickle_is_cut_by_the_deadline_not_the_read_timeout(tmp_path: Path, server: str) -> None:
     """Guarantee: a body trickled byte by byte (each read well inside timeout_s) ends at the per-request
     deadline: one attempt, no retry, takes about REQUEST_DEADLINE_TIMEOUTS x timeout_s, not forever."""
-    cfg = DownloadConfig(num_threads=1, timeout_s=TIMEOUT_S, retries=0, max_bytes=10_000_000)
+    cfg = DownloadConfig(
+        allow_private_addresses=True, num_threads=1, timeout_s=TIMEOUT_S, retries=0, max_bytes=10_000_000
+    )
     listing = _listing(tmp_path, [f"{server}/trickle-body"])
     report = _download_within(DEADLINE_S + 15, listing, tmp_path / "out", cfg)
     assert report["failed"] == {"timeout": 1}
@@ -202,7 +210,12 @@ def test_all_hostile_urls_in_one_list(tmp_path: Path, server: str) -> None:
     counted by reason in stats.json and the good images stored in order."""
     urls = [f"{server}{path}" for path, _ in CASES] + [f"{server}/good.png"] * 3
     cfg = DownloadConfig(
-        num_threads=4, timeout_s=TIMEOUT_S, retries=0, max_bytes=200_000, samples_per_shard=len(urls)
+        allow_private_addresses=True,
+        num_threads=4,
+        timeout_s=TIMEOUT_S,
+        retries=0,
+        max_bytes=200_000,
+        samples_per_shard=len(urls),
     )
     report = _download_within(3 * DEADLINE_S + 20, _listing(tmp_path, urls), tmp_path / "out", cfg)
     expected: dict[str, int] = {}

@@ -4,6 +4,12 @@ columns by default), fetches with timeouts, retries with backoff and a byte cap,
 URLs and images that decode, optionally downsizes, and writes img2dataset-layout shards with
 `{shard}_stats.json` (`successes`, failures by reason). Finished shards are never fetched again.
 
+A URL list cannot turn the downloader on its own host or network: every URL and every redirect target is
+resolved before a connection is made, and a name with any loopback, private, link-local, multicast,
+reserved or unspecified address is refused (`blocked_address`) unless `allow_private_addresses`. The
+connection then goes to the address that was checked, so a second DNS answer cannot swap it
+(DNS rebinding).
+
 httpx, tqdm and pyarrow come with the `eg-data[download]` extra and are imported on first use."""
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import ipaddress
 import json
 import socket
 import threading
@@ -62,6 +69,9 @@ class DownloadConfig:
     """Downsize images so the longer side is at most this many pixels (0 = keep the original)."""
     user_agent: str = "edge-glass-data/0.1"
     """The HTTP User-Agent header sent."""
+    allow_private_addresses: bool = False
+    """Allow URLs and redirects to loopback, private, link-local, multicast and reserved addresses (off:
+    they are refused before any connection, counted as blocked_address)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -115,6 +125,79 @@ def read_url_list(path: str | Path, cfg: DownloadConfig) -> list[dict[str, Any]]
     return rows[: cfg.num_samples] if cfg.num_samples > 0 else rows
 
 
+# the most specific first: 169.254.169.254 is reported link-local, though Python counts it private too
+BLOCKING_PROPERTIES = (
+    "is_loopback",
+    "is_link_local",
+    "is_multicast",
+    "is_reserved",
+    "is_unspecified",
+    "is_private",
+)
+
+
+class BlockedAddress(Exception):
+    """A URL's host resolves to an address the downloader may not connect to."""
+
+
+def blocked_property(address: str) -> str:
+    """The first of BLOCKING_PROPERTIES an IP address has ("" when it is a public address).
+
+    An IPv4 address mapped into IPv6 (`::ffff:127.0.0.1`) is judged as the IPv4 address it carries."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone (fe80::1%eth0)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return next((prop for prop in BLOCKING_PROPERTIES if getattr(ip, prop)), "")
+
+
+def resolve_checked(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to, refused as a whole (BlockedAddress) when any one is blocked: a
+    name answering with one public and one private address must not reach the private one."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exn:
+        raise OSError(f"cannot resolve {host!r}: {exn}") from exn
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    for address in addresses:
+        if prop := blocked_property(address):
+            raise BlockedAddress(f"{host} resolves to {address} ({prop.removeprefix('is_')})")
+    return addresses
+
+
+def _guarded_client(httpx: Any, cfg: DownloadConfig) -> httpx.Client:
+    """An httpx client (redirects followed, no kept-alive connections) that checks every request's host,
+    redirects included, before connecting, and connects to the checked address only."""
+    import httpcore  # httpx's own transport layer: installed with httpx
+
+    class GuardedBackend(httpcore.SyncBackend):
+        """Resolves and checks the host itself, then connects to the checked address (TLS still
+        verifies the certificate against the URL's host name, which httpcore passes separately)."""
+
+        def connect_tcp(self, host: str, port: int, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+            return super().connect_tcp(resolve_checked(host, port)[0], port, *args, **kwargs)
+
+    def check_request(request: httpx.Request) -> None:
+        # Also before a proxy is asked to connect (the proxy resolves the name itself).
+        resolve_checked(request.url.host, request.url.port or (443 if request.url.scheme == "https" else 80))
+
+    hooks = {} if cfg.allow_private_addresses else {"request": [check_request]}
+    client = httpx.Client(
+        follow_redirects=True,
+        headers={"user-agent": cfg.user_agent},
+        limits=httpx.Limits(max_keepalive_connections=0),
+        event_hooks=hooks,
+    )
+    if not cfg.allow_private_addresses:
+        # httpx has no public switch for httpcore's network backend: its transport for direct connections
+        # (proxies from the environment have their own) gets ours here; test_download_hostile.py shows
+        # the check in effect.
+        pool = getattr(client._transport, "_pool", None)
+        if not isinstance(pool, httpcore.ConnectionPool):
+            raise RuntimeError(f"httpx {httpx.__version__}: no httpcore pool to guard")  # a bug: be loud
+        pool._network_backend = GuardedBackend()
+    return client
+
+
 class _Watchdog:
     """Shuts the request's socket down at its deadline, so a server that trickles bytes (each read well
     inside the read timeout) cannot hold a request, its headers included, past the deadline."""
@@ -149,7 +232,8 @@ def fetch(client: httpx.Client, url: str, cfg: DownloadConfig) -> tuple[bytes | 
     """Fetch one URL; returns (bytes, "") or (None, failure reason).
 
     Each attempt must end within REQUEST_DEADLINE_TIMEOUTS x timeout_s in all (reason `timeout`), and
-    may redirect only to http(s) (`bad_redirect`) at most httpx's 20 times (`too_many_redirects`).
+    may redirect only to http(s) (`bad_redirect`) at most httpx's 20 times (`too_many_redirects`). A host
+    (first or redirected to) that resolves to a blocked address ends it at once (`blocked_address`).
     """
     import httpx  # the caller made the client: installed
 
@@ -182,6 +266,8 @@ def fetch(client: httpx.Client, url: str, cfg: DownloadConfig) -> tuple[bytes | 
                 if watchdog.fired:  # a body without a length "ends" when the watchdog cuts the socket
                     raise httpx.ReadTimeout("request deadline passed")
                 return bytes(buf), ""
+        except BlockedAddress:
+            return None, "blocked_address"
         except httpx.UnsupportedProtocol:  # the URL was http(s): a redirect left it
             return None, "bad_redirect"
         except httpx.TooManyRedirects:
@@ -249,12 +335,9 @@ def download_urls(
     out.mkdir(parents=True, exist_ok=True)
     num_shards = -(-len(rows) // cfg.samples_per_shard)
     fetched = skipped = 0
-    headers = {"user-agent": cfg.user_agent}
     with (
         # one connection per URL (as img2dataset): each gets the deadline watchdog (see fetch)
-        httpx.Client(
-            follow_redirects=True, headers=headers, limits=httpx.Limits(max_keepalive_connections=0)
-        ) as client,
+        _guarded_client(httpx, cfg) as client,
         ThreadPoolExecutor(cfg.num_threads) as pool,
     ):
         bar = tqdm(total=len(rows), desc="download", unit="url")
