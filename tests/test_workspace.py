@@ -74,6 +74,18 @@ def test_every_module_opens_with_a_docstring(package):
         )
 
 
+@pytest.mark.parametrize("package", PACKAGES, ids=NAMES)
+def test_every_package_readme_links_its_changelog(package):
+    """The README (whose python blocks the suite runs: the root conftest.py) links CHANGELOG.md, and that
+    file is this package's."""
+    readme = (package / "README.md").read_text()
+    assert readme.startswith(f"# {package.name}\n") and "[CHANGELOG.md](CHANGELOG.md)" in readme
+    assert (package / "CHANGELOG.md").read_text().startswith(f"# Changelog: {package.name}\n")
+    assert not (package / "tests" / "test_readme.py").exists(), (
+        "README blocks run through pytest-markdown-docs"
+    )
+
+
 def test_root_declares_every_package_and_readme_links_them():
     root = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert root["tool"]["uv"]["workspace"]["members"] == ["packages/*"]
