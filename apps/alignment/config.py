@@ -145,6 +145,44 @@ class DataConfig:
 
 
 @dataclass
+class ZeroShotEvalConfig:
+    """Zero-shot classification at each validation (train.val_every) on a folder in CLIP_benchmark's
+    webdataset layout; its metrics are logged as `val/zeroshot/<modality>/<dim>/acc1|acc5|
+    mean_per_class_recall` and `val/zeroshot/mean_acc1`, any of which can be train.best_metric. The folder is
+    read when the run starts, not when the config loads (a checkpoint's stored config loads without it)."""
+
+    dataset: str = ""
+    """A folder in CLIP_benchmark's layout: classnames.txt, zeroshot_classification_templates.txt and
+    <split>/nshards.txt + 0.tar ... (samples with `cls` and an image and/or audio), e.g. data/demo_zeroshot
+    (`uv run apps/data demo-zeroshot`)."""
+    split: str = "val"
+    """The split folder under `dataset` evaluated during training."""
+    templates: list[str] | None = None
+    """Prompt templates, each with `{c}` (or `{}`) where the class name goes (null = the folder's
+    zeroshot_classification_templates.txt)."""
+    max_samples: int = 0
+    """Cap on the split's samples (0 = all)."""
+
+    def __post_init__(self) -> None:
+        if not self.dataset:
+            raise ValueError(
+                "dataset is empty; name a folder in CLIP_benchmark's layout (or remove eval.zeroshot)"
+            )
+        if not self.split or "/" in self.split:
+            raise ValueError(f"split={self.split!r} must be the name of a split folder, e.g. val")
+        if self.templates is not None:
+            if not self.templates:
+                raise ValueError("templates is an empty list; give templates or null for the folder's")
+            for i, template in enumerate(self.templates):
+                if "{c}" not in template and "{}" not in template:
+                    raise ValueError(
+                        f"templates[{i}]={template!r} has no '{{c}}' or '{{}}' for the class name"
+                    )
+        if self.max_samples < 0:
+            raise ValueError(f"max_samples={self.max_samples} must be >= 0 (0 = all)")
+
+
+@dataclass
 class EvalConfig:
     """Retrieval evaluation on val (during training) and test (at the end, and by apps/evaluate)."""
 
@@ -158,6 +196,8 @@ class EvalConfig:
     """Cap on validation samples per evaluation (0 = all)."""
     plot_max_points: int = 400
     """Points per modality in embedding_space.png (0 = no plot)."""
+    zeroshot: ZeroShotEvalConfig | None = None
+    """Zero-shot classification at each validation (null = none); see ZeroShotEvalConfig."""
 
 
 @dataclass
@@ -239,6 +279,7 @@ class AlignmentConfig:
         if self.eval.max_val_samples < 0 or self.eval.plot_max_points < 0:
             raise ValueError("eval.max_val_samples and eval.plot_max_points must be >= 0")
         self._check_dims()
+        self._check_zeroshot_metric()
         self._check_input_specs()
         self._check_clip_towers()
         self._check_held_out()
@@ -316,6 +357,32 @@ class AlignmentConfig:
                     f"eval.dims={list(self.eval.dims)} must be non-empty and within 1..{top} "
                     "(model.projection.max_dim)"
                 )
+
+    def _check_zeroshot_metric(self) -> None:
+        """A train.best_metric naming a zero-shot metric needs eval.zeroshot, a zero-shot modality the model
+        has, a dim that is evaluated and a metric that exists."""
+        metric = self.train.best_metric
+        if not metric.startswith("val/zeroshot/"):
+            return
+        if self.eval.zeroshot is None:
+            raise ValueError(
+                f"train.best_metric={metric!r} is a zero-shot metric but eval.zeroshot is not set"
+            )
+        if metric == "val/zeroshot/mean_acc1":
+            return
+        parts = metric.split("/")[2:]
+        names = ("acc1", "acc5", "mean_per_class_recall")
+        modalities = [m for m in ("vision", "audio") if m in self.modalities()]
+        if len(parts) != 3 or parts[0] not in modalities or not parts[1].isdigit() or parts[2] not in names:
+            raise ValueError(
+                f"train.best_metric={metric!r} is not val/zeroshot/mean_acc1 or "
+                f"val/zeroshot/<{'|'.join(modalities) or 'vision|audio'}>/<dim>/<{'|'.join(names)}>"
+            )
+        dims = self.eval.dims if self.eval.dims is not None else self.losses.mrl_dims
+        if dims is not None and int(parts[1]) not in dims:
+            raise ValueError(
+                f"train.best_metric={metric!r}: dim {parts[1]} is not evaluated (dims {list(dims)})"
+            )
 
     def _check_input_specs(self) -> None:
         """An image size or audio setting in data.train that the encoder's own config contradicts, refused at

@@ -25,6 +25,7 @@ from apps.alignment.evaluate import (
     print_report,
     write_evaluation,
 )
+from apps.alignment.zeroshot import ZeroShotValidation, with_zeroshot
 from apps.common.config import to_dict, to_yaml
 from apps.common.loaders import check_shard_dir, data_folders, held_out, loader_for_encoders, loss_loader
 
@@ -44,6 +45,7 @@ def train(cfg: AlignmentConfig) -> None:
     """Train and evaluate one stage-1 experiment (see the module docstring for what is written where)."""
     started = time.perf_counter()
     check_folders(cfg, pending=cfg.data.build_demo)  # a wrong path is refused before anything is built
+    zeroshot = ZeroShotValidation(cfg) if cfg.eval.zeroshot is not None else None  # reads its folder now
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     info = init_distributed(cfg.train.device)
@@ -70,7 +72,9 @@ def train(cfg: AlignmentConfig) -> None:
         train_data,
         val_data=val_loss,
         param_groups=model.param_groups(cfg.train.lr),
-        evaluate_fn=HeldOutValidation(cfg, val_splits, dims, info.device) if val_splits else None,
+        evaluate_fn=with_zeroshot(
+            HeldOutValidation(cfg, val_splits, dims, info.device) if val_splits else None, zeroshot
+        ),
         run_config=to_dict(cfg),
     )
     summary = trainer.fit()

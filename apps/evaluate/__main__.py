@@ -1,8 +1,10 @@
-"""`uv run apps/evaluate --config FILE --checkpoint PATH [--split-dir DIR] [--set k=v]`: recompute eval.json."""
+"""`uv run apps/evaluate --config FILE --checkpoint PATH [--split-dir DIR] [--set k=v]`: recompute eval.json;
+`uv run apps/evaluate zeroshot|linear-probe --checkpoint PATH --dataset DIR ...`: the standard evaluations
+on a CLIP_benchmark folder (apps/alignment/eval_cli.py)."""
 
 import sys
 
-from apps.common.cli import evaluate_main
+from apps.alignment.eval_cli import evaluate_dispatch
 
 if __name__ == "__main__":
-    sys.exit(evaluate_main())
+    sys.exit(evaluate_dispatch())
