@@ -97,9 +97,9 @@ def run_zeroshot(args: argparse.Namespace) -> dict[str, Any]:
     from apps.common.zeroshot_data import read_split, task_of
 
     classnames, templates = task_of(args.dataset, args.classnames, args.templates)
+    split = read_split(args.dataset, args.split, len(classnames), args.max_samples)  # before the model loads
     encoders = load_encoders(args.checkpoint, args.device)
     dims = chosen_dims(encoders, args.dim)
-    split = read_split(args.dataset, args.split, len(classnames), args.max_samples)
     result = zeroshot_result(encoders, classnames, templates, split, dims, args.modality)
     dataset = Path(args.dataset).name
     out = Path(

@@ -288,6 +288,20 @@ def write_demo_zeroshot(
     return counts
 
 
+def write_demo_retrieval(demo_dir: str | Path, out_dir: str | Path, split: str = "test") -> int:
+    """One demo split as a CLIP_benchmark retrieval folder (dataset_type.txt = retrieval; each sample its
+    image and its one caption as `.txt`), for clip-benchmark's zeroshot_retrieval. Returns the count."""
+    from eg_data import read_all
+
+    source = Path(demo_dir) / split
+    if not source.is_dir():
+        raise BenchmarkDataError(f"{source} does not exist; build the demo first (uv run apps/data demo)")
+    rows = [{"key": raw["__key__"], "png": raw["png"], "txt": raw["txt"]} for raw in read_all(source)]
+    count = write_split(out_dir, split, rows)
+    (Path(out_dir) / "dataset_type.txt").write_text("retrieval\n")
+    return count
+
+
 def iter_batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     """`items` in consecutive slices of `size`."""
     for start in range(0, len(items), size):
