@@ -6,36 +6,28 @@ when constructed and builds its decoder with `build()`; `load_decoder(dir)` rebu
 """
 
 from eg_decoders.base import Decoder, DecoderOutput, count_trainable, select_next_token
-from eg_decoders.config import (
-    DECODER_CONFIGS,
-    QWEN_EXTRA_INSTALL,
-    QWEN_MODULES,
-    QwenDecoderConfig,
-    TinyDecoderConfig,
-    TRMConfig,
-    decoder_config_from_dict,
-)
 from eg_decoders.errors import DecoderError
 from eg_decoders.labels import IGNORE_INDEX, answer_loss, build_answer_only_batch, build_prompt_batch
 from eg_decoders.layers import KVCache
-from eg_decoders.load import load_decoder
+from eg_decoders.load import DECODER_CONFIGS, decoder_config_from_dict, load_decoder
 from eg_decoders.projector import PrefixProjector
-from eg_decoders.tiny import TinyDecoder
+from eg_decoders.qwen import QWEN_EXTRA_INSTALL, QWEN_MODULES, QwenDecoderConfig, missing_qwen_modules
+from eg_decoders.tiny import TinyDecoder, TinyDecoderConfig
 from eg_decoders.tokenizer import ByteTokenizer
-from eg_decoders.trm import TRMCache, TRMDecoder
+from eg_decoders.trm import TRMCache, TRMConfig, TRMDecoder
 
 __version__ = "0.2.0"
 
 
 def __getattr__(name: str) -> object:
-    # the Qwen decoder pulls in transformers and peft (the `qwen` extra, seconds of import); imported on use
+    # the Qwen decoder needs transformers and peft (the `qwen` extra) to be built: without them the class
+    # itself is refused, naming the extra, rather than failing later inside its constructor
     if name == "QwenDecoder":
-        try:
-            from eg_decoders.qwen import QwenDecoder
-        except ModuleNotFoundError as err:
-            if (err.name or "").split(".")[0] not in QWEN_MODULES:
-                raise
-            raise ImportError(f"QwenDecoder needs {err.name} (not installed): {QWEN_EXTRA_INSTALL}") from err
+        missing = missing_qwen_modules()
+        if missing:
+            raise ImportError(f"QwenDecoder needs {', '.join(missing)} (not installed): {QWEN_EXTRA_INSTALL}")
+        from eg_decoders.qwen import QwenDecoder
+
         return QwenDecoder
     raise AttributeError(f"module 'eg_decoders' has no attribute '{name}'")
 
@@ -43,6 +35,8 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "DECODER_CONFIGS",
     "IGNORE_INDEX",
+    "QWEN_EXTRA_INSTALL",
+    "QWEN_MODULES",
     "ByteTokenizer",
     "Decoder",
     "DecoderError",
@@ -62,5 +56,6 @@ __all__ = [
     "count_trainable",
     "decoder_config_from_dict",
     "load_decoder",
+    "missing_qwen_modules",
     "select_next_token",
 ]

@@ -1,13 +1,39 @@
-"""load_decoder: rebuild a saved decoder (config and weights) from the directory `decoder.save` wrote."""
+"""The decoder kinds by name, and `load_decoder`: rebuild a saved decoder (config and weights) from its folder.
+
+Each kind's config lives beside its decoder (`TRMConfig` in trm.py, `TinyDecoderConfig` in tiny.py,
+`QwenDecoderConfig` in qwen.py, torchtitan's pattern), so `XConfig.build()` needs no import back; this
+module sits above them all and maps the `type` string of a YAML or of a saved `decoder_config.json` to
+its dataclass.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from typing import Any
 
 from eg_decoders.base import CONFIG_FILE, Decoder
-from eg_decoders.config import decoder_config_from_dict
 from eg_decoders.errors import DecoderError
+from eg_decoders.qwen import QwenDecoderConfig
+from eg_decoders.tiny import TinyDecoderConfig
+from eg_decoders.trm import TRMConfig
+
+DecoderConfig = TRMConfig | TinyDecoderConfig | QwenDecoderConfig
+DECODER_CONFIGS: dict[str, type] = {"trm": TRMConfig, "tiny": TinyDecoderConfig, "qwen": QwenDecoderConfig}
+
+
+def decoder_config_from_dict(values: dict[str, Any]) -> DecoderConfig:
+    """The config dataclass named by `values["type"]` (default "trm"), checked; unknown types or keys raise."""
+    kind = values.get("type", "trm")
+    if kind not in DECODER_CONFIGS:
+        raise DecoderError(f"type '{kind}' is unknown; use one of {sorted(DECODER_CONFIGS)}")
+    cls = DECODER_CONFIGS[kind]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise DecoderError(f"keys {unknown} are not fields of {cls.__name__}; remove or rename them")
+    return cls(**values)
 
 
 def load_decoder(path: str) -> Decoder:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from eg_decoders.config import PROJECTOR_KINDS
 from eg_decoders.errors import DecoderError
+
+PROJECTOR_KINDS = ("linear", "mlp")  # the `projector` choices of every decoder config
 
 
 class PrefixProjector(nn.Module):

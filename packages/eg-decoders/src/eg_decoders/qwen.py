@@ -1,4 +1,9 @@
-"""QwenDecoder: a Hugging Face causal LM (Qwen2.5 by default) with LoRA, 8/4-bit loading and a prefix projector.
+"""QwenDecoderConfig and QwenDecoder: a Hugging Face causal LM (Qwen2.5 by default) with LoRA, 8/4-bit loading
+and a prefix projector.
+
+The config is core (torch only): a YAML naming a Qwen decoder is checked without the `qwen` extra. The
+decoder's libraries (transformers, peft; bitsandbytes and accelerate when quantized) are imported when a
+decoder is built, never when this module is imported (they take seconds and are an extra).
 
 The projector is a plain float32 module created after the model is loaded, so bitsandbytes never
 quantizes it, and it is always trainable. save() writes the LoRA adapter (peft format) next to every
@@ -9,24 +14,107 @@ both back (`load_weights`), which reproduces identical outputs.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-from peft import (
-    LoraConfig,
-    PeftModel,
-    get_peft_model,
-    prepare_model_for_kbit_training,
-    set_peft_model_state_dict,
-)
-from peft.utils import load_peft_weights
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from eg_decoders.base import CONFIG_FILE, Decoder, DecoderOutput
-from eg_decoders.config import QwenDecoderConfig
-from eg_decoders.errors import DecoderError
+from eg_decoders.checks import check_choice, check_int, check_range, check_type
+from eg_decoders.errors import DecoderError, is_missing
 from eg_decoders.labels import answer_loss
+from eg_decoders.projector import PROJECTOR_KINDS
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+
+QUANTIZATIONS = ("none", "8bit", "4bit")
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
+# what the Qwen decoder imports (the `qwen` extra); the last two only for 8/4-bit loading
+QWEN_MODULES = ("transformers", "peft", "bitsandbytes", "accelerate")
+QWEN_EXTRA_INSTALL = "pip install 'eg-decoders[qwen]'"
+
+
+@dataclass
+class QwenDecoderConfig:
+    """A Hugging Face causal LM (hub id or local dir) with LoRA and optional 8/4-bit quantization."""
+
+    type: str = "qwen"
+    """The decoder kind, always qwen (names it in YAML and in a saved decoder_config.json)."""
+    model_name: str = "Qwen/Qwen2.5-7B-Instruct"
+    """A Hugging Face causal LM: a hub id (from the local cache when offline) or a local directory with its
+    tokenizer."""
+    quantization: str = "none"
+    """none, 8bit or 4bit (nf4), with bitsandbytes; quantized weights are frozen."""
+    dtype: str = "bfloat16"
+    """Weights dtype of the unquantized parts (and the 4-bit compute dtype): bfloat16, float16 or float32."""
+    use_lora: bool = True
+    """Train LoRA adapters (peft) on the LM; false trains only the prefix projector on a frozen LM."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA alpha (the update is scaled by lora_alpha / lora_r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names that get LoRA adapters; [all-linear] = every linear layer but the output head."""
+    gradient_checkpointing: bool = False
+    """Recompute the LM's activations in backward to save memory."""
+    use_chat_template: bool = True
+    """Wrap the question in the tokenizer's chat template (with the generation prompt) when it has one."""
+    system_prompt: str | None = None
+    """A system message put before the question in the chat template (null = none)."""
+    device: str | None = None
+    """Where a quantized model is loaded (null = cuda:<current device>, or cpu without CUDA)."""
+    max_length: int = 512
+    """Most tokens of prompt + answer; a longer pair loses the start of its prompt first."""
+    prefix_dim: int = 0
+    """Width of the prefix embeddings, projected to hidden_size by a `projector`; 0 = they already have
+    hidden_size (no projector)."""
+    projector: str = "mlp"
+    """Kind of prefix projector: linear, or mlp (LLaVA-1.5 style: Linear, GELU, Linear)."""
+
+    def __post_init__(self) -> None:
+        """Raise DecoderError naming the first bad key."""
+        check_type(self, "qwen")
+        if self.model_name == "":
+            raise DecoderError("model_name is empty; name a causal LM (hub id or local directory)")
+        check_choice(self, "quantization", QUANTIZATIONS)
+        check_choice(self, "dtype", DTYPE_NAMES)
+        check_int(self, "lora_r", 1)
+        if not is_missing(self.lora_alpha) and not self.lora_alpha > 0:
+            raise DecoderError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        check_range(self, "lora_dropout", 0.0, 1.0, high_open=True)
+        targets = self.lora_target_modules
+        if self.use_lora is True and not is_missing(targets) and not list(targets):
+            raise DecoderError("lora_target_modules is empty; use ['all-linear'] or module names")
+        check_int(self, "max_length", 2)
+        check_int(self, "prefix_dim", 0)
+        check_choice(self, "projector", PROJECTOR_KINDS)
+
+    def build(self) -> QwenDecoder:
+        """A QwenDecoder with these settings: the base model loaded from model_name, a fresh LoRA adapter.
+
+        Needs the `qwen` extra (transformers, peft; bitsandbytes and accelerate when quantized): without
+        it, a one-line DecoderError says which library is missing and how to install the extra.
+        """
+        missing = missing_qwen_modules(self.quantization)
+        if missing:
+            raise DecoderError(
+                f"type 'qwen' needs {', '.join(missing)} (not installed): {QWEN_EXTRA_INSTALL}"
+            )
+        return QwenDecoder(self)
+
+
+def missing_qwen_modules(quantization: str = "none") -> list[str]:
+    """The libraries of the `qwen` extra that a decoder with this quantization needs and cannot import."""
+    needed = QWEN_MODULES if quantization != "none" else QWEN_MODULES[:2]
+    return [name for name in needed if importlib.util.find_spec(name) is None]
+
 
 ADAPTER_DIR = "adapter"
 TRAINABLE_FILE = "trainable.pt"
@@ -34,6 +122,8 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 
 def _quantization_config(config: QwenDecoderConfig, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    from transformers import BitsAndBytesConfig
+
     if config.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     if config.quantization == "4bit":
@@ -50,6 +140,10 @@ class QwenDecoder(Decoder):
     """Prefix-conditioned causal LM with a fresh LoRA adapter (`load_weights` loads a saved one)."""
 
     def __init__(self, config: QwenDecoderConfig) -> None:
+        # deferred to the build: transformers and peft are the `qwen` extra and take seconds to import
+        from peft import get_peft_model, prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         super().__init__()
         self.config = config
         dtype = DTYPES[config.dtype]
@@ -100,6 +194,8 @@ class QwenDecoder(Decoder):
             self.projector.to(self._device())
 
     def _lora_config(self) -> LoraConfig:
+        from peft import LoraConfig
+
         targets = self.config.lora_target_modules
         return LoraConfig(
             r=self.config.lora_r,
@@ -228,6 +324,8 @@ class QwenDecoder(Decoder):
 
     def save(self, path: str) -> None:
         """Write decoder_config.json, the peft adapter (adapter/) and trainable.pt (projector and the rest)."""
+        from peft import PeftModel
+
         os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, CONFIG_FILE), "w") as f:
             json.dump(dataclasses.asdict(self.config), f, indent=2)
@@ -239,6 +337,9 @@ class QwenDecoder(Decoder):
 
     def load_weights(self, path: str) -> None:
         """Load what save() wrote into directory path: the LoRA adapter and trainable.pt (projector, rest)."""
+        from peft import PeftModel, set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
         adapter = os.path.join(path, ADAPTER_DIR)
         if isinstance(self.model, PeftModel):
             if not os.path.isdir(adapter):

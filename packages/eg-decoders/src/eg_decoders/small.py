@@ -18,11 +18,28 @@ import torch
 from torch import nn
 
 from eg_decoders.base import CONFIG_FILE, Decoder, DecoderOutput, select_next_token
-from eg_decoders.errors import DecoderError
+from eg_decoders.checks import check_choice, check_int, check_range
+from eg_decoders.errors import DecoderError, is_missing
 from eg_decoders.layers import KVCache, causal_attention_mask
+from eg_decoders.projector import PROJECTOR_KINDS
 from eg_decoders.tokenizer import ByteTokenizer
 
 WEIGHTS_FILE = "model.pt"
+
+
+def check_small(config: Any) -> None:
+    """Checks shared by the byte-level tiny decoders (TRM and the baseline)."""
+    for key in ("hidden_size", "num_layers", "num_heads"):
+        check_int(config, key, 1)
+    check_int(config, "max_seq_len", 2)
+    check_int(config, "prefix_dim", 0)
+    size, heads = config.hidden_size, config.num_heads
+    if not is_missing(size) and not is_missing(heads) and size % heads:
+        raise DecoderError(f"hidden_size {size} must be divisible by num_heads {heads}")
+    if not is_missing(config.mlp_ratio) and not config.mlp_ratio > 0:
+        raise DecoderError(f"mlp_ratio must be > 0, got {config.mlp_ratio}")
+    check_range(config, "dropout", 0.0, 1.0, high_open=True)
+    check_choice(config, "projector", PROJECTOR_KINDS)
 
 
 class SmallDecoder(Decoder):

@@ -1,15 +1,52 @@
-"""TinyDecoder: a plain pre-norm causal transformer, the baseline TRM is compared against."""
+"""TinyDecoderConfig and TinyDecoder: a plain pre-norm causal transformer, the baseline TRM is compared against."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from eg_decoders.base import DecoderOutput
-from eg_decoders.config import TinyDecoderConfig
+from eg_decoders.checks import check_type
 from eg_decoders.labels import answer_loss
 from eg_decoders.layers import Block, KVCache, RMSNorm
-from eg_decoders.small import SmallDecoder
+from eg_decoders.small import SmallDecoder, check_small
+
+
+@dataclass
+class TinyDecoderConfig:
+    """Plain pre-norm causal transformer baseline with the same tokenizer and interface as TRM."""
+
+    type: str = "tiny"
+    """The decoder kind, always tiny (names it in YAML and in a saved decoder_config.json)."""
+    hidden_size: int = 256
+    """Width of the token embeddings and of every block."""
+    num_layers: int = 2
+    """Transformer blocks (causal, pre-norm, SwiGLU feed-forward)."""
+    num_heads: int = 4
+    """Attention heads; hidden_size must divide by it."""
+    mlp_ratio: float = 4.0
+    """SwiGLU hidden width = int(hidden_size * mlp_ratio)."""
+    max_seq_len: int = 512
+    """Positions (prefix + question + answer) of the learned position embedding; longer sequences are refused.
+    """
+    dropout: float = 0.0
+    """Dropout on the attention weights and after the attention and feed-forward sublayers (training only)."""
+    prefix_dim: int = 0
+    """Width of the prefix embeddings, projected to hidden_size by a `projector`; 0 = they already have
+    hidden_size (no projector)."""
+    projector: str = "mlp"
+    """Kind of prefix projector: linear, or mlp (LLaVA-1.5 style: Linear, GELU, Linear)."""
+
+    def __post_init__(self) -> None:
+        """Raise DecoderError naming the first bad key."""
+        check_type(self, "tiny")
+        check_small(self)
+
+    def build(self) -> TinyDecoder:
+        """A fresh (randomly initialized) TinyDecoder with these settings."""
+        return TinyDecoder(self)
 
 
 class TinyDecoder(SmallDecoder):

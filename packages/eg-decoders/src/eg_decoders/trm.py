@@ -1,4 +1,5 @@
-"""TRMDecoder: "Less is More: Recursive Reasoning with Tiny Networks" (Jolicoeur-Martineau, 2025), causal.
+"""TRMConfig and TRMDecoder: "Less is More: Recursive Reasoning with Tiny Networks" (Jolicoeur-Martineau,
+2025), causal.
 
 The paper's symbols, per token position t of the sequence [prefix | question | answer]:
 - x_t: the input embedding (projected prefix or token embedding, plus position).
@@ -30,15 +31,76 @@ of num_supervision_steps * n_cycles * (n_latent_steps + 1) * num_layers call sit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from eg_decoders.base import DecoderOutput
-from eg_decoders.config import TRMConfig
+from eg_decoders.checks import check_int, check_range, check_type
+from eg_decoders.errors import DecoderError, is_missing
 from eg_decoders.labels import IGNORE_INDEX, answer_loss
 from eg_decoders.layers import Block, KVCache, causal_attention_mask
-from eg_decoders.small import SmallDecoder
+from eg_decoders.small import SmallDecoder, check_small
+
+
+@dataclass
+class TRMConfig:
+    """Tiny Recursive Model decoder (Jolicoeur-Martineau, 2025), adapted to causal decoding.
+
+    n_latent_steps is the paper's n, n_cycles its T, num_supervision_steps its N_sup.
+    """
+
+    type: str = "trm"
+    """The decoder kind, always trm (names it in YAML and in a saved decoder_config.json)."""
+    hidden_size: int = 256
+    """Width of the token embeddings and of every block."""
+    num_layers: int = 2
+    """Causal blocks of the one tiny network f that does every recursion update."""
+    num_heads: int = 4
+    """Attention heads; hidden_size must divide by it."""
+    mlp_ratio: float = 4.0
+    """SwiGLU hidden width = int(hidden_size * mlp_ratio)."""
+    n_latent_steps: int = 6
+    """The paper's n: latent updates z <- f(z + x + y) per cycle, before the answer update y <- f(y + z)."""
+    n_cycles: int = 3
+    """The paper's T: cycles per supervision step; the first T-1 run without gradients."""
+    num_supervision_steps: int = 3
+    """The paper's N_sup: deep supervision steps, each scored by the answer loss, with (y, z) detached between
+    them."""
+    halting: bool = True
+    """Add the halting head, trained (BCE) on whether the current prediction of the next token is right."""
+    halt_loss_weight: float = 0.5
+    """Weight of the halting BCE added to each supervision step's answer loss."""
+    halt_threshold: float = 0.5
+    """At generation, a row stops refining the next token once its halting probability passes this."""
+    halt_at_inference: bool = True
+    """Use the halting head to stop early at generation (false: always run every supervision step)."""
+    max_seq_len: int = 512
+    """Positions (prefix + question + answer) of the learned position embedding; longer sequences are refused.
+    """
+    dropout: float = 0.0
+    """Dropout on the attention weights and after the attention and feed-forward sublayers (training only)."""
+    prefix_dim: int = 0
+    """Width of the prefix embeddings, projected to hidden_size by a `projector`; 0 = they already have
+    hidden_size (no projector)."""
+    projector: str = "mlp"
+    """Kind of prefix projector: linear, or mlp (LLaVA-1.5 style: Linear, GELU, Linear)."""
+
+    def __post_init__(self) -> None:
+        """Raise DecoderError naming the first bad key."""
+        check_type(self, "trm")
+        check_small(self)
+        for key in ("n_latent_steps", "n_cycles", "num_supervision_steps"):
+            check_int(self, key, 1)
+        if not is_missing(self.halt_loss_weight) and not self.halt_loss_weight >= 0:
+            raise DecoderError(f"halt_loss_weight must be >= 0, got {self.halt_loss_weight}")
+        check_range(self, "halt_threshold", 0.0, 1.0, high_open=False)
+
+    def build(self) -> TRMDecoder:
+        """A fresh (randomly initialized) TRMDecoder with these settings."""
+        return TRMDecoder(self)
 
 
 class TRMCache(KVCache):
