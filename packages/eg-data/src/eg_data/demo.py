@@ -1,7 +1,7 @@
 """The offline demo dataset: scikit-learn's 1,797 handwritten digits as images, short captions from
 varied templates that name measured instance properties (stroke thickness, slant, size), each caption
-spoken by eSpeak NG with a varied voice, pitch and speed, QA pairs whose answers need the image, and
-the digit as `label`. Deterministic, with fixed stratified 80/10/10 train/val/test splits, and each split
+spoken by eSpeak NG with a varied voice, pitch and speed, QA pairs whose answers need the image,
+conversations of 2-4 turns in LLaVA's format whose follow-ups need the history, and the digit as `label`. Deterministic, with fixed stratified 80/10/10 train/val/test splits, and each split
 also as two disjoint single-pair sources (image-text, audio-text) for the mixture demo.
 
 scikit-learn and espeakng-loader come with the `eg-data[demo]` extra and are imported on first use."""
@@ -22,7 +22,7 @@ from eg_data.errors import DataError, require_extra
 from eg_data.shards import ShardWriter, load_index, write_subset
 from eg_data.speech import VOICES, Speaker, Voice
 
-DEMO_VERSION = 2
+DEMO_VERSION = 3  # 3: conversations added (every other field as in 2)
 MANIFEST = "demo.json"
 SPLITS = ("train", "val", "test")
 SOURCES = {"image_text": ("image", "text"), "audio_text": ("audio", "text")}  # the mixture demo's sources
@@ -37,6 +37,7 @@ TEMPLATES = (
     "a {thick}, {slant} {word}",
 )
 SLANT_PHRASE = {"left": "leaning left", "upright": "upright", "right": "leaning right"}
+CONVERSATION_STREAM = 27  # the conversations draw from their own seeded RNG, so no earlier field moves
 
 
 def measure_digits(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -82,6 +83,69 @@ def demo_qa(digit: int, thickness: str, slant: str) -> list[dict[str, str]]:
         {"question": "are the strokes thin, medium or thick?", "answer": thickness},
         {"question": "does it lean left, right or stand upright?", "answer": slant},
     ]
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _parity(value: int) -> str:
+    return "odd" if value % 2 else "even"
+
+
+def demo_conversation(digit: int, rng: np.random.Generator) -> list[dict[str, str]]:
+    """A conversation of 2-4 exchanges about one digit image, as LLaVA turns (`<image>\\n<audio>\\n` open
+    the first human turn), each gpt turn tagged with the `kind` of question it answers:
+
+    - opening: the first question, about the image (which digit, odd or even, plus one, greater than five);
+    - image: a later question about the image, answered without the history;
+    - earlier_answer: refers to the previous answer ("and that plus one?", "is that odd or even?"), which
+      may itself have needed the history;
+    - earlier_fact: needs the number the user stated in an earlier human turn ("my number is 4. ..."),
+      which only the history holds ("what is my number plus the digit?", "what was my number?").
+
+    The user states a number in one human turn before the last; each follow-up's kind is drawn uniformly
+    from those that apply (earlier_fact once the number was stated, earlier_answer after a numeric answer,
+    image while a digit question is left)."""
+    image_questions = [
+        ("which digit is this?", str(digit)),
+        ("is the digit odd or even?", _parity(digit)),
+        ("what is the digit plus one?", str(digit + 1)),
+        ("is the digit greater than five?", _yes_no(digit > 5)),
+    ]
+    num_exchanges = int(rng.integers(2, 5))
+    number = int(rng.integers(10))
+    stated_at = int(rng.integers(num_exchanges - 1))
+    order = rng.permutation(len(image_questions)).tolist()
+    turns: list[dict[str, str]] = []
+    last_number: int | None = None
+    for exchange in range(num_exchanges):
+        kinds = ["opening"] if exchange == 0 else []
+        if exchange > 0:
+            kinds += ["image"] * bool(order)
+            kinds += ["earlier_answer"] * (last_number is not None)
+            kinds += ["earlier_fact"] * (exchange > stated_at)
+        kind = kinds[int(rng.integers(len(kinds)))]
+        if kind in ("opening", "image"):
+            question, answer = image_questions[order.pop(0)]
+        elif kind == "earlier_answer":
+            assert last_number is not None
+            question, answer = [
+                ("and that plus one?", str(last_number + 1)),
+                ("is that odd or even?", _parity(last_number)),
+                ("is that greater than five?", _yes_no(last_number > 5)),
+            ][int(rng.integers(3))]
+        else:
+            question, answer = [
+                ("what is my number plus the digit?", str(number + digit)),
+                ("what was my number?", str(number)),
+                ("is my number greater than the digit?", _yes_no(number > digit)),
+            ][int(rng.integers(3))]
+        last_number = int(answer) if answer.isdigit() else None
+        human = (f"my number is {number}. " if exchange == stated_at else "") + question
+        turns.append({"from": "human", "value": ("<image>\n<audio>\n" if exchange == 0 else "") + human})
+        turns.append({"from": "gpt", "value": answer, "kind": kind})
+    return turns
 
 
 def _png(pixels: np.ndarray, size: int) -> bytes:
@@ -173,6 +237,9 @@ def build_demo_dataset(
                     "rate": voice.rate,
                     "pitch": voice.pitch,
                     "qa": demo_qa(digit, thick, slant),
+                    "conversations": demo_conversation(
+                        digit, np.random.default_rng([seed, CONVERSATION_STREAM, i])
+                    ),
                     "source": f"sklearn.datasets.load_digits[{i}]",
                 }
                 writer.write(
