@@ -5,9 +5,8 @@ checks itself when constructed and builds its component with `build(...)`."""
 from eg_encoders.audio import AudioEncoder, AudioEncoderConfig, AudioSpec, WhisperEncoderDims
 from eg_encoders.common import EncoderError, EncoderOutput
 from eg_encoders.matryoshka import MatryoshkaConfig, MatryoshkaProjection, truncate_normalize
-from eg_encoders.open_clip_text import OpenClipTextEncoder
 from eg_encoders.pooling import AttentionPooling, ClsPooling, MeanPooling, PoolingConfig
-from eg_encoders.text import TextEncoder, TextEncoderConfig
+from eg_encoders.text import OpenClipTextEncoder, TextEncoder, TextEncoderConfig
 from eg_encoders.vision import ImageSpec, VisionEncoder, VisionEncoderConfig
 
 __version__ = "0.3.0"

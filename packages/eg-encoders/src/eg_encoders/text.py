@@ -1,14 +1,25 @@
-"""Text encoder: a sentence-transformers model run module by module, with or without gradients, or (backend
-"open_clip") the text tower of an open_clip CLIP model (see `open_clip_text`).
+"""Text encoders behind one config: a sentence-transformers model run module by module, with or without
+gradients (`TextEncoder`), or (backend "open_clip") the text tower of an open_clip CLIP model
+(`OpenClipTextEncoder`). `TextEncoderConfig.build()` picks the class; both live here, beside their config,
+so neither imports the other's module.
 
-`SentenceTransformer.encode()` always runs without gradients, so this encoder tokenizes with the model's
-own preprocessing and calls the modules (`model(features)`) directly: trainable when configured, under
-`torch.no_grad()` when frozen. Tokens are the transformer's token embeddings, the mask its attention mask,
-and pooled the model's sentence embedding (its own Pooling/Dense/Normalize modules). The text encoder has
-no `pooling` setting: a sentence-transformers model pools by itself (its Pooling module is part of the
-saved model, usually parameter-free), so `pooled` is always set; a caller that only wants tokens ignores it.
+sentence-transformers: `SentenceTransformer.encode()` always runs without gradients, so this encoder
+tokenizes with the model's own preprocessing and calls the modules (`model(features)`) directly: trainable
+when configured, under `torch.no_grad()` when frozen. Tokens are the transformer's token embeddings, the
+mask its attention mask, and pooled the model's sentence embedding (its own Pooling/Dense/Normalize
+modules). The text encoder has no `pooling` setting: a sentence-transformers model pools by itself (its
+Pooling module is part of the saved model, usually parameter-free), so `pooled` is always set; a caller
+that only wants tokens ignores it. sentence-transformers is imported without bitsandbytes (see
+`import_sentence_transformers`).
 
-sentence-transformers is imported without bitsandbytes (see `import_sentence_transformers`).
+open_clip: the model is loaded through open_clip's public API (`create_model`, `get_tokenizer`) by
+`open_clip_models.create_open_clip_model`, the same path the open_clip vision backend uses, so a model
+name and pretrained tag (e.g. ViT-B-32 / openai) name the same CLIP on both sides. The image tower and the
+logit scale are dropped after loading (unused weights break DDP; the alignment losses own their
+temperature). tokens: the text transformer's outputs after its final LayerNorm (B, context_length,
+width); mask: True where the token is not padding; pooled: CLIP's text embedding, the pooled token (the
+end-of-text token for OpenAI CLIP) times CLIP's text projection, i.e. exactly `encode_text` (not
+normalized).
 """
 
 from __future__ import annotations
@@ -18,7 +29,6 @@ import os
 import sys
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -32,9 +42,7 @@ from eg_encoders.common import (
     is_missing,
     quiet_progress_bars,
 )
-
-if TYPE_CHECKING:
-    from eg_encoders.open_clip_text import OpenClipTextEncoder
+from eg_encoders.open_clip_models import create_open_clip_model, open_clip_model_config
 
 BACKENDS = ("sentence_transformers", "open_clip")
 
@@ -90,18 +98,14 @@ class TextEncoderConfig:
         unknown offline."""
         if self.backend != "open_clip" or is_missing(self.model_name):
             return None
-        from eg_encoders.vision import _open_clip_model_config
-
         cache_dir = None if is_missing(self.cache_dir) else self.cache_dir or None
         config_file = "" if is_missing(self.model_config_file) else self.model_config_file
-        width = (_open_clip_model_config(self.model_name, config_file, cache_dir) or {}).get("embed_dim")
+        width = (open_clip_model_config(self.model_name, config_file, cache_dir) or {}).get("embed_dim")
         return width if isinstance(width, int) else None
 
     def build(self) -> TextEncoder | OpenClipTextEncoder:
         """The text encoder of `backend` with these settings (loads the model)."""
         if self.backend == "open_clip":
-            from eg_encoders.open_clip_text import OpenClipTextEncoder
-
             return OpenClipTextEncoder(self)
         return TextEncoder(self)
 
@@ -198,3 +202,87 @@ def _load_sentence_transformer(config: TextEncoderConfig):
             f"such as 'sentence-transformers/all-MiniLM-L6-v2' or a local directory): "
             f"{first_line(exc)}"
         ) from None
+
+
+class OpenClipTextEncoder(nn.Module):
+    """texts list[str] -> EncoderOutput(tokens (B, L, W), mask (B, L), pooled (B, E) = CLIP's encode_text).
+
+    output_dim: W, the token width; pooled_dim: E, CLIP's embed_dim (as the vision encoder's attributes).
+    """
+
+    def __init__(self, config: TextEncoderConfig) -> None:
+        super().__init__()
+        import open_clip
+        from open_clip.model import CLIP
+
+        self.config = config
+        model = create_open_clip_model(
+            config.model_name, config.pretrained, config.model_config_file, config.cache_dir
+        )
+        if not isinstance(model, CLIP):
+            raise EncoderError(
+                f"model_name={config.model_name!r} has no plain CLIP text transformer (open_clip builds a "
+                f"{type(model).__name__}); pick a CLIP model such as 'ViT-B-32'"
+            )
+        model.visual = None  # the image tower: unused here (the vision encoder loads its own)
+        del model.logit_scale  # the alignment losses own the temperature
+        model.logit_bias = None
+        self.model = model
+        self.tokenizer = open_clip.get_tokenizer(config.model_name, cache_dir=config.cache_dir or None)
+        self.pad_id = int(getattr(self.tokenizer, "pad_token_id", 0) or 0)
+        projection = model.text_projection
+        self.output_dim: int = int(model.transformer.width)  # token width (as the vision encoder's)
+        pooled = self.output_dim
+        if isinstance(projection, nn.Linear):
+            pooled = projection.out_features
+        elif projection is not None:
+            pooled = projection.shape[1]
+        self.pooled_dim: int = int(pooled)  # CLIP's embed_dim: the width of `pooled`
+        self.model.requires_grad_(config.trainable)
+        if config.grad_checkpointing:
+            self.model.transformer.grad_checkpointing = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> OpenClipTextEncoder:
+        """Set train mode; a frozen model stays in eval mode (no dropout)."""
+        super().train(mode)
+        if not self.config.trainable:
+            self.model.eval()
+        return self
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """texts (B strings) -> (B, context_length) token ids from the model's own open_clip tokenizer."""
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+            raise EncoderError("text input must be a list of strings (use '' for a missing caption)")
+        if len(texts) == 0:
+            raise EncoderError("text input is an empty list; pass at least one string")
+        ids = self.tokenizer(list(texts))  # (B, context_length)
+        return ids.to(self.model.token_embedding.weight.device)
+
+    def forward(self, texts: list[str]) -> EncoderOutput:
+        """texts (B strings) -> tokens (B, L, W), mask (B, L) bool, pooled (B, E) CLIP text embeddings."""
+        ids = self.tokenize(texts)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.trainable):
+            tokens, pooled = self.encode_ids(ids)
+        return EncoderOutput(tokens=tokens, mask=ids != self.pad_id, pooled=pooled)
+
+    def encode_ids(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (B, L) -> (tokens (B, L, W) after ln_final, pooled (B, E)): open_clip's CLIP.encode_text,
+        which returns only the pooled vector, with the token features kept."""
+        from open_clip.transformer import text_global_pool
+
+        model = self.model
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(ids).to(cast_dtype)  # (B, L, W)
+        x = x + model.positional_embedding.to(cast_dtype)
+        x = model.transformer(x, attn_mask=model.attn_mask)
+        tokens = model.ln_final(x)  # (B, L, W)
+        pooled = text_global_pool(
+            tokens, ids, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None)
+        )
+        projection = model.text_projection
+        if isinstance(projection, nn.Linear):
+            pooled = projection(pooled)
+        elif projection is not None:
+            pooled = pooled @ projection  # (B, E)
+        return tokens, pooled

@@ -8,10 +8,8 @@ without `find_unused_parameters`), and the pooled vector comes from this package
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +25,12 @@ from eg_encoders.common import (
     is_missing,
     quiet_progress_bars,
 )
-from eg_encoders.open_clip_text import create_open_clip_model
+from eg_encoders.open_clip_models import (
+    cached_config_file,
+    create_open_clip_model,
+    open_clip_model_config,
+    read_json,
+)
 from eg_encoders.pooling import PoolingConfig
 
 BACKENDS = ("open_clip", "hf")
@@ -117,12 +120,12 @@ class VisionEncoderConfig:
             return None
         cache_dir = None if is_missing(self.cache_dir) else self.cache_dir or None
         if self.backend == "hf":
-            path = _cached_config_file(self.model_name, "config.json", cache_dir)
-            config = _read_json(path) if path else None
+            path = cached_config_file(self.model_name, "config.json", cache_dir)
+            config = read_json(path) if path else None
             vision = (config or {}).get("vision_config", config)  # a full CLIPConfig nests the tower's
             return _square_size(vision)
         config_file = "" if is_missing(self.model_config_file) else self.model_config_file
-        model_cfg = _open_clip_model_config(self.model_name, config_file, cache_dir)
+        model_cfg = open_clip_model_config(self.model_name, config_file, cache_dir)
         return _square_size((model_cfg or {}).get("vision_cfg"))
 
     def pooled_width(self) -> int | None:
@@ -133,7 +136,7 @@ class VisionEncoderConfig:
             return None
         cache_dir = None if is_missing(self.cache_dir) else self.cache_dir or None
         config_file = "" if is_missing(self.model_config_file) else self.model_config_file
-        model_cfg = _open_clip_model_config(self.model_name, config_file, cache_dir) or {}
+        model_cfg = open_clip_model_config(self.model_name, config_file, cache_dir) or {}
         width = (
             model_cfg.get("embed_dim")
             if self.clip_projection
@@ -278,56 +281,9 @@ def _hf_image_spec(model_name: str, size: int, cache_dir: str | None) -> ImageSp
     return ImageSpec(size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
 
 
-def _read_json(path: str) -> dict | None:
-    """A JSON file's object, or None when the file cannot be read or parsed (the build will report it)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _square_size(vision_cfg: object) -> int | None:
     """`image_size` of a vision config dict (an int, or [h, w] of which the encoder uses h), else None."""
     size = vision_cfg.get("image_size") if isinstance(vision_cfg, dict) else None
     if isinstance(size, (list, tuple)) and size:
         size = size[0]
     return int(size) if isinstance(size, int) and not isinstance(size, bool) else None
-
-
-def _cached_config_file(name: str, filename: str, cache_dir: str | None) -> str | None:
-    """`filename` in the local directory `name`, or in the Hugging Face cache for hub id `name`; else None."""
-    if os.path.isdir(name):
-        path = os.path.join(name, filename)
-        return path if os.path.isfile(path) else None
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        path = try_to_load_from_cache(name, filename, cache_dir=cache_dir)
-    except ValueError:  # not a valid hub id (e.g. a directory that does not exist)
-        return None
-    return path if isinstance(path, str) else None
-
-
-def _open_clip_model_config(name: str, config_file: str, cache_dir: str | None) -> dict | None:
-    """The open_clip model config (embed_dim, vision_cfg, text_cfg) that create_model would use for `name`."""
-    if name.startswith("local-dir:"):
-        path = os.path.join(name.removeprefix("local-dir:"), "open_clip_config.json")
-    elif name.startswith("hf-hub:"):
-        path = _cached_config_file(name.removeprefix("hf-hub:"), "open_clip_config.json", cache_dir)
-    else:
-        name = name.replace("/", "-")  # as _load_open_clip and open_clip do
-        if config_file:
-            if not os.path.isfile(config_file):
-                raise EncoderError(f"model_config_file={config_file!r} does not exist")
-            if os.path.splitext(os.path.basename(config_file))[0] == name:
-                return _read_json(config_file)
-        if "open_clip" in sys.modules:  # its registry, with any config registered through add_model_config
-            return sys.modules["open_clip"].get_model_config(name)
-        # open_clip's registry is the JSON files it ships; reading one avoids importing open_clip (seconds)
-        spec = importlib.util.find_spec("open_clip")
-        folders = list(spec.submodule_search_locations or []) if spec else []
-        path = next((os.path.join(f, "model_configs", f"{name}.json") for f in folders), "")
-    config = _read_json(path) if path else None
-    return config.get("model_cfg", config) if config else None
