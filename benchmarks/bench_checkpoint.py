@@ -12,7 +12,7 @@ are timed. Contenders, alternated in every pair (the order rotates):
   waits for the previous write if it is still running (counted).
 - eg-train (sync): the same save written on the loop's thread (`checkpoint.write_checkpoint`), as eg-train did
   before the writer thread: what atomic + durable costs when the loop waits for it.
-- torch.save: the same captured state (`state.capture(trainer)`) written with `torch.save(state, path)`:
+- torch.save: the same captured state (`state.capture(trainer.parts)`) written with `torch.save(state, path)`:
   not atomic, no fsync.
 
 Load: `eg_train.load_checkpoint(path)` (torch.load weights_only + format checks) against
@@ -73,7 +73,7 @@ def train_step(trainer: Any, batch: dict) -> None:
     trainer.model(batch)["loss"].backward()
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
-    trainer.step += 1
+    trainer.run.step += 1
 
 
 def save_region(trainer: Any, batches: list[dict], how: str, region_s: float, folder: Path) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def save_region(trainer: Any, batches: list[dict], how: str, region_s: float, fo
     from eg_train import state
 
     folder.mkdir(parents=True, exist_ok=True)
-    trainer.checkpoint_dir = folder
+    trainer.saver.folder = folder
     blocked: list[float] = []
     start = time.perf_counter()
     i = 0
@@ -93,13 +93,14 @@ def save_region(trainer: Any, batches: list[dict], how: str, region_s: float, fo
         if how == "eg-train":
             trainer._save(best=False)
         elif how == "eg-train (sync)":
-            ck.write_checkpoint(folder, ck.serialize(state.capture(trainer)), trainer.step, True, False, 0)
+            data = ck.serialize(state.capture(trainer.parts))
+            ck.write_checkpoint(folder, data, trainer.run.step, True, False, 0)
         else:
-            torch.save(state.capture(trainer), folder / "raw.pt")
+            torch.save(state.capture(trainer.parts), folder / "raw.pt")
         blocked.append(time.perf_counter() - t0)
     seconds = time.perf_counter() - start
-    trainer._collect_write()  # the last write completes outside the region
-    assert trainer.num_failed_saves == 0
+    trainer.saver.collect()  # the last write completes outside the region
+    assert trainer.saver.num_failed_saves == 0
     return {"seconds": seconds, "saves": len(blocked), "median_ms": 1e3 * statistics.median(blocked)}
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from eg_train.checkpoint import capture_rng_state, restore_rng_state
+from eg_train.distributed import all_reduce_sum
 from eg_train.errors import TrainError
 
 _END = object()
@@ -55,6 +56,35 @@ def split_output(out: Any) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]
     return loss, parts
 
 
+class StepSums:
+    """The micro-batches of one optimizer step on this rank: their count, samples, non-finite losses, and the
+    loss and named parts summed; `reduce` averages them over micro-batches and ranks."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.micro = self.samples = 0
+        self.bad = torch.zeros((), device=device)
+        self.loss: Any = 0.0
+        self.parts: dict[str, Any] = {}
+
+    def add(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], samples: int) -> None:
+        """Count one micro-batch (after its backward)."""
+        detached = loss.detach().float()
+        self.bad = self.bad + (~torch.isfinite(detached)).float()
+        self.loss = self.loss + detached
+        for k, v in parts.items():
+            self.parts[k] = self.parts.get(k, 0.0) + v.to(self.device)
+        self.micro += 1
+        self.samples += samples
+
+    def reduce(self, world_size: int) -> tuple[bool, float, dict[str, float]]:
+        """(any rank saw a non-finite loss, mean loss, mean parts) over micro-batches and ranks; a collective."""
+        names = sorted(self.parts)
+        packed = torch.stack([self.bad, self.loss / self.micro, *[self.parts[k] / self.micro for k in names]])
+        values = all_reduce_sum(packed.float()).tolist()
+        return values[0] > 0, values[1] / world_size, {k: v / world_size for k, v in zip(names, values[2:])}
+
+
 def has_position(data: Any) -> bool:
     """True when the data supports exact positioning: set_epoch(epoch, start_batch) and __len__."""
     return callable(getattr(data, "set_epoch", None)) and _has_len(data)
@@ -71,6 +101,25 @@ def _has_len(data: Any) -> bool:
 def data_length(data: Any) -> int | None:
     """len(data) (batches per epoch on this rank) or None for unsized iterables."""
     return len(data) if _has_len(data) else None
+
+
+def steps_per_epoch(data: Any, grad_accum_steps: int) -> int | None:
+    """Optimizer steps in one epoch of `data` (None for unsized data): a short last group still makes one."""
+    n = data_length(data)
+    if n is None:
+        return None
+    if n == 0:
+        raise TrainError("train data has length 0; check the dataset path and the batch size")
+    return -(-n // grad_accum_steps)
+
+
+def total_steps(max_steps: int, epochs: int, per_epoch: int | None) -> int:
+    """The run's optimizer steps: max_steps when > 0, else epochs full epochs."""
+    if max_steps > 0:
+        return max_steps
+    if per_epoch is None:
+        raise TrainError("epochs needs train data with __len__ to size the schedule; set max_steps")
+    return epochs * per_epoch
 
 
 class BatchStream:

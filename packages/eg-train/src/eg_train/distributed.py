@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from eg_train.errors import TrainError
 
@@ -37,6 +39,11 @@ def _env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise TrainError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def env_rank() -> int:
+    """This process's global rank as torchrun sets it (RANK; 0 without torchrun)."""
+    return _env_int("RANK", 0)
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
@@ -84,6 +91,14 @@ def shutdown_distributed() -> None:
 def is_distributed() -> bool:
     """True when a process group with more than one rank is running."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def wrap_ddp(model: nn.Module, device: torch.device, find_unused_parameters: bool) -> nn.Module:
+    """`model` in DistributedDataParallel when a process group with several ranks runs, else itself."""
+    if not is_distributed():
+        return model
+    ids = [device] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
 
 def seed_everything(seed: int) -> None:

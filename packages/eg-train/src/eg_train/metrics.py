@@ -36,6 +36,13 @@ def import_wandb() -> Any:
     return wandb
 
 
+def progress_bar(total: int, initial: int, enabled: bool) -> Any:
+    """The tqdm bar of the training steps (rank 0)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, disable=not enabled)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""  # an absent metric stays empty, never 0.0

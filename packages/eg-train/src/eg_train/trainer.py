@@ -6,8 +6,8 @@ import contextlib
 import math
 import sys
 import time
-import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +20,48 @@ from eg_train import state
 from eg_train.config import TrainerConfig
 from eg_train.data import (
     BatchStream,
+    StepSums,
     batch_size,
-    data_length,
     has_position,
     move_to_device,
     open_epoch,
     split_output,
+    steps_per_epoch,
+    total_steps,
 )
 from eg_train.datareport import DataReporter
 from eg_train.distributed import (
-    all_reduce_sum,
     barrier,
     broadcast_object,
     init_distributed,
     is_distributed,
     seed_everything,
     shutdown_distributed,
+    wrap_ddp,
 )
 from eg_train.errors import TrainError
-from eg_train.metrics import LogWindow, RunLoggers, import_wandb
+from eg_train.metrics import LogWindow, RunLoggers, import_wandb, progress_bar
 from eg_train.plots import PlotDrawer
 from eg_train.precision import autocast, check_precision, make_grad_scaler
+from eg_train.saving import CheckpointSaver
 from eg_train.schedule import build_optimizer, build_scheduler
+from eg_train.state import RunState, StateParts
 from eg_train.validation import BestTracker, EvaluateFn, run_validation
+
+
+@dataclass
+class StepResult:
+    """One optimizer step as the bookkeeping after it sees it (loss and parts averaged over ranks)."""
+
+    loss: float
+    parts: dict[str, float]
+    grad_norm: float
+    lr: float  # the largest group lr the step used
+    samples: int  # summed over ranks
+    epoch: int  # the epoch the step belongs to
+    epoch_ended: bool
+    nonfinite: bool
+    final: bool  # the run's last step
 
 
 class Trainer:
@@ -75,48 +94,40 @@ class Trainer:
         check_precision(config.precision, self.device)
         self.model = model.to(self.device)
         self.train_data, self.val_data, self.evaluate_fn = train_data, val_data, evaluate_fn
-        self.data_positioned = has_position(train_data)
         self.reporter = DataReporter(train_data)
         self.run_config = run_config or {}
         self.optimizer = build_optimizer(self.model, config, param_groups)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.steps_per_epoch = self._steps_per_epoch()
+        self.steps_per_epoch = steps_per_epoch(train_data, config.grad_accum_steps)
         self.epoch_limit = config.epochs if config.max_steps == 0 else 0  # max_steps overrides epochs
-        self.total_steps = self._total_steps()
+        self.total_steps = total_steps(config.max_steps, config.epochs, self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
         self.scaler = make_grad_scaler(config.precision, self.device)
         self.forward_model: nn.Module = self.model
         self.best = BestTracker(config.best_metric, config.best_mode)
         self.output_dir, self.checkpoint_dir = Path(config.output_dir), Path(config.checkpoint_dir)
-        self.step = self.epoch = self.batch_in_epoch = self.samples_seen = 0
-        self.num_skipped_steps = self.consecutive_nonfinite = self.num_failed_saves = 0
-        self.epoch_start_rng: dict[str, Any] | None = None
+        self.run = RunState()
+        self.window = LogWindow()  # saved in checkpoints: the next row averages the same steps
+        self.parts = StateParts(
+            self.run,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            self.window,
+            self.best,
+            self.reporter,
+            self.dist,
+            config,
+            self.run_config,
+            has_position(train_data),
+        )
         self.last_val: dict[str, float] = {}
         self.loggers: RunLoggers | None = None
-        self.wandb_run_id: str | None = None
-        self.window = LogWindow()  # saved in checkpoints: the next row averages the same steps
-        self._last_val_step = self._last_save_step = self._last_written_step = -1
-        self._warned_best = False
+        self._last_val_step = self._last_save_step = -1
         self._pbar: Any = None
-        self.writer = ck.CheckpointWriter()  # checkpoint files are written off the training loop
+        self.saver = CheckpointSaver(self.checkpoint_dir, config.keep_last_n, config.async_save)
         self.plotter = PlotDrawer(self.output_dir)  # plots at validations within 1% of the wall time
-
-    # ---- sizing -------------------------------------------------------------------------------
-    def _steps_per_epoch(self) -> int | None:
-        n = data_length(self.train_data)
-        if n is None:
-            return None
-        if n == 0:
-            raise TrainError("train data has length 0; check the dataset path and the batch size")
-        return math.ceil(n / self.cfg.grad_accum_steps)  # a short last group still makes a step
-
-    def _total_steps(self) -> int:
-        cfg, spe = self.cfg, self.steps_per_epoch
-        if cfg.max_steps > 0:
-            return cfg.max_steps
-        if spe is None:
-            raise TrainError("epochs needs train data with __len__ to size the schedule; set max_steps")
-        return cfg.epochs * spe
 
     # ---- public -------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -124,40 +135,19 @@ class Trainer:
         failed = True
         try:
             resumed = self._resume()
-            if is_distributed():
-                ids = [self.device] if self.device.type == "cuda" else None
-                self.forward_model = DistributedDataParallel(
-                    self.model, device_ids=ids, find_unused_parameters=self.cfg.find_unused_parameters
-                )
+            self.forward_model = wrap_ddp(self.model, self.device, self.cfg.find_unused_parameters)
             if self.dist.is_main:
-                self.loggers = RunLoggers(
-                    self.output_dir,
-                    self.step if resumed else None,
-                    self.cfg.tensorboard,
-                    self.cfg.wandb,
-                    self.run_config or {"train": self.cfg.to_dict()},
-                    self.wandb_run_id,
-                    columns=self.reporter.columns(),
-                )
-                self.wandb_run_id = self.loggers.wandb_run_id
-                from tqdm.auto import tqdm
-
-                self._pbar = tqdm(
-                    total=self.total_steps,
-                    initial=self.step,
-                    desc="train",
-                    dynamic_ncols=True,
-                    disable=not self.cfg.progress_bar,
-                )
+                self._open_loggers(resumed)
             self.model.train()
             self.window.restart_clock()
             self.plotter.restart_clock()
-            while self.step < self.total_steps and not (self.epoch_limit and self.epoch >= self.epoch_limit):
+            run = self.run
+            while run.step < self.total_steps and not (self.epoch_limit and run.epoch >= self.epoch_limit):
                 self._run_epoch()
-            if self._last_save_step != self.step:
+            if self._last_save_step != run.step:
                 self._save(best=False, final=True)
             self._draw_plots(final=True)  # while the final checkpoint is being written
-            self._collect_write(final=True)
+            self.saver.collect(final=True)
             # Every rank leaves fit() together: a rank that exits (and tears down its gloo/nccl group at exit)
             # while rank 0 still draws the plots made a peer abort ("terminate called without an active
             # exception") now and then in the 2-rank test.
@@ -165,8 +155,8 @@ class Trainer:
             failed = False
             return self.summary()
         finally:
-            self._collect_write()  # also after an error: a write in flight still completes
-            self.writer.close()
+            self.saver.collect()  # also after an error: a write in flight still completes
+            self.saver.close()
             if self._pbar is not None:
                 self._pbar.close()
             if self.loggers is not None:
@@ -177,86 +167,87 @@ class Trainer:
     def summary(self) -> dict[str, Any]:
         """Where the run stands: steps, samples, best metric, skipped steps, last validation."""
         return {
-            "step": self.step,
-            "epoch": self.epoch,
-            "samples_seen": self.samples_seen,
+            "step": self.run.step,
+            "epoch": self.run.epoch,
+            "samples_seen": self.run.samples_seen,
             "best_metric": self.best.metric,
             "best_value": self.best.value,
             "best_step": self.best.step,
-            "num_skipped_steps": self.num_skipped_steps,
-            "num_failed_saves": self.num_failed_saves,
+            "num_skipped_steps": self.run.num_skipped_steps,
+            "num_failed_saves": self.saver.num_failed_saves,
             "last_validation": dict(self.last_val),
             "checkpoint_dir": str(self.checkpoint_dir),
             "output_dir": str(self.output_dir),
         }
 
-    # ---- resume -------------------------------------------------------------------------------
+    # ---- start --------------------------------------------------------------------------------
     def _resume(self) -> bool:
-        mode = self.cfg.resume
-        found: tuple[Path, dict[str, Any]] | None = None
-        if mode != "never":
-            folder = self.checkpoint_dir if mode == "auto" else Path(mode)
-            path = ck.select_resume_path(folder, explicit=mode != "auto") if self.dist.is_main else None
-            path = broadcast_object(path)
-            if path is not None:
-                found = (Path(path), ck.load_checkpoint(path))
+        found = state.find_resume(self.cfg.resume, self.checkpoint_dir, self.dist.is_main)
         if found is None:
             seed_everything(self.cfg.seed + self.dist.rank)
             return False
         path, c = found
-        state.restore(self, path, c)
-        self._last_save_step = self._last_val_step = self.step
-        if self.dist.is_main:
-            print(
-                f"eg-train: resumed from {path} at step {self.step} (epoch {self.epoch}, "
-                f"batch {self.batch_in_epoch})",
-                flush=True,
-            )
+        note = state.restore(self.parts, path, c)
+        run = self.run
+        self._last_save_step = self._last_val_step = run.step
+        self._say(f"resumed from {path} at step {run.step} (epoch {run.epoch}, batch {run.batch_in_epoch})")
+        if note:
+            self._say(note)
         return True
+
+    def _open_loggers(self, resumed: bool) -> None:
+        """metrics.csv, tensorboard, wandb and the progress bar (rank 0)."""
+        self.loggers = RunLoggers(
+            self.output_dir,
+            self.run.step if resumed else None,
+            self.cfg.tensorboard,
+            self.cfg.wandb,
+            self.run_config or {"train": self.cfg.to_dict()},
+            self.run.wandb_run_id,
+            columns=self.reporter.columns(),
+        )
+        self.run.wandb_run_id = self.loggers.wandb_run_id
+        self._pbar = progress_bar(self.total_steps, self.run.step, self.cfg.progress_bar)
 
     # ---- epoch and step -----------------------------------------------------------------------
     def _open_epoch(self) -> BatchStream:
-        if self.batch_in_epoch == 0:
-            self.epoch_start_rng = ck.capture_rng_state(self.device)
+        run = self.run
+        if run.batch_in_epoch == 0:
+            run.epoch_start_rng = ck.capture_rng_state(self.device)
             self.reporter.new_epoch()
-        stream = open_epoch(
-            self.train_data, self.epoch, self.batch_in_epoch, self.epoch_start_rng, self.device
-        )
+        stream = open_epoch(self.train_data, run.epoch, run.batch_in_epoch, run.epoch_start_rng, self.device)
         self.reporter.hand_over()  # after set_epoch, before the first batch: the data continues the counts
         return stream
 
     def _run_epoch(self) -> None:
-        stream = self._open_epoch()
-        accum, micro, started = self.cfg.grad_accum_steps, 0, self.batch_in_epoch
-        acc: dict[str, Any] = {"bad": torch.zeros((), device=self.device), "loss": 0.0, "parts": {}, "n": 0}
-        while self.step < self.total_steps:
+        stream, run = self._open_epoch(), self.run
+        started, sums = run.batch_in_epoch, StepSums(self.device)
+        while run.step < self.total_steps:
             t0 = time.perf_counter()
             item = stream.next()
             self.window.wait += time.perf_counter() - t0
             if item is None:
-                if micro == 0 and self.batch_in_epoch == started and started == 0:
-                    raise TrainError(f"train data yielded no batch in epoch {self.epoch}; check the dataset")
-                if micro > 0:
-                    self._finish_step(micro, acc, epoch_ended=True)
+                if sums.micro == 0 and run.batch_in_epoch == started and started == 0:
+                    raise TrainError(f"train data yielded no batch in epoch {run.epoch}; check the dataset")
+                if sums.micro > 0:
+                    self._finish_step(sums, epoch_ended=True)
                 else:  # the data ended before its length said: no step to attach the epoch's end to
-                    self._report_data(self.reporter.gather(), self.epoch, partial=False)
-                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    self._report_data(self.reporter.gather(), run.epoch, partial=False)
+                    run.epoch, run.batch_in_epoch = run.epoch + 1, 0
                 return
             batch, last_in_epoch = item
-            self.batch_in_epoch += 1
-            sync = micro + 1 == accum or last_in_epoch
-            self._micro_step(batch, sync, acc)
-            micro += 1
+            run.batch_in_epoch += 1
+            sync = sums.micro + 1 == self.cfg.grad_accum_steps or last_in_epoch
+            self._micro_step(batch, sync, sums)
             if sync:
-                self._finish_step(micro, acc, epoch_ended=last_in_epoch)
-                micro = 0
-                acc = {"bad": torch.zeros((), device=self.device), "loss": 0.0, "parts": {}, "n": 0}
+                self._finish_step(sums, epoch_ended=last_in_epoch)
+                sums = StepSums(self.device)
                 if last_in_epoch:
                     return
 
-    def _micro_step(self, batch: dict, sync: bool, acc: dict[str, Any]) -> None:
+    def _micro_step(self, batch: dict, sync: bool, sums: StepSums) -> None:
         batch = move_to_device(batch, self.device)
-        acc["n"] += batch_size(batch)
+        samples = batch_size(batch)
         no_sync = isinstance(self.forward_model, DistributedDataParallel) and not sync
         with self.forward_model.no_sync() if no_sync else contextlib.nullcontext():
             with autocast(self.cfg.precision, self.device):
@@ -266,178 +257,139 @@ class Trainer:
                 raise TrainError("the model's forward returned no 'loss' in training mode")
             # micro-batch gradients are summed here and divided by their count before the update
             self.scaler.scale(loss.float()).backward()
-        detached = loss.detach().float()
-        acc["bad"] = acc["bad"] + (~torch.isfinite(detached)).float()
-        acc["loss"] = acc["loss"] + detached
-        for k, v in parts.items():
-            acc["parts"][k] = acc["parts"].get(k, 0.0) + v.to(self.device)
+        sums.add(loss, parts, samples)
 
-    def _finish_step(self, micro: int, acc: dict[str, Any], epoch_ended: bool) -> None:
-        cfg = self.cfg
+    def _finish_step(self, sums: StepSums, epoch_ended: bool) -> None:
+        cfg, run, micro = self.cfg, self.run, sums.micro
         self.scaler.unscale_(self.optimizer)
         if micro > 1:
             for p in self.params:
                 if p.grad is not None:
                     p.grad.div_(micro)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        names = sorted(acc["parts"])
-        packed = torch.stack([acc["bad"], acc["loss"] / micro, *[acc["parts"][k] / micro for k in names]])
-        values = all_reduce_sum(packed.float()).tolist()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         world = self.dist.world_size
-        loss = values[1] / world
-        parts = {k: v / world for k, v in zip(names, values[2:])}
-        grad_norm_f = float(grad_norm)
-        nonfinite = values[0] > 0 or (not math.isfinite(grad_norm_f) and cfg.precision != "fp16")
+        bad_loss, loss, parts = sums.reduce(world)  # a collective
+        nonfinite = bad_loss or (not math.isfinite(grad_norm) and cfg.precision != "fp16")
         if nonfinite:
             self.scaler.update()  # the update is skipped; fp16 also lowers its loss scale
-            self.num_skipped_steps += 1
-            self.consecutive_nonfinite += 1
+            run.num_skipped_steps += 1
+            run.consecutive_nonfinite += 1
         else:
             self.scaler.step(self.optimizer)  # fp16 overflow (inf grad norm): GradScaler skips it itself
             self.scaler.update()
-            self.consecutive_nonfinite = 0
-            if not math.isfinite(grad_norm_f):
-                self.num_skipped_steps += 1
+            run.consecutive_nonfinite = 0
+            if not math.isfinite(grad_norm):
+                run.num_skipped_steps += 1
         self.model.zero_grad(set_to_none=True)  # also params outside the optimizer (warned about)
         lr = max(g["lr"] for g in self.optimizer.param_groups)
         self.scheduler.step()
-        self.step += 1
-        self.samples_seen += acc["n"] * world
-        step_epoch = self.epoch
+        run.step += 1
+        run.samples_seen += sums.samples * world
+        step_epoch = run.epoch
         if epoch_ended:
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        self._after_step(loss, parts, grad_norm_f, lr, acc["n"] * world, epoch_ended, nonfinite, step_epoch)
-
-    # ---- logging, validation, saving ----------------------------------------------------------
-    def _after_step(
-        self,
-        loss: float,
-        parts: dict[str, float],
-        grad_norm: float,
-        lr: float,
-        samples: int,
-        epoch_ended: bool,
-        nonfinite: bool,
-        step_epoch: int,
-    ) -> None:
-        cfg = self.cfg
-        if self.writer.done():
-            self._collect_write()  # report a failed background write at the next step
-        self.window.add_step(loss, parts, grad_norm, samples)
-        final = self.step >= self.total_steps or bool(
-            self.epoch_limit and epoch_ended and self.epoch >= self.epoch_limit
+            run.epoch, run.batch_in_epoch = run.epoch + 1, 0
+        final = run.step >= self.total_steps or bool(
+            self.epoch_limit and epoch_ended and run.epoch >= self.epoch_limit
         )
-        row: dict[str, float | None] = {}
-        row_due = self.step % cfg.log_every == 0 or final or nonfinite
-        report = self.reporter.gather() if row_due or epoch_ended or final else None  # collective
-        if row_due:
-            row = {
-                "epoch": step_epoch,
-                "samples_seen": self.samples_seen,
-                "lr": lr,
-                "skipped_steps": self.num_skipped_steps,
-                **self.window.row(),
-                **(DataReporter.row(report) if report else {}),
-            }
-            if nonfinite:
-                row["loss"] = loss  # show the bad value on the skipped step's row
-            if self._pbar is not None:
-                self._pbar.set_postfix(
-                    loss=f"{row['loss']:.4f}",
-                    lr=f"{lr:.2e}",
-                    sps=f"{row['samples_per_s']:.1f}",
-                    refresh=False,
-                )
-        has_val = self.val_data is not None or self.evaluate_fn is not None
-        improved = False
-        if has_val and (
-            (cfg.val_every and self.step % cfg.val_every == 0)
-            or (epoch_ended and cfg.val_at_epoch_end)
-            or final
-        ):
-            self.last_val = run_validation(
-                self.model, self.val_data, self.evaluate_fn, self.step, cfg.precision, self.device
-            )
-            self._last_val_step = self.step
-            row.update(self.last_val)
-            improved = bool(broadcast_object(self.best.update(self.last_val, self.step)))
-            if self.best.lookup(self.last_val) is None and not self._warned_best and self.dist.is_main:
-                self._warned_best = True
-                warnings.warn(
-                    f"best_metric={cfg.best_metric!r} is not among the validation metrics "
-                    f"{sorted(self.last_val)}; checkpoint_best.pt is not written",
-                    stacklevel=2,
-                )
+        samples = sums.samples * world
+        self._after_step(
+            StepResult(loss, parts, grad_norm, lr, samples, step_epoch, epoch_ended, nonfinite, final)
+        )
+
+    # ---- after a step: logging, validation and best, the non-finite stop, saving ---------------
+    def _after_step(self, s: StepResult) -> None:
+        self.saver.poll()  # report a failed background write at the next step
+        self.window.add_step(s.loss, s.parts, s.grad_norm, s.samples)
+        row_due = self.run.step % self.cfg.log_every == 0 or s.final or s.nonfinite
+        report = self.reporter.gather() if row_due or s.epoch_ended or s.final else None  # collective
+        row = self._train_row(s, report) if row_due else {}
+        improved = self._validate_if_due(s, row)
         if row and self.loggers is not None:
-            self.loggers.log(self.step, row)
-        if epoch_ended or final:
-            self._report_data(report, step_epoch, partial=not epoch_ended)
+            self.loggers.log(self.run.step, row)
+        if s.epoch_ended or s.final:
+            self._report_data(report, s.epoch, partial=not s.epoch_ended)
         if self._pbar is not None:
             self._pbar.update(1)
-        if self.consecutive_nonfinite >= cfg.max_consecutive_nonfinite:
-            # stop before saving, so checkpoint_latest.pt stays the last state written by a good run
+        self._stop_if_nonfinite(s)
+        self._save_if_due(s, improved)
+        if self._last_val_step == self.run.step:
+            self._draw_plots(final=False)
+
+    def _train_row(self, s: StepResult, report: dict[str, Any] | None) -> dict[str, float | None]:
+        """The metrics row of this step: the logging window's means, the counters, the data report."""
+        row: dict[str, float | None] = {
+            "epoch": s.epoch,
+            "samples_seen": self.run.samples_seen,
+            "lr": s.lr,
+            "skipped_steps": self.run.num_skipped_steps,
+            **self.window.row(),
+            **(DataReporter.row(report) if report else {}),
+        }
+        if s.nonfinite:
+            row["loss"] = s.loss  # show the bad value on the skipped step's row
+        if self._pbar is not None:
+            self._pbar.set_postfix(
+                loss=f"{row['loss']:.4f}", lr=f"{s.lr:.2e}", sps=f"{row['samples_per_s']:.1f}", refresh=False
+            )
+        return row
+
+    def _validate_if_due(self, s: StepResult, row: dict[str, float | None]) -> bool:
+        """Validate when due (adding the metrics to `row`); True when the best metric improved."""
+        cfg, step = self.cfg, self.run.step
+        if self.val_data is None and self.evaluate_fn is None:
+            return False
+        due = (cfg.val_every and step % cfg.val_every == 0) or (s.epoch_ended and cfg.val_at_epoch_end)
+        if not (due or s.final):
+            return False
+        self.last_val = run_validation(
+            self.model, self.val_data, self.evaluate_fn, step, cfg.precision, self.device
+        )
+        self._last_val_step = step
+        row.update(self.last_val)
+        improved = bool(broadcast_object(self.best.update(self.last_val, step)))
+        if self.dist.is_main:
+            self.best.warn_if_untracked(self.last_val)
+        return improved
+
+    def _stop_if_nonfinite(self, s: StepResult) -> None:
+        """Stop before saving, so checkpoint_latest.pt stays the last state written by a good run."""
+        run = self.run
+        if run.consecutive_nonfinite >= self.cfg.max_consecutive_nonfinite:
             kept = self.checkpoint_dir / ck.LATEST if self._last_save_step >= 0 else "(none yet)"
             raise TrainError(
-                f"training stopped at step {self.step}: {self.consecutive_nonfinite} consecutive "
-                f"non-finite steps (loss={loss}, grad_norm={grad_norm}); last good checkpoint "
+                f"training stopped at step {run.step}: {run.consecutive_nonfinite} consecutive "
+                f"non-finite steps (loss={s.loss}, grad_norm={s.grad_norm}); last good checkpoint "
                 f"{kept} kept; lower lr or check the data"
             )
-        if (cfg.save_every and self.step % cfg.save_every == 0) or epoch_ended or final or improved:
-            save_latest = bool((cfg.save_every and self.step % cfg.save_every == 0) or epoch_ended or final)
-            self._save(best=improved, latest=save_latest, final=final)
-        if self._last_val_step == self.step:
-            self._draw_plots(final=False)
+
+    def _save_if_due(self, s: StepResult, improved: bool) -> None:
+        every = self.cfg.save_every
+        latest = bool((every and self.run.step % every == 0) or s.epoch_ended or s.final)
+        if latest or improved:
+            self._save(best=improved, latest=latest, final=s.final)
+
+    def _save(self, best: bool, latest: bool = True, final: bool = False) -> None:
+        """Capture the run state (a collective) and hand it to the saver (rank 0 writes)."""
+        contents = state.capture(self.parts)
+        if latest:
+            self._last_save_step = self.run.step
+        if contents is not None:
+            self.saver.submit(contents, self.run.step, latest, best, final)
 
     def _report_data(self, report: dict[str, Any] | None, epoch: int, partial: bool) -> None:
         """One summary line for the epoch when the data skipped any sample."""
         line = DataReporter.summary(report, epoch, partial) if report else None
-        if line and self.dist.is_main:
+        if line:
+            self._say(line)
+
+    def _say(self, line: str) -> None:
+        """One line of our own on rank 0's stdout, above the progress bar."""
+        if self.dist.is_main:
             from tqdm.auto import tqdm
 
             tqdm.write(f"eg-train: {line}", file=sys.stdout)  # keeps the progress bar intact
             sys.stdout.flush()
-
-    def _save(self, best: bool, latest: bool = True, final: bool = False) -> None:
-        """Capture and serialize the run state (a collective), then write it on the writer thread.
-
-        With `async_save`, training is blocked only while the state is captured and serialized (about one
-        torch.save); the atomic writes and fsyncs overlap the next steps, and fit() waits for the final one.
-        A failed write (disk full...) warns when its outcome is collected and training goes on, with the
-        earlier files intact; a failed final write raises TrainError."""
-        contents = state.capture(self)
-        if latest:
-            self._last_save_step = self.step
-        if contents is None:
-            return
-        data = ck.serialize(contents)
-        self._collect_write()  # one write at a time; the previous one's failure is reported first
-        self.writer.submit(self.checkpoint_dir, data, self.step, latest, best, self.cfg.keep_last_n)
-        if not self.cfg.async_save:
-            self._collect_write(final=final)
-
-    def _collect_write(self, final: bool = False) -> None:
-        """Wait for the checkpoint write in flight (if any) and account for its outcome."""
-        outcome = self.writer.wait()
-        if outcome is None:
-            return
-        if outcome.error is None:
-            if outcome.latest:
-                self._last_written_step = outcome.step
-            return
-        self.num_failed_saves += 1
-        kept = f"step {self._last_written_step}" if self._last_written_step >= 0 else "none yet"
-        if final:
-            raise TrainError(
-                f"the final checkpoint (step {outcome.step}) could not be written to "
-                f"{self.checkpoint_dir}: {outcome.error}; the newest one there is from {kept}"
-            ) from None
-        warnings.warn(
-            f"checkpoint for step {outcome.step} not written to {self.checkpoint_dir} ({outcome.error}); "
-            f"the earlier files are intact (latest: {kept}); training continues "
-            f"({self.num_failed_saves} failed saves so far)",
-            stacklevel=3,
-        )
 
     def _draw_plots(self, final: bool) -> None:
         """At a validation, draw if the plot budget allows; at the end, draw the rows not drawn yet."""
@@ -445,4 +397,4 @@ class Trainer:
             return
         rows = self.loggers.csv.rows
         if self.plotter.finish(rows) if final else self.plotter.maybe_draw(rows):
-            self.loggers.log_images(self.step, self.plotter.images)
+            self.loggers.log_images(self.run.step, self.plotter.images)

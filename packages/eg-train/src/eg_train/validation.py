@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -73,6 +74,7 @@ class BestTracker:
         self.mode = mode
         self.value: float | None = None
         self.step: int = -1
+        self._warned = False
 
     def lookup(self, metrics: dict[str, float]) -> float | None:
         """The tracked metric's value in `metrics` (name with or without the `val/` prefix)."""
@@ -80,6 +82,16 @@ class BestTracker:
             if key in metrics:
                 return metrics[key]
         return None
+
+    def warn_if_untracked(self, metrics: dict[str, float]) -> None:
+        """Warn once when the tracked metric is not among the validation metrics (no best checkpoint)."""
+        if self.lookup(metrics) is None and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"best_metric={self.metric!r} is not among the validation metrics "
+                f"{sorted(metrics)}; checkpoint_best.pt is not written",
+                stacklevel=4,
+            )
 
     def update(self, metrics: dict[str, float], step: int) -> bool:
         """Record `metrics` at `step`; True when the tracked metric improved."""
@@ -93,11 +105,11 @@ class BestTracker:
         self.value, self.step = float(value), step
         return True
 
-    def state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """Plain-typed state for checkpoints."""
         return {"best_metric": self.metric, "best_value": self.value, "best_step": self.step}
 
-    def load(self, ckpt: dict[str, Any]) -> None:
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         """Restore from a checkpoint (only when it tracked the same metric)."""
         if ckpt.get("best_metric") == self.metric:
             self.value, self.step = ckpt.get("best_value"), int(ckpt.get("best_step", -1))
