@@ -4,6 +4,7 @@ gives one loss per step, and the halting head decides how many steps generation 
 import pytest
 import torch
 from eg_decoders import TRMConfig, TRMDecoder, answer_loss
+from eg_decoders.prefix import take_text
 
 
 def make(**overrides):
@@ -76,7 +77,7 @@ def test_deep_supervision_gives_a_loss_per_step_with_detached_state():
     # gradient of a single step started from the detached state the first two steps left behind
     params = [p for p in model.parameters() if p.requires_grad]
     full = torch.autograd.grad(out.step_losses[-1], params, allow_unused=True)
-    x, mask, num_prefix = model._embed(
+    x, mask, text_index = model._embed(
         model.project_prefix(prefix), batch["input_ids"], batch["attention_mask"], None
     )
     with torch.no_grad():
@@ -84,9 +85,9 @@ def test_deep_supervision_gives_a_loss_per_step_with_detached_state():
         for _ in range(2):
             y, z = model.recurse(x, y, z, mask)
     y, z = model.recurse(x, y, z, mask)
-    logits = model.lm_head(y[:, num_prefix:])
+    logits = model.lm_head(take_text(y, text_index))
     single = answer_loss(logits, batch["labels"]) + model.config.halt_loss_weight * model._halt_loss(
-        y[:, num_prefix:], logits, batch["labels"]
+        take_text(y, text_index), logits, batch["labels"]
     )
     assert single.item() == pytest.approx(out.step_losses[-1].item(), rel=1e-5)
     again = torch.autograd.grad(single, params, allow_unused=True)
@@ -120,15 +121,15 @@ def test_halting_head_learns_when_answers_are_right():
         out.loss.backward()
         opt.step()
     model.eval()
-    x, mask, num_prefix = model._embed(
+    x, mask, text_index = model._embed(
         model.project_prefix(prefix), batch["input_ids"], batch["attention_mask"], None
     )
     with torch.no_grad():
         y, z = model.initial_state(x)
         for _ in range(2):
             y, z = model.recurse(x, y, z, mask)
-        q = torch.sigmoid(model.halt_head(y[:, num_prefix:]).squeeze(-1))[:, :-1]
-        right = model.lm_head(y[:, num_prefix:])[:, :-1].argmax(-1) == batch["labels"][:, 1:]
+        q = torch.sigmoid(model.halt_head(take_text(y, text_index)).squeeze(-1))[:, :-1]
+        right = model.lm_head(take_text(y, text_index))[:, :-1].argmax(-1) == batch["labels"][:, 1:]
     answer = batch["labels"][:, 1:] != -100
     assert bool(right[answer].all())  # overfit: every answer token predicted
     assert bool((q[answer] > 0.5).all())  # and the halting head says so (it started at sigmoid(-5))

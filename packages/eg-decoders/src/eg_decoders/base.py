@@ -1,17 +1,21 @@
 """The decoder interface every kind implements (TRM, tiny baseline, Qwen), plus token selection for generation.
 
-Sequence layout for every kind: [prefix (P positions) | text (T positions)]. Logits and labels cover the
-text positions only; the prefix is conditioning, never a target.
+Sequence layout for every kind: [prefix (P positions) | text (T positions)] for a QA pair, and for a
+conversation the prefix spliced in at `prefix_at` (the start of the turn that holds the media; see
+prefix.py). Logits and labels cover the text positions only; the prefix is conditioning, never a target.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
+from eg_decoders.chat import ChatTokens, build_chat_batch, build_chat_prompts
 from eg_decoders.errors import DecoderError
 from eg_decoders.labels import build_answer_only_batch, build_prompt_batch
 from eg_decoders.projector import PrefixProjector
@@ -89,6 +93,13 @@ class Decoder(nn.Module, abc.ABC):
         """Token ids of an answer, ending with eos."""
 
     @abc.abstractmethod
+    def chat_tokens(
+        self, messages: Sequence[dict[str, Any]], media_turn: int = 0, generation: bool = False
+    ) -> ChatTokens:
+        """A conversation rendered for this decoder (chat template, or the plain role format): ids, which
+        are supervised (the assistant turns), where the media prefix goes (see chat.py)."""
+
+    @abc.abstractmethod
     def decode(self, ids: list[int]) -> str:
         """Text of generated ids, stopping at eos and dropping special tokens."""
 
@@ -130,6 +141,24 @@ class Decoder(nn.Module, abc.ABC):
     def encode_prompts(self, questions: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize questions into a left-padded generation batch (input_ids, attention_mask)."""
         return build_prompt_batch([self.prompt_ids(q) for q in questions], self.pad_id)
+
+    def encode_chats(
+        self, conversations: Sequence[Sequence[dict[str, Any]]], media_turns: Sequence[int]
+    ) -> dict[str, torch.Tensor]:
+        """Conversations (each ending with an assistant message) as a right-padded training batch:
+        input_ids, attention_mask, labels on every assistant turn and only there, prefix_at (B,)."""
+        rows = [self.chat_tokens(m, t) for m, t in zip(conversations, media_turns, strict=True)]
+        return build_chat_batch(rows, self.pad_id, self.max_length)
+
+    def encode_chat_prompts(
+        self, conversations: Sequence[Sequence[dict[str, Any]]], media_turns: Sequence[int]
+    ) -> dict[str, torch.Tensor]:
+        """Conversations (each ending with the user message to answer) as left-padded generation prompts
+        (input_ids, attention_mask, prefix_at)."""
+        rows = [
+            self.chat_tokens(m, t, generation=True) for m, t in zip(conversations, media_turns, strict=True)
+        ]
+        return build_chat_prompts(rows, self.pad_id)
 
     def batch_decode(self, ids: torch.Tensor) -> list[str]:
         """Decode each row of generated ids (B, N)."""

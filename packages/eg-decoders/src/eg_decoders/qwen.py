@@ -17,15 +17,18 @@ import dataclasses
 import importlib.util
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from eg_decoders.base import CONFIG_FILE, Decoder, DecoderOutput
+from eg_decoders.chat import ChatTokens, plain_chat_tokens, template_chat_tokens
 from eg_decoders.checks import check_choice, check_int, check_range, check_type
 from eg_decoders.errors import DecoderError, is_missing
 from eg_decoders.labels import answer_loss
+from eg_decoders.prefix import splice_prefix, take_text, text_only
 from eg_decoders.projector import PROJECTOR_KINDS
 
 if TYPE_CHECKING:
@@ -244,24 +247,42 @@ class QwenDecoder(Decoder):
             ids = ids[: ids.index(self.eos_id)]
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def chat_tokens(
+        self, messages: Sequence[dict[str, Any]], media_turn: int = 0, generation: bool = False
+    ) -> ChatTokens:
+        """The conversation through the tokenizer's chat template (with `system_prompt`) when it has one and
+        `use_chat_template`, else the plain role format (chat.py)."""
+        if self.config.use_chat_template and self.tokenizer.chat_template:
+            return template_chat_tokens(
+                self.tokenizer, messages, media_turn, generation, self.config.system_prompt
+            )
+
+        def encode(text: str) -> list[int]:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        return plain_chat_tokens(encode, [], self.eos_id, messages, media_turn, generation)
+
     def _inputs(
         self,
         prefix_embeds: torch.Tensor | None,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         prefix_mask: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """inputs_embeds (B, P + T, D) and attention_mask (B, P + T) of [projected prefix | text], and P."""
+        prefix_at: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """inputs_embeds (B, L, D) and attention_mask (B, L) of the text with the projected prefix spliced
+        in at prefix_at (None: first), and text_index (B, T) (see prefix.py)."""
         device = self._device()
         embeds = self.model.get_input_embeddings()(input_ids.to(device))  # (B, T, D)
-        mask = attention_mask.to(device).long()
+        mask = attention_mask.to(device)
         prefix = self.project_prefix(prefix_embeds.to(device) if prefix_embeds is not None else None)
         if prefix is None:
-            return embeds, mask, 0
-        if prefix_mask is None:
-            prefix_mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=device)
-        embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
-        return embeds, torch.cat([prefix_mask.to(device).long(), mask], dim=1), prefix.shape[1]
+            embeds, valid, text_index = text_only(embeds, mask)
+        else:
+            if prefix_mask is None:
+                prefix_mask = torch.ones(prefix.shape[:2], dtype=torch.bool, device=device)
+            embeds, valid, text_index = splice_prefix(prefix, prefix_mask.to(device), embeds, mask, prefix_at)
+        return embeds, valid.long(), text_index
 
     def forward(
         self,
@@ -270,14 +291,22 @@ class QwenDecoder(Decoder):
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
         prefix_mask: torch.Tensor | None = None,
+        prefix_at: torch.Tensor | None = None,
     ) -> DecoderOutput:
-        """prefix_embeds (B, P, prefix_dim) or None, input_ids/attention_mask/labels (B, T) -> DecoderOutput."""
-        embeds, mask, num_prefix = self._inputs(prefix_embeds, input_ids, attention_mask, prefix_mask)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L): left padding keeps real positions
+        """prefix_embeds (B, P, prefix_dim) or None, input_ids/attention_mask/labels (B, T) -> DecoderOutput.
+
+        prefix_mask (B, P): False removes a prefix token; prefix_at (B,): text tokens before the prefix
+        (None: the prefix comes first)."""
+        embeds, mask, text_index = self._inputs(
+            prefix_embeds, input_ids, attention_mask, prefix_mask, prefix_at
+        )
+        position_ids = (mask.cumsum(-1) - 1).clamp(
+            min=0
+        )  # (B, L): padding and masked prefix take no position
         out = self.model(
             inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False
         )
-        logits = out.logits[:, num_prefix:]  # (B, T, V)
+        logits = take_text(out.logits, text_index)  # (B, T, V)
         if labels is None:
             return DecoderOutput(loss=None, logits=logits)
         loss = answer_loss(logits, labels.to(logits.device))
@@ -295,15 +324,18 @@ class QwenDecoder(Decoder):
         top_k: int = 0,
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
+        prefix_mask: torch.Tensor | None = None,
+        prefix_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """New tokens (B, N <= max_new_tokens) after left-padded prompts, via HF generate with a KV cache.
 
-        `generator` is accepted for interface parity; HF sampling draws from the global RNG (seed it).
+        prefix_mask and prefix_at as in forward (HF takes positions from the attention mask, as forward
+        does). `generator` is accepted for interface parity; HF sampling draws from the global RNG (seed it).
         """
         was_training = self.training
         self.eval()
         mask = torch.ones_like(prompt_ids) if prompt_mask is None else prompt_mask
-        embeds, full_mask, _ = self._inputs(prefix_embeds, prompt_ids, mask, None)
+        embeds, full_mask, _ = self._inputs(prefix_embeds, prompt_ids, mask, prefix_mask, prefix_at)
         sampling = {"temperature": temperature, "top_k": top_k or None, "top_p": top_p} if do_sample else {}
         out = self.model.generate(
             inputs_embeds=embeds,

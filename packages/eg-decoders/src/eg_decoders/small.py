@@ -12,15 +12,18 @@ import abc
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from eg_decoders.base import CONFIG_FILE, Decoder, DecoderOutput, select_next_token
+from eg_decoders.chat import ChatTokens, plain_chat_tokens
 from eg_decoders.checks import check_choice, check_int, check_range
 from eg_decoders.errors import DecoderError, is_missing
 from eg_decoders.layers import KVCache, causal_attention_mask
+from eg_decoders.prefix import splice_prefix, text_only
 from eg_decoders.projector import PROJECTOR_KINDS
 from eg_decoders.tokenizer import ByteTokenizer
 
@@ -76,6 +79,13 @@ class SmallDecoder(Decoder):
     def answer_ids(self, answer: str) -> list[int]:
         return self.tokenizer.answer_ids(answer)
 
+    def chat_tokens(
+        self, messages: Sequence[dict[str, Any]], media_turn: int = 0, generation: bool = False
+    ) -> ChatTokens:
+        """The plain role format (chat.py), in bytes."""
+        tok = self.tokenizer
+        return plain_chat_tokens(tok.encode, [tok.bos_id], tok.eos_id, messages, media_turn, generation)
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
 
@@ -90,21 +100,22 @@ class SmallDecoder(Decoder):
         attention_mask: torch.Tensor,
         prefix_mask: torch.Tensor | None,
         num_before: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Token + position embeddings of [prefix | text]: x (B, L, D), valid (B, L) bool, P.
+        prefix_at: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token + position embeddings of the sequence, the prefix spliced in at `prefix_at` (B,) (None:
+        before the text): x (B, L, D), valid (B, L) bool, text_index (B, T) (see prefix.py).
 
         num_before (B,): valid positions already in a KV cache before this chunk (None: none).
         """
         x = self.tok_emb(input_ids)  # (B, T, D)
-        valid = attention_mask.bool()
-        num_prefix = 0
-        if prefix is not None:
-            num_prefix = prefix.shape[1]
+        if prefix is None:
+            x, valid, text_index = text_only(x, attention_mask)
+        else:
             if prefix_mask is None:
                 prefix_mask = torch.ones(prefix.shape[:2], dtype=torch.bool, device=prefix.device)
-            x = torch.cat([prefix.to(x.dtype), x], dim=1)  # (B, P + T, D)
-            valid = torch.cat([prefix_mask.bool(), valid], dim=1)
+            x, valid, text_index = splice_prefix(prefix, prefix_mask, x, attention_mask, prefix_at)
         # positions count valid tokens, so a left-padded prompt gets the same positions as an unpadded one
+        # and a masked prefix token is removed in effect
         counts = valid.long().cumsum(-1)  # (B, L)
         if num_before is not None:
             counts = counts + num_before[:, None]
@@ -114,7 +125,7 @@ class SmallDecoder(Decoder):
                 f"sequence of {int(positions.max()) + 1} positions exceeds max_seq_len "
                 f"{self.config.max_seq_len}; raise max_seq_len or shorten prefix/question/answer"
             )
-        return x + self.pos_emb(positions), valid, num_prefix
+        return x + self.pos_emb(positions), valid, text_index
 
     def _embed(
         self,
@@ -122,16 +133,21 @@ class SmallDecoder(Decoder):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         prefix_mask: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Token + position embeddings of [prefix | text]: x (B, L, D), attention mask (B, 1, L, L), P."""
-        x, valid, num_prefix = self._embed_valid(prefix, input_ids, attention_mask, prefix_mask)
-        return x, causal_attention_mask(valid), num_prefix
+        prefix_at: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token + position embeddings of the sequence: x (B, L, D), attention mask (B, 1, L, L),
+        text_index (B, T)."""
+        x, valid, text_index = self._embed_valid(
+            prefix, input_ids, attention_mask, prefix_mask, prefix_at=prefix_at
+        )
+        return x, causal_attention_mask(valid), text_index
 
     @abc.abstractmethod
     def _run(
-        self, x: torch.Tensor, mask: torch.Tensor, num_prefix: int, labels: torch.Tensor | None
+        self, x: torch.Tensor, mask: torch.Tensor, text_index: torch.Tensor, labels: torch.Tensor | None
     ) -> DecoderOutput:
-        """The trunk: embedded sequence (B, L, D) -> text logits (and losses when labels are given)."""
+        """The trunk: embedded sequence (B, L, D) -> logits (B, T, V) at the text positions `text_index`
+        (and losses when labels are given)."""
 
     @abc.abstractmethod
     def _last_logits(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -149,11 +165,18 @@ class SmallDecoder(Decoder):
         return KVCache(batch, capacity, device)
 
     def _extend(
-        self, cache: KVCache, prefix: torch.Tensor | None, ids: torch.Tensor, mask: torch.Tensor
+        self,
+        cache: KVCache,
+        prefix: torch.Tensor | None,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        prefix_mask: torch.Tensor | None = None,
+        prefix_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run a chunk ([prefix |] ids (B, S)) after the cached positions; return the next-token logits."""
+        """Run a chunk (ids (B, S), the prefix spliced in at prefix_at) after the cached positions; return
+        the next-token logits."""
         start = cache.length
-        x, valid, _ = self._embed_valid(prefix, ids, mask, None, num_before=cache.num_valid())
+        x, valid, _ = self._embed_valid(prefix, ids, mask, prefix_mask, cache.num_valid(), prefix_at)
         cache.valid[:, start : start + x.shape[1]] = valid
         logits = self._cached_last_logits(x, cache.chunk_mask(start, x.shape[1]), cache, start)
         cache.length = start + x.shape[1]
@@ -166,12 +189,16 @@ class SmallDecoder(Decoder):
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
         prefix_mask: torch.Tensor | None = None,
+        prefix_at: torch.Tensor | None = None,
     ) -> DecoderOutput:
-        """prefix_embeds (B, P, prefix_dim) or None, input_ids/attention_mask/labels (B, T) -> DecoderOutput."""
-        x, mask, num_prefix = self._embed(
-            self.project_prefix(prefix_embeds), input_ids, attention_mask, prefix_mask
+        """prefix_embeds (B, P, prefix_dim) or None, input_ids/attention_mask/labels (B, T) -> DecoderOutput.
+
+        prefix_mask (B, P): False removes a prefix token; prefix_at (B,): text tokens before the prefix
+        (None: the prefix comes first)."""
+        x, mask, text_index = self._embed(
+            self.project_prefix(prefix_embeds), input_ids, attention_mask, prefix_mask, prefix_at
         )
-        return self._run(x, mask, num_prefix, labels)
+        return self._run(x, mask, text_index, labels)
 
     @torch.no_grad()
     def generate(
@@ -186,10 +213,13 @@ class SmallDecoder(Decoder):
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        prefix_mask: torch.Tensor | None = None,
+        prefix_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """New tokens (B, N <= max_new_tokens) after left-padded prompts; pad after each row's eos.
 
-        use_cache=True runs the prompt once into a KV cache and then one position per token (cost linear
+        prefix_mask (B, P) and prefix_at (B,) as in forward: rows with different prefix lengths (a masked
+        tail) or prefix places batch together. use_cache=True runs the prompt once into a KV cache and then one position per token (cost linear
         in the length); False recomputes the whole sequence for every token (same tokens, for checks).
         """
         batch = prompt_ids.shape[0]
@@ -204,9 +234,9 @@ class SmallDecoder(Decoder):
         if use_cache:
             num_prefix = 0 if prefix is None else prefix.shape[1]
             cache = self._new_cache(batch, num_prefix + ids.shape[1] + max_new_tokens, ids.device)
-            logits = self._extend(cache, prefix, ids, mask)  # (B, V)
+            logits = self._extend(cache, prefix, ids, mask, prefix_mask, prefix_at)  # (B, V)
         else:
-            logits = self._last_logits(*self._embed(prefix, ids, mask, None)[:2])  # (B, V)
+            logits = self._last_logits(*self._embed(prefix, ids, mask, prefix_mask, prefix_at)[:2])  # (B, V)
         finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
         new_tokens = []
         for step in range(max_new_tokens):
@@ -221,7 +251,7 @@ class SmallDecoder(Decoder):
                 logits = self._extend(cache, None, token[:, None], ones)
             else:
                 ids, mask = torch.cat([ids, token[:, None]], dim=1), torch.cat([mask, ones], dim=1)
-                logits = self._last_logits(*self._embed(prefix, ids, mask, None)[:2])
+                logits = self._last_logits(*self._embed(prefix, ids, mask, prefix_mask, prefix_at)[:2])
         self.train(was_training)
         return self._finish_generation(torch.stack(new_tokens, dim=1))
 

@@ -11,6 +11,7 @@ from eg_decoders.base import DecoderOutput
 from eg_decoders.checks import check_type
 from eg_decoders.labels import answer_loss
 from eg_decoders.layers import Block, KVCache, RMSNorm
+from eg_decoders.prefix import take_text
 from eg_decoders.small import SmallDecoder, check_small
 
 
@@ -68,9 +69,9 @@ class TinyDecoder(SmallDecoder):
         return self.norm(x)  # (B, L, D)
 
     def _run(
-        self, x: torch.Tensor, mask: torch.Tensor, num_prefix: int, labels: torch.Tensor | None
+        self, x: torch.Tensor, mask: torch.Tensor, text_index: torch.Tensor, labels: torch.Tensor | None
     ) -> DecoderOutput:
-        logits = self.lm_head(self._hidden(x, mask)[:, num_prefix:])  # (B, T, V)
+        logits = self.lm_head(take_text(self._hidden(x, mask), text_index))  # (B, T, V)
         if labels is None:
             return DecoderOutput(loss=None, logits=logits)
         loss = answer_loss(logits, labels)

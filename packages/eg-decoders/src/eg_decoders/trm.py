@@ -42,6 +42,7 @@ from eg_decoders.checks import check_int, check_range, check_type
 from eg_decoders.errors import DecoderError, is_missing
 from eg_decoders.labels import IGNORE_INDEX, answer_loss
 from eg_decoders.layers import Block, KVCache, causal_attention_mask
+from eg_decoders.prefix import take_text
 from eg_decoders.small import SmallDecoder, check_small
 
 
@@ -206,7 +207,7 @@ class TRMDecoder(SmallDecoder):
         self,
         x: torch.Tensor,
         mask: torch.Tensor,
-        num_prefix: int,
+        text_index: torch.Tensor,
         labels: torch.Tensor | None,
         n_cycles: int | None = None,
     ) -> DecoderOutput:
@@ -216,13 +217,14 @@ class TRMDecoder(SmallDecoder):
         logits = x.new_zeros(0)
         for step in range(self.config.num_supervision_steps):
             y, z = self.recurse(x, y, z, mask, n_cycles)
-            logits = self.lm_head(y[:, num_prefix:])  # (B, T, V)
+            y_text = take_text(y, text_index)  # (B, T, D)
+            logits = self.lm_head(y_text)  # (B, T, V)
             if labels is not None:
                 ce = answer_loss(logits, labels)
                 loss = ce
                 parts[f"step_{step + 1}/answer_ce"] = ce.detach()
                 if self.halt_head is not None:
-                    halt = self._halt_loss(y[:, num_prefix:], logits, labels)
+                    halt = self._halt_loss(y_text, logits, labels)
                     loss = ce + self.config.halt_loss_weight * halt
                     parts[f"step_{step + 1}/halt_bce"] = halt.detach()
                 step_losses.append(loss)
@@ -245,8 +247,8 @@ class TRMDecoder(SmallDecoder):
         labels: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """forward() with T overridden (more or fewer cycles than trained, e.g. for test-time scaling)."""
-        x, mask, num_prefix = self._embed(self.project_prefix(prefix_embeds), input_ids, attention_mask, None)
-        return self._run(x, mask, num_prefix, labels, n_cycles)
+        x, mask, text_index = self._embed(self.project_prefix(prefix_embeds), input_ids, attention_mask, None)
+        return self._run(x, mask, text_index, labels, n_cycles)
 
     def _last_logits(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         y, z = self.initial_state(x)
