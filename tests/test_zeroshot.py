@@ -26,12 +26,12 @@ from apps.alignment.zeroshot import (
     text_classifier,
 )
 from apps.common.cli import train_main
+from apps.common.data_cli import data_main
 from apps.common.zeroshot_data import (
     BenchmarkDataError,
     read_split,
     read_templates,
     task_of,
-    write_demo_zeroshot,
     write_split,
     write_task,
 )
@@ -159,14 +159,14 @@ def test_open_clip_imagenet_names_and_templates_come_from_open_clip() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:WebDataset\\(shardshuffle:UserWarning")  # clip-benchmark's reader
-def test_demo_zeroshot_folder_in_clip_benchmarks_layout(demo_data: Path, tmp_path: Path) -> None:
+def test_demo_zeroshot_folder_in_clip_benchmarks_layout(demo_data: Path, tmp_path: Path, capsys) -> None:
     from clip_benchmark.datasets.builder import build_dataset
     from eg_data import read_all
     from eg_data.demo import WORDS
 
     out = tmp_path / "demo_zeroshot"
-    counts = write_demo_zeroshot(demo_data, out, splits=("val", "test"))
-    assert counts == {"val": 180, "test": 180}
+    assert data_main(["demo-zeroshot", "--input", str(demo_data), "--out", str(out)]) == 0  # apps/data's
+    assert json.loads(capsys.readouterr().out) == {"train": 1437, "val": 180, "test": 180}
     classnames, templates = task_of(out)
     assert classnames == list(WORDS)
     assert templates == ["a handwritten {c}", "the digit {c}", "handwritten number {c}", "{c}"]

@@ -46,7 +46,7 @@ def _default(field: dataclasses.Field) -> Any:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line: `demo`, `urls`, `speak` and `audio-captions`, each with --config FILE and
-    repeatable --set KEY=VALUE."""
+    repeatable --set KEY=VALUE; `demo-zeroshot` (--input, --out)."""
     from eg_data import AudioCaptionsConfig, DownloadConfig, SpeakConfig
 
     parser = argparse.ArgumentParser(prog="apps/data", description=__doc__.splitlines()[0])
@@ -81,6 +81,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     captions.add_argument("--input", required=True, help="a .csv or .jsonl table of audio files and captions")
     captions.add_argument("--audio-dir", required=True, help="folder the table's file paths are relative to")
     captions.add_argument("--out", required=True, help="output shard directory")
+    zeroshot = sub.add_parser(
+        "demo-zeroshot",
+        help="the demo's splits as a CLIP_benchmark zero-shot folder (image + spoken caption + cls per digit)",
+    )
+    zeroshot.add_argument("--input", default="data/demo", help="the demo dataset (default: data/demo)")
+    zeroshot.add_argument("--out", default="data/demo_zeroshot", help="output (default: data/demo_zeroshot)")
     for command in (demo, urls, speak, captions):
         command.add_argument("--config", metavar="FILE", help="YAML of the command's settings (optional)")
         command.add_argument(
@@ -101,7 +107,11 @@ def data_main(argv: Sequence[str] | None = None) -> int:
     def main() -> int:
         import eg_data
 
-        if args.command == "demo":
+        if args.command == "demo-zeroshot":
+            from apps.common.zeroshot_data import write_demo_zeroshot
+
+            report = write_demo_zeroshot(args.input, args.out)
+        elif args.command == "demo":
             cfg = load_config(DemoDataConfig, args.config, args.overrides)
             report = eg_data.build_demo_dataset(args.out, image_size=cfg.image_size, seed=cfg.seed)
         elif args.command == "urls":
