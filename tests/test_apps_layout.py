@@ -4,51 +4,24 @@ functions count too: a lazy import is still a dependency)."""
 
 from __future__ import annotations
 
-import ast
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from import_graph import find_circle
+from import_graph import import_graph as walk
 
 APPS = Path(__file__).resolve().parents[1] / "apps"
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(APPS.parent).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
 def import_graph() -> dict[str, set[str]]:
-    """{apps module: the apps modules it imports}; `from pkg import sub` counts as importing pkg.sub."""
-    modules = {_module_name(p): p for p in APPS.rglob("*.py") if "__main__" not in p.name}
-    graph: dict[str, set[str]] = {name: set() for name in modules}
-    for name, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text())):
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                for alias in node.names:
-                    sub = f"{node.module}.{alias.name}"
-                    targets.append(sub if sub in modules else node.module)
-            graph[name].update(t for t in targets if t in modules and t != name)
-    return graph
+    """{apps module: the apps modules it imports} (entry points `__main__.py` left out)."""
+    return walk(APPS, skip=("__main__",))
 
 
 def test_no_import_circle_under_apps() -> None:
-    graph = import_graph()
-    state: dict[str, int] = {}
-
-    def visit(node: str, stack: list[str]) -> None:
-        state[node] = 1
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt) :] + [nxt] if nxt in stack else [node, nxt]
-                raise AssertionError("import circle: " + " -> ".join(cycle))
-            if nxt not in state:
-                visit(nxt, stack + [nxt])
-        state[node] = 2
-
-    for module in sorted(graph):
-        if module not in state:
-            visit(module, [module])
+    circle = find_circle(import_graph())
+    assert circle is None, "import circle: " + " -> ".join(circle or [])
 
 
 def test_layers_common_below_stages() -> None:
