@@ -234,3 +234,24 @@ def test_bad_input_is_one_line_and_exit_2(trained: dict, tmp_path: Path, capsys)
     assert (
         done.returncode == 2 and done.stderr.strip().startswith("error: ") and "Traceback" not in done.stderr
     )
+
+
+def test_bench_evaluations_quick(trained: dict, tmp_path: Path) -> None:
+    """benchmarks/bench_evaluations.py runs through; its rows agree where the two tools must agree."""
+    out = tmp_path / "bench.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_evaluations.py"
+    args = [
+        "--checkpoint",
+        str(trained["checkpoints"] / "checkpoint_latest.pt"),
+        "--demo",
+        str(trained["demo"]),
+    ]
+    done = run_app(script, [*args, "--quick", "--out", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["dim"] for r in rows} == {32} and len(rows) == 3 + 2 * 6
+    for r in rows:
+        # a repeated caption is the one place they differ (image -> text over every test sample)
+        if not (r["task"] == "retrieval image->text" and r["data"].startswith("all")):
+            assert r["ours"] == pytest.approx(r["clip_benchmark"], abs=1e-3), r
+    assert "| zero-shot, images |" in done.stdout
