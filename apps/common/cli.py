@@ -106,7 +106,12 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
-        stage.train(cfg)
+        from eg_train import run_lock
+
+        # one run per checkpoint folder, taken before the run writes anything (rank 0 under torchrun); a second
+        # run is refused here in one line naming the folder and the holder's PID (RunLockedError, exit 2)
+        with run_lock(cfg.train.checkpoint_dir):
+            stage.train(cfg)
         return 0
 
     return run_guarded(main)

@@ -1,5 +1,5 @@
 """eg-train: a trainer for any nn.Module: torchrun/DDP, mixed precision, accumulation, crash-safe exact
-resume, observability (tensorboard, metrics.csv, plots, tqdm, optional wandb)."""
+resume, one run per checkpoint folder, observability (tensorboard, metrics.csv, plots, tqdm, optional wandb)."""
 
 from eg_train.checkpoint import load_checkpoint, load_model_weights
 from eg_train.config import TrainerConfig, WandbConfig
@@ -15,12 +15,16 @@ from eg_train.distributed import (
     shutdown_distributed,
 )
 from eg_train.errors import TrainError
+from eg_train.runlock import RunLockedError, run_lock
+from eg_train.state import RunState
 from eg_train.trainer import Trainer
 
 __version__ = "0.2.0"
 
 __all__ = [
     "DistInfo",
+    "RunLockedError",
+    "RunState",
     "TrainError",
     "Trainer",
     "TrainerConfig",
@@ -33,6 +37,7 @@ __all__ = [
     "is_distributed",
     "load_checkpoint",
     "load_model_weights",
+    "run_lock",
     "seed_everything",
     "shutdown_distributed",
 ]

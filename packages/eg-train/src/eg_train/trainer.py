@@ -43,6 +43,7 @@ from eg_train.errors import TrainError
 from eg_train.metrics import LogWindow, RunLoggers, import_wandb, progress_bar
 from eg_train.plots import PlotDrawer
 from eg_train.precision import autocast, check_precision, make_grad_scaler
+from eg_train.runlock import run_lock
 from eg_train.saving import CheckpointSaver
 from eg_train.schedule import build_optimizer, build_scheduler
 from eg_train.state import RunState, StateParts
@@ -131,7 +132,13 @@ class Trainer:
 
     # ---- public -------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train to max_steps/epochs (resuming per the config's `resume`); returns a summary dict."""
+        """Train to max_steps/epochs (resuming per the config's `resume`); returns a summary dict.
+
+        Holds the checkpoint folder's run lock meanwhile (rank 0): RunLockedError when another run has it."""
+        with run_lock(self.checkpoint_dir, self.dist.rank):
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         failed = True
         try:
             resumed = self._resume()
