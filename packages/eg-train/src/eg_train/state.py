@@ -220,6 +220,6 @@ def _restore_other_world_size(p: StateParts, path: Path, c: dict[str, Any]) -> s
     seed_everything(p.config.seed + p.dist.rank + p.run.step)
     _restore_generators(p.model, c["ranks"][0]["generators"], path)
     return (
-        f"resuming a {c['world_size']}-rank checkpoint on {p.dist.world_size} ranks: model, optimizer and "
-        f"schedule resume exactly; data order, RNG and the epoch's data report counts start afresh"
+        f"{path.name} was written by {c['world_size']} ranks, this run has {p.dist.world_size}: model, "
+        f"optimizer and schedule resume exactly; data order, RNG and the epoch's data report counts do not"
     )
