@@ -1,10 +1,10 @@
-"""A tiny random-init Qwen2-architecture model and tokenizer for the Qwen QA demo, written offline.
+"""The Qwen QA demo's tiny Qwen2: its settings (`demo_qwen:`) and when to write it; the writer is eg-decoders'.
 
-The tokenizer is a byte-level BPE (as Qwen's own) trained on the demo's questions and answers, with Qwen's
-special tokens and a ChatML chat template; the model is `Qwen2ForCausalLM` at a few hundred thousand
-parameters. Both are saved in the Hugging Face layout, so the decoder loads them through `model_name`
-exactly as it would load a hub id. Written once into `dir` (a manifest records the settings and the corpus
-size; changed settings rewrite them).
+`eg_decoders.debug.write_qwen2` writes a random-init `Qwen2ForCausalLM` and a byte-level BPE tokenizer
+(Qwen's special tokens, a ChatML chat template) in the Hugging Face layout, so the decoder loads them
+through `model_name` exactly as it would a hub id. Here the tokenizer is trained on the demo's questions
+and answers, and the pair is written once into `dir` (a manifest records the settings and the corpus size;
+changed settings rewrite them).
 """
 
 from __future__ import annotations
@@ -16,11 +16,6 @@ from pathlib import Path
 from apps.common.config import ConfigError
 
 MANIFEST = "demo_qwen.json"
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 @dataclass
@@ -69,9 +64,7 @@ def write_demo_qwen(cfg: DemoQwenConfig, texts: list[str]) -> bool:
 
     Returns True when it wrote them.
     """
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from eg_decoders.debug import write_qwen2
 
     folder = Path(cfg.dir)
     stamp = {**asdict(cfg), "num_texts": len(texts)}
@@ -79,36 +72,7 @@ def write_demo_qwen(cfg: DemoQwenConfig, texts: list[str]) -> bool:
     if manifest.is_file() and json.loads(manifest.read_text()) == stamp:
         return False
     folder.mkdir(parents=True, exist_ok=True)
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=cfg.vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    chat_words = ["user", "assistant", "system", "\n"]
-    bpe.train_from_iterator(sorted(set(texts)) + chat_words, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE
-    )
-    tokenizer.save_pretrained(str(folder))
-    torch.manual_seed(cfg.seed)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-        initializer_range=cfg.init_std,
-    )
-    Qwen2ForCausalLM(config).save_pretrained(str(folder))
+    sizes = {k: v for k, v in asdict(cfg).items() if k != "dir"}
+    write_qwen2(str(folder), texts, **sizes)
     manifest.write_text(json.dumps(stamp, indent=2))
     return True

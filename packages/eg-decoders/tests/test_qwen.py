@@ -13,13 +13,8 @@ for _module in ("transformers", "peft", "tokenizers"):
     pytest.importorskip(_module, reason=QWEN_EXTRA)
 
 from eg_decoders import DecoderError, QwenDecoder, QwenDecoderConfig, count_trainable, load_decoder
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from eg_decoders.debug import write_qwen2
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS = 64, 128, 2, 4, 2
 QUESTIONS = ["what is shown?", "what is shown?"]
 ANSWERS = ["a red cat", "two dogs"]
@@ -29,32 +24,18 @@ ANSWERS = ["a red cat", "two dogs"]
 def model_dir(tmp_path_factory):
     """A tiny Qwen2 + byte-level BPE tokenizer (chat template, Qwen's special tokens) in HF format."""
     path = str(tmp_path_factory.mktemp("tiny-qwen"))
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator(["what is shown? a red cat, two dogs, user assistant system"] * 20, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE
-    )
-    tokenizer.save_pretrained(path)
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
+    fields = write_qwen2(
+        path,
+        ["what is shown? a red cat, two dogs"],
+        vocab_size=300,
         hidden_size=HIDDEN,
         intermediate_size=INTERMEDIATE,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        num_kv_heads=KV_HEADS,
         max_position_embeddings=256,
-        tie_word_embeddings=False,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
-    Qwen2ForCausalLM(config).save_pretrained(path)
+    assert fields == {"model_name": path}
     return path
 
 
@@ -217,3 +198,21 @@ def test_without_lora_only_the_projector_trains(model_dir):
     batch = decoder.encode_qa(QUESTIONS, ANSWERS)
     decoder(torch.randn(2, 3, 16), **batch).loss.backward()
     assert all(p.grad is None for p in decoder.model.parameters())
+
+
+def test_debug_qwen2_is_its_seed_alone(tmp_path):
+    """write_qwen2: the same seed writes the same bytes, another seed other weights; torch's RNG untouched."""
+    texts = ["what is shown? a red cat, two dogs"]
+    before = torch.get_rng_state()
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        write_qwen2(str(tmp_path / name), texts, seed=seed, vocab_size=300, num_layers=1)
+    assert torch.equal(torch.get_rng_state(), before)
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert "model.safetensors" in files and "tokenizer.json" in files
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    weights = [(tmp_path / n / "model.safetensors").read_bytes() for n in ("a", "c")]
+    assert weights[0] != weights[1]
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (
+        tmp_path / "c" / "tokenizer.json"
+    ).read_bytes()
