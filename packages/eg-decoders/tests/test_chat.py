@@ -135,12 +135,6 @@ def test_rows_of_different_prefix_lengths_and_places_batch_together(kind: str) -
 
 
 # ---- a chat template (Qwen) ------------------------------------------------------------------
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory):
     """A tiny random-init Qwen2 with a byte-level BPE tokenizer and a ChatML template, loaded as a hub id."""
@@ -149,41 +143,22 @@ def qwen(tmp_path_factory):
             module, reason="the Qwen decoder needs the extra: pip install 'eg-decoders[qwen]'"
         )
     from eg_decoders import QwenDecoderConfig
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from eg_decoders.debug import write_qwen2
 
     path = str(tmp_path_factory.mktemp("chat-qwen"))
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
+    texts = [m["content"] for m in CHAT + OTHER]
+    written = write_qwen2(
+        path,
+        texts,
         vocab_size=320,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    corpus = [m["content"] for m in CHAT + OTHER] + ["user assistant system"]
-    bpe.train_from_iterator(corpus * 20, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE
-    )
-    tokenizer.save_pretrained(path)
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        initializer_range=0.2,
+        num_heads=2,
+        num_kv_heads=1,
+        init_std=0.2,
     )
-    Qwen2ForCausalLM(config).save_pretrained(path)
-    settings = {"model_name": path, "dtype": "float32", "lora_r": 2, "lora_alpha": 4, "lora_dropout": 0.0}
-    return QwenDecoderConfig(**settings, prefix_dim=8, system_prompt="be brief").build().eval()
+    settings = {"dtype": "float32", "lora_r": 2, "lora_alpha": 4, "lora_dropout": 0.0, "prefix_dim": 8}
+    return QwenDecoderConfig(**written, **settings, system_prompt="be brief").build().eval()
 
 
 def test_the_chat_template_labels_cover_exactly_the_assistant_turns(qwen) -> None:
