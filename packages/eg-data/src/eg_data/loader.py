@@ -21,11 +21,11 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from eg_data.buffers import BatchPool, shared_empty
-from eg_data.config import LoaderConfig
 from eg_data.errors import DataError
 from eg_data.order import StreamPlan, plan_stream, stream_range
 from eg_data.report import BAD_REASONS, REPORT_KEY, SHARD_FAULTS, EpochReport
 from eg_data.samples import Row, decode_sample, place, row_strings, row_values, tensor_fields
+from eg_data.settings import LoaderSettings
 from eg_data.shards import AUDIO_EXTS, IMAGE_EXTS, iter_raw_samples, load_index, starts_like_tar
 
 SLOT_KEY = "__slot__"  # a batch sent as (stream, pool slot, rows) instead of its tensors
@@ -38,7 +38,7 @@ Buffers = tuple[int | None, dict[str, torch.Tensor]]  # (pool slot or None, full
 class ShardDataset(IterableDataset):
     """Yields the batches of one rank; each loader worker plays one stream of the epoch plan."""
 
-    def __init__(self, cfg: LoaderConfig, rank: int, world_size: int):
+    def __init__(self, cfg: LoaderSettings, rank: int, world_size: int):
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.shards = load_index(cfg.shard_dir)
@@ -271,7 +271,7 @@ class ShardLoader:
     `qa_pairs: all` the batch count depends on the data and `len()` raises TypeError.
     """
 
-    def __init__(self, cfg: LoaderConfig, rank: int | None = None, world_size: int | None = None):
+    def __init__(self, cfg: LoaderSettings, rank: int | None = None, world_size: int | None = None):
         cfg.validate()  # again: the config may have been changed since it was constructed
         if cfg.sources:
             raise DataError("sources are set: a mixture is read by MixtureLoader (LoaderConfig.build())")

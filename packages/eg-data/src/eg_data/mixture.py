@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from eg_data.config import LoaderConfig
 from eg_data.errors import DataError
 from eg_data.loader import ShardLoader
 from eg_data.order import plan_rng
 from eg_data.report import merge_data_reports
+from eg_data.settings import LoaderSettings
 
 MIX_STREAM = -1  # plan_rng part of the source draws (the loader's streams use 1 + stream >= 1)
 # data_report() key: {source name: {"earlier": report of its passes finished this epoch, "current": report
@@ -53,7 +53,7 @@ class MixtureLoader:
     continues them after a resume.
     """
 
-    def __init__(self, cfg: LoaderConfig, rank: int | None = None, world_size: int | None = None):
+    def __init__(self, cfg: LoaderSettings, rank: int | None = None, world_size: int | None = None):
         cfg.validate()
         if not cfg.sources:
             raise DataError("sources is empty; a MixtureLoader needs at least one source")

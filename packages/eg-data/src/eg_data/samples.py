@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from eg_data.config import LoaderConfig
+from eg_data.settings import LoaderSettings
 from eg_data.shards import AUDIO_EXTS, IMAGE_EXTS
 from eg_data.transforms import (
     decode_audio,
@@ -48,7 +48,7 @@ def _qa_pairs(meta: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def decode_sample(
-    raw: dict[str, Any], cfg: LoaderConfig, epoch: int, image_out: torch.Tensor | None = None
+    raw: dict[str, Any], cfg: LoaderSettings, epoch: int, image_out: torch.Tensor | None = None
 ) -> tuple[dict[str, Any] | None, str]:
     """Decode and transform one raw sample; returns (sample, "") or (None, bad reason).
 
@@ -122,7 +122,7 @@ def decode_sample(
     return out, ""
 
 
-def tensor_fields(cfg: LoaderConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+def tensor_fields(cfg: LoaderSettings) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Per-row shape and dtype of each batch tensor (those of the configured modalities, the presence
     masks, the label and the QA pair index)."""
     fields: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}

@@ -1,19 +1,17 @@
-"""`LoaderConfig`: how a shard directory, or a weighted mixture of several (`sources`), becomes batches.
-Validated when constructed (plain field types, so OmegaConf structured configs can hold it); `build()`
-makes the `ShardLoader`, or the `MixtureLoader` of a config with sources."""
+"""The settings of a loader: how a shard directory, or a weighted mixture of several (`sources`), becomes
+batches. `LoaderSettings` holds the fields and their validation (plain field types, so OmegaConf
+structured configs can hold it); it is what the implementation (samples, loader, mixture) reads, and it
+imports none of it. `LoaderConfig` (config.py) adds `build()` on top, so the imports run one way:
+config -> mixture -> loader -> samples -> settings."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Self
 
 from eg_data.errors import MISSING, DataError, is_missing
 from eg_data.transforms import AudioTransformConfig, ImageTransformConfig
-
-if TYPE_CHECKING:
-    from eg_data.loader import ShardLoader
-    from eg_data.mixture import MixtureLoader
 
 MODALITIES = ("image", "audio", "text", "qa")
 MODES = ("train", "eval")
@@ -62,8 +60,8 @@ class SourceConfig:
 
 
 @dataclass
-class LoaderConfig:
-    """How a shard directory (or a mixture of sources) becomes batches."""
+class LoaderSettings:
+    """How a shard directory (or a mixture of sources) becomes batches: the fields of `LoaderConfig`."""
 
     shard_dir: str = DEFAULT_SHARD_DIR
     """Folder of .tar shards to read (left unset when `sources` is given)."""
@@ -186,7 +184,7 @@ class LoaderConfig:
                         "have; with sources, list in required only what every source has"
                     )
 
-    def source_configs(self) -> dict[str, LoaderConfig]:
+    def source_configs(self) -> dict[str, Self]:
         """{source name: the single-folder config that reads it}: this config's settings with the
         source's shard_dir, requiring of its samples what the source has (of `modalities`). The mixture
         loader reads these; an app evaluates a source's val_dir/test_dir with them."""
@@ -208,14 +206,3 @@ class LoaderConfig:
         if not self.sources:
             return [self.shard_dir]
         return [s.label for s in self.sources if all(m in s.modalities for m in modalities)]
-
-    def build(self, rank: int | None = None, world_size: int | None = None) -> ShardLoader | MixtureLoader:
-        """The loader of this config: a `ShardLoader`, or with sources a `MixtureLoader` (rank and world
-        size from torch.distributed when not given)."""
-        if self.sources:
-            from eg_data.mixture import MixtureLoader
-
-            return MixtureLoader(self, rank=rank, world_size=world_size)
-        from eg_data.loader import ShardLoader
-
-        return ShardLoader(self, rank=rank, world_size=world_size)
