@@ -97,3 +97,66 @@ def test_validation_mrl_is_the_expected_training_draw(workdir, overrides, dims_p
     assert torch.allclose(out["vision_text/mrl"], expected, atol=1e-6)
     if dims_per_step == 1:
         assert torch.allclose(out["vision_text/mrl"], torch.stack(per_dim).mean(), atol=1e-6)
+
+
+def _infonce_02(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """eg-losses 0.2's InfoNCE written out: two matmuls, -inf masks, cross-entropy over the valid rows."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    labels, mask = torch.arange(a.shape[0]), ~valid[None, :]
+    loss_ab = F.cross_entropy(
+        (scale * a @ b.T).masked_fill(mask, float("-inf"))[valid], labels[valid], reduction="sum"
+    )
+    loss_ba = F.cross_entropy(
+        (scale * b @ a.T).masked_fill(mask, float("-inf"))[valid], labels[valid], reduction="sum"
+    )
+    return (loss_ab + loss_ba) / (2 * valid.sum().clamp(min=1))
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, {"losses.sample_single_mrl_dim": True}, {"losses.num_sampled_mrl_dims": 2}]
+)
+def test_fused_pair_loss_equals_the_two_terms_computed_apart(workdir, overrides) -> None:
+    """Training mode: the pair loss (contrastive at max_dim taken from the fused MRL pass, + MRL at the drawn
+    dims) equals 0.25 x InfoNCE + 1.0 x MRL computed dim by dim with the 0.2 formula, and so do the gradients
+    of the embeddings and of every pair's temperature (1e-5 relative), with text-dropout rows masked."""
+    cfg, model, batch = _model_and_batch(workdir, **overrides)
+    model.train()
+    batch["text_present"] = torch.ones(len(batch["key"]), dtype=torch.bool)
+    batch["text_present"][[1, 5, 6]] = False  # captions removed by text dropout
+    with torch.no_grad():
+        fixed = {m: z.detach() for m, z in model.embed(batch).items()}
+    z = {m: t.clone().requires_grad_() for m, t in fixed.items()}
+    model.embed = lambda _batch: z  # the loss part alone, on fixed embeddings
+    draws = {p: torch.Generator().set_state(model.mrl[p].generator.get_state()) for p in model.pairs}
+    out = model(batch)
+    out["loss"].backward()
+    ref_z = {m: t.clone().requires_grad_() for m, t in fixed.items()}
+    scales = {p: model.contrastive[p].log_logit_scale.detach().clone().requires_grad_() for p in model.pairs}
+    expected = torch.zeros(())
+    for pair in model.pairs:
+        first, second = pair.split("_")
+        valid = model.present(batch, first, len(batch["key"]), "cpu") & model.present(
+            batch, second, 64, "cpu"
+        )
+        mrl = model.mrl[pair]
+        k = 1 if cfg.losses.sample_single_mrl_dim else cfg.losses.num_sampled_mrl_dims
+        picked = torch.randperm(len(mrl.dims), generator=draws[pair])[:k].tolist() if k else range(3)
+        a, b, scale = ref_z[first], ref_z[second], scales[pair].exp()
+        con = _infonce_02(a, b, valid, scale)
+        mrl_term = sum(
+            mrl.weights[i] * _infonce_02(a[:, : mrl.dims[i]], b[:, : mrl.dims[i]], valid, scale)
+            for i in sorted(picked)
+        )
+        torch.testing.assert_close(out[f"{pair}/contrastive"], con, rtol=1e-5, atol=1e-5 * con.abs().item())
+        torch.testing.assert_close(out[f"{pair}/mrl"], mrl_term, rtol=1e-5, atol=1e-5 * mrl_term.abs().item())
+        expected = expected + cfg.losses.contrastive * con + cfg.losses.mrl * mrl_term
+    expected.backward()
+    torch.testing.assert_close(out["loss"], expected, rtol=1e-5, atol=0.0)
+    for m, grad in ((m, t.grad) for m, t in z.items()):
+        top = ref_z[m].grad.abs().max().item()
+        torch.testing.assert_close(grad, ref_z[m].grad, rtol=1e-5, atol=1e-5 * top)
+    assert z["text"].grad[[1, 5, 6]].abs().sum() == 0  # dropped captions take no part
+    assert z["vision"].grad[[1, 5, 6]].abs().sum() > 0  # their images still do, in vision_audio
+    for pair in model.pairs:
+        grad, ref = model.contrastive[pair].log_logit_scale.grad, scales[pair].grad
+        torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-5 * ref.abs().item())

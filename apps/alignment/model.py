@@ -17,7 +17,6 @@ import dataclasses
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from eg_encoders import MatryoshkaConfig, PoolingConfig
 from eg_losses import MatryoshkaLossConfig, resolve_mrl_dims
 from eg_resampler import PerceiverResamplerConfig
@@ -188,17 +187,12 @@ class AlignmentModel(nn.Module):
             report = bool(valid.any())
             a, b = z[first], z[second]  # (B, max_dim) each
             pair_loss = any_z.new_zeros(())
-            if w_con > 0:
-                con = self.contrastive[pair](a, b, valid=valid)
+            con, mrl = self._pair_terms(pair, a, b, valid)
+            if con is not None:
                 if report:
                     out[f"{pair}/contrastive"] = con
                 pair_loss = pair_loss + w_con * con
-            if w_mrl > 0:
-                mrl = (
-                    self.mrl[pair](a, b, valid=valid)
-                    if self.training
-                    else self._mrl_all_dims(pair, a, b, valid)
-                )
+            if mrl is not None:
                 if report:
                     out[f"{pair}/mrl"] = mrl
                 pair_loss = pair_loss + w_mrl * mrl
@@ -207,20 +201,30 @@ class AlignmentModel(nn.Module):
         out["loss"] = total
         return out
 
-    def _mrl_all_dims(self, pair: str, a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """The MRL loss in eval mode: every dim, drawing nothing, on the training loss's scale.
+    def _pair_terms(
+        self, pair: str, a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(contrastive term at max_dim, MRL term) of one pair, unweighted; None for a term weighted 0.
 
-        Training sums the weighted losses of the k dims it draws out of n (k = n when all are used), so its
-        expected value is k/n times the weighted sum over all dims; validation reports exactly that (the
-        full sum when every dim is trained, the mean when one dim is drawn), so both curves share an axis.
+        Both come from one fused pass of eg-losses (`MatryoshkaLoss.losses_at`): the contrastive term is
+        the InfoNCE at max_dim of the same module, so it is taken from that pass (it is MRL's top dim when
+        max_dim is among the dims) rather than computed a second time.
+
+        In eval mode the MRL term uses every dim, drawing nothing, on the training loss's scale: training
+        sums the weighted losses of the k dims it draws out of n (k = n when all are used), so its expected
+        value is k/n times the weighted sum over all dims; validation reports exactly that (the full sum
+        when every dim is trained, the mean when one dim is drawn), so both curves share an axis.
         """
+        w_con, w_mrl = self.cfg.losses.contrastive, self.cfg.losses.mrl
+        if w_mrl <= 0:
+            return (self.contrastive[pair](a, b, valid=valid) if w_con > 0 else None), None
         mrl = self.mrl[pair]
-        total = a.new_zeros(())
-        for dim, weight in zip(mrl.dims, mrl.weights):
-            total = total + weight * mrl.loss(
-                F.normalize(a[:, :dim], dim=-1), F.normalize(b[:, :dim], dim=-1), valid=valid
-            )
-        return total * (self.mrl_dims_per_step / len(mrl.dims))
+        dims = mrl.select_dims() if self.training else list(mrl.dims)
+        parts = mrl.losses_at(a, b, [*dims, self.max_dim] if w_con > 0 else dims, valid=valid)
+        total = mrl.weighted_sum({d: parts[d] for d in dims})
+        if not self.training:
+            total = total * (self.mrl_dims_per_step / len(mrl.dims))
+        return (parts[self.max_dim] if w_con > 0 else None), total
 
     def param_groups(self, default_lr: float) -> list[dict[str, Any]]:
         """AdamW groups: each tower's trainable encoder weights at its `lr` (-1 = default), the rest at default.

@@ -1,9 +1,10 @@
 """Run by test_distributed.py in a fresh interpreter: 2 gloo ranks on CPU against one process.
 
 Usage: python distributed_equivalence.py OUT.pt. For each case, every rank trains a tiny pair of linear
-"encoders" on its slice of one global batch, backpropagates the contrastive loss, and all-reduces the
-mean of its gradients (what DDP does). The main process computes the same loss on the whole batch
-without torch.distributed. Everything goes to OUT.pt for the test to compare.
+"encoders" on its slice of one global batch, backpropagates the contrastive (or Matryoshka) loss, and
+all-reduces the mean of its gradients (what DDP does). The main process computes the same loss on the whole
+batch with eg-losses 0.2's formula written out (eg_losses_reference.py), without torch.distributed and
+without the library's loss code. Everything goes to OUT.pt for the test to compare.
 """
 
 import socket
@@ -13,16 +14,22 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from eg_losses import ContrastiveLoss, ContrastiveLossConfig, MatryoshkaLoss, MatryoshkaLossConfig
+from eg_losses_reference import reference_infonce, reference_mrl
 
 WORLD = 2
 IN_DIM, EMBED_DIM = 6, 8
-# name -> (local_loss, rows per rank, drop these global rows via the valid mask, wrap in Matryoshka)
+MRL = {"dims": [2, 4, 8], "weights": [0.5, 1.0, 2.0]}
+# name -> (local_loss, rows per rank, drop these global rows via the valid mask, Matryoshka settings or None)
 CASES = {
-    "full": (False, [3, 3], [], False),
-    "local": (True, [3, 3], [], False),
-    "full_uneven_masked": (False, [3, 2], [1, 4], False),
-    "local_uneven_masked": (True, [3, 2], [1, 4], False),
-    "local_matryoshka_masked": (True, [3, 3], [0, 5], True),
+    "full": (False, [3, 3], [], None),
+    "local": (True, [3, 3], [], None),
+    "full_uneven_masked": (False, [3, 2], [1, 4], None),
+    "local_uneven_masked": (True, [3, 2], [1, 4], None),
+    "local_matryoshka_masked": (True, [3, 3], [0, 5], MRL),
+    "full_matryoshka_uneven_masked": (False, [4, 3], [1, 5], MRL),
+    "local_matryoshka_uneven_masked": (True, [4, 3], [1, 5], MRL),
+    "full_matryoshka_one_dim": (False, [3, 3], [2], {**MRL, "sample_single_mrl_dim": True, "seed": 1}),
+    "local_matryoshka_two_dims": (True, [4, 3], [2], {**MRL, "num_sampled_dims": 2, "seed": 2}),
 }
 
 
@@ -31,8 +38,8 @@ def _build(case: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torc
     torch.manual_seed(0)
     encoders = torch.nn.ModuleList([torch.nn.Linear(IN_DIM, EMBED_DIM), torch.nn.Linear(IN_DIM, EMBED_DIM)])
     loss = ContrastiveLoss(ContrastiveLossConfig(local_loss=local_loss))
-    if matryoshka:
-        loss = MatryoshkaLoss(loss, EMBED_DIM, MatryoshkaLossConfig(dims=[2, 4, 8], weights=[0.5, 1.0, 2.0]))
+    if matryoshka is not None:
+        loss = MatryoshkaLoss(loss, EMBED_DIM, MatryoshkaLossConfig(**matryoshka))
     model = torch.nn.ModuleDict({"encoders": encoders, "loss": loss})
     n = sum(sizes)
     x, y = torch.randn(n, IN_DIM), torch.randn(n, IN_DIM)
@@ -72,11 +79,23 @@ def _rank_main(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _reference_loss(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """The loss of the whole batch by the 0.2 formula, with the model's encoders and temperature parameter."""
+    a, b = model["encoders"][0](x), model["encoders"][1](y)
+    loss = model["loss"]
+    if isinstance(loss, MatryoshkaLoss):  # the same seeded draw as the ranks make
+        weight_of = dict(zip(loss.dims, loss.weights))
+        return reference_mrl(a, b, valid, loss.loss.log_logit_scale.exp(), loss.select_dims(), weight_of)[0]
+    return reference_infonce(a, b, valid, loss.log_logit_scale.exp())
+
+
 def main(out: str) -> None:
     reference = {}
     for case in CASES:
         model, x, y, valid = _build(case)
-        loss = _loss(model, x, y, valid)
+        loss = _reference_loss(model, x, y, valid)
         loss.backward()
         reference[case] = {"loss": loss.detach(), "grads": _grads(model)}
     with socket.socket() as s:

@@ -53,8 +53,8 @@ def gather_with_grad(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor
     if pad:
         x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])])  # (B_max, D)
         valid = torch.cat([valid, valid.new_zeros(pad)])
-    gathered = _AllGatherWithGrad.apply(x)  # (W, B_max, D)
-    # The mask needs no gradient; gloo cannot all_gather bool tensors, hence the uint8 round trip.
-    masks = [torch.empty(max_size, dtype=torch.uint8, device=x.device) for _ in range(world)]
-    dist.all_gather(masks, valid.to(torch.uint8))
-    return gathered.flatten(0, 1), torch.cat(masks).bool(), rank * max_size
+    # The mask travels as one more column of the same collective (0/1 are exact in any float dtype; its
+    # gradient is dropped), so a gather is one all_gather of the data after the one of the sizes.
+    packed = torch.cat([x, valid.to(x.dtype)[:, None]], dim=1)  # (B_max, D + 1)
+    gathered = _AllGatherWithGrad.apply(packed).flatten(0, 1)  # (W * B_max, D + 1)
+    return gathered[:, :-1], gathered[:, -1] > 0.5, rank * max_size

@@ -6,6 +6,11 @@ sum over the dims used this step: all of them, one drawn at random (`sample_sing
 drawn at random (`num_sampled_dims`). Draws come from the module's own seeded generator, whose state
 is part of the module's state_dict, so a resumed run draws the same dims as an uninterrupted one and
 every rank (same seed, same number of steps) draws the same dims.
+
+Wrapping a `ContrastiveLoss`, the dims are scored in one fused pass (`ContrastiveLoss.nested_losses`: one
+gather, logits built up block by block over the width), equal to the per-dim loop to float rounding; any
+other loss gets the per-dim loop. `losses_at` scores any set of dims, so an application that also uses the
+full-width loss on its own (CLIP's term beside MRL's) takes it from the same pass.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eg_losses.contrastive import ContrastiveLoss
 from eg_losses.errors import LossError, is_missing
 
 DEFAULT_MRL_DIMS = [128, 256, 512, 1024, 2048, 4096]
@@ -150,20 +156,39 @@ class MatryoshkaLoss(nn.Module):
 
         a, b: (B, embed_dim). kwargs (e.g. `valid`) go to the wrapped loss unchanged.
         """
+        parts = self.losses_at(a, b, self.select_dims(), **kwargs)
+        return self.weighted_sum(parts), parts
+
+    def weighted_sum(self, parts: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Sum of weight(d) * parts[d] over the dims of `parts` (each one of `dims`), in increasing order."""
+        weight_of = dict(zip(self.dims, self.weights))
+        total = next(iter(parts.values())).new_zeros(())
+        for d in sorted(parts):
+            total = total + weight_of[d] * parts[d]
+        return total
+
+    def losses_at(
+        self, a: torch.Tensor, b: torch.Tensor, dims: list[int], **kwargs: Any
+    ) -> dict[int, torch.Tensor]:
+        """Return {d: unweighted wrapped loss at prefix width d} for each d of `dims` (any widths 1..embed_dim).
+
+        a, b: (B, embed_dim). A wrapped ContrastiveLoss scores all of them in one fused pass; any other loss
+        is called once per dim on the re-normalized prefixes. Draws nothing from the generator.
+        """
         if a.shape[-1] != self.embed_dim or b.shape[-1] != self.embed_dim:
             raise LossError(
                 f"matryoshka loss was built for embed_dim {self.embed_dim}, got embeddings of width "
                 f"{a.shape[-1]} and {b.shape[-1]}"
             )
-        weight_of = dict(zip(self.dims, self.weights))
+        dims = sorted(set(dims))
+        if isinstance(self.loss, ContrastiveLoss):
+            return dict(zip(dims, self.loss.nested_losses(a, b, dims, **kwargs)))
         parts: dict[int, torch.Tensor] = {}
-        total = a.new_zeros(())
-        for d in self.select_dims():
+        for d in dims:
             a_d = F.normalize(a[..., :d], dim=-1)  # (B, d)
             b_d = F.normalize(b[..., :d], dim=-1)  # (B, d)
             parts[d] = self.loss(a_d, b_d, **kwargs)
-            total = total + weight_of[d] * parts[d]
-        return total, parts
+        return parts
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """Return the weighted sum of the wrapped loss over this step's dims (a scalar)."""
