@@ -76,7 +76,7 @@ def test_training_logs_zeroshot_equal_to_apps_evaluate(trained: dict) -> None:
     assert {"zeroshot/vision/8/acc1", "zeroshot/audio/32/mean_per_class_recall"} <= set(summary)
     # checkpoint_best.pt is the validation with the best zero-shot mean top-1 (the first on a tie)
     best = max(rows, key=lambda r: float(r["val/zeroshot/mean_acc1"]))
-    saved = torch.load(trained["checkpoints"] / "checkpoint_best.pt", map_location="cpu", weights_only=False)
+    saved = torch.load(trained["checkpoints"] / "checkpoint_best.pt", map_location="cpu", weights_only=True)
     assert saved["best_metric"] == "val/zeroshot/mean_acc1" and saved["step"] == int(best["step"])
     table = done.stdout.splitlines()
     assert table[1].split() == ["modality", "dim", "top-1", "top-5", "per-class", "recall"]
