@@ -131,8 +131,9 @@ def alignment_step_flops(
     total += linear_flops(batch, w, max_dim, "both")  # vision projection (pooling upstream trains)
     total += frozen_encoder_flops(text, batch, text_len)
     total += linear_flops(batch, text.width, max_dim, "weight")  # text projection (frozen tower upstream)
-    # logits a @ b.T and b @ a.T (both need input gradients): at max_dim, and at the mean MRL dim
+    # logits a @ b.T (both need input gradients; b @ a.T is its transpose, eg-losses computes one product):
+    # at max_dim, and at the mean MRL dim
     mean_dim = sum(mrl_dims) / len(mrl_dims)
-    total += 2 * linear_flops(batch, max_dim, batch, "both")
-    total += int(2 * linear_flops(batch, 1, batch, "both") * mean_dim)
+    total += linear_flops(batch, max_dim, batch, "both")
+    total += int(linear_flops(batch, 1, batch, "both") * mean_dim)
     return total
