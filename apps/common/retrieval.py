@@ -55,13 +55,14 @@ def ranked_metrics(
     top = min(max(ks), num)
     values, order = sims.topk(top, dim=1)  # (C, K), sorted by score, descending
     rel_top = relevant.gather(1, order).double()  # (C, K); arbitrary inside the last group, not read there
-    positions = torch.arange(top).expand(num_queries, top)  # (C, K), 0-based
+    device = sims.device
+    positions = torch.arange(top, device=device).expand(num_queries, top)  # (C, K), 0-based
     new_group = torch.ones_like(values, dtype=torch.bool)
     new_group[:, 1:] = values[:, 1:] != values[:, :-1]
     group = new_group.long().cumsum(dim=1) - 1  # (C, K) group index inside the kept positions
     start = (positions * new_group).cummax(dim=1).values  # (C, K) first position of the item's group
-    size = torch.zeros(num_queries, top, dtype=torch.float64).scatter_add_(1, group, torch.ones_like(rel_top))
-    hits = torch.zeros(num_queries, top, dtype=torch.float64).scatter_add_(1, group, rel_top)
+    size = torch.zeros_like(rel_top).scatter_add_(1, group, torch.ones_like(rel_top))
+    hits = torch.zeros_like(rel_top).scatter_add_(1, group, rel_top)
     size, hits = size.gather(1, group), hits.gather(1, group)
     last = values[:, -1:]  # (C, 1): its group may reach past the kept positions; count it in the whole row
     in_last = values == last
@@ -80,12 +81,12 @@ def ranked_metrics(
     out = {}
     for k in ks:
         within = rank <= k
-        cutoff = torch.clamp(torch.minimum(num_relevant, torch.tensor(float(k))), min=1)  # min(R, k)
+        cutoff = num_relevant.clamp(min=1, max=k)  # min(R, k)
         ap = (rel_times_hits_above / rank * within).sum(dim=1) / cutoff
         dcg = (p_rel * discount * within).sum(dim=1)
         ndcg = dcg / ideal[(cutoff.long() - 1).clamp(max=top - 1)]
         none = num_relevant == 0
-        out[k] = (ap.masked_fill(none, math.nan), ndcg.masked_fill(none, math.nan))
+        out[k] = (ap.masked_fill(none, math.nan).cpu(), ndcg.masked_fill(none, math.nan).cpu())
     return out
 
 
@@ -128,12 +129,13 @@ def direction_metrics(
         top1[start:stop] = sims.argmax(dim=1)
         paired = torch.zeros_like(sims, dtype=torch.bool)
         paired[rows, torch.arange(start, stop)] = True
-        for k, (ap, ndcg) in ranked_metrics(sims.cpu(), paired.cpu(), ranked_ks).items():
+        for k, (ap, ndcg) in ranked_metrics(sims, paired, ranked_ks).items():
             ranked[k][0, start:stop], ranked[k][1, start:stop] = ap, ndcg
         if labels is not None:
-            query_labels = labels[start:stop].unsqueeze(1)  # (C, 1)
-            same = (labels.unsqueeze(0) == query_labels) & (query_labels >= 0)  # (C, N)
-            for k, (ap, ndcg) in ranked_metrics(sims.cpu(), same, ranked_ks).items():
+            on_device = labels.to(sims.device)
+            query_labels = on_device[start:stop].unsqueeze(1)  # (C, 1)
+            same = (on_device.unsqueeze(0) == query_labels) & (query_labels >= 0)  # (C, N)
+            for k, (ap, ndcg) in ranked_metrics(sims, same, ranked_ks).items():
                 label_ranked[k][0, start:stop], label_ranked[k][1, start:stop] = ap, ndcg
     metrics = {f"recall@{k}": float((ranks <= k).double().mean()) for k in RECALL_KS}
     metrics["median_rank"] = float(ranks.median())
