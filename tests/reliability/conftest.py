@@ -1,5 +1,6 @@
-"""Fixtures of the reliability suite: small splits cut from the demo data (session) and one uninterrupted
-reference run per MRL mode (session, built on first use), which every test compares against."""
+"""Fixtures of the reliability suite: small splits cut from the demo data (session), one uninterrupted
+reference run per MRL mode (session, built on first use), which every test compares against, and an
+uninterrupted 2-rank (torchrun, gloo) reference run."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reliability_runs import (
+    DDP_OVERRIDES,
     MAX_STEPS,
     MODES,
     base_config,
@@ -55,3 +57,16 @@ def reference(suite_root: Path) -> Callable[[str], Path]:
         return done[mode]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def ddp_reference(suite_root: Path) -> Path:
+    """The workdir of an uninterrupted 2-rank torchrun run of the suite's stage 1 (`DDP_OVERRIDES`); its
+    checkpoint is also the stage 1 of the 2-rank stage-2 runs."""
+    workdir = suite_root / "reference_ddp"
+    workdir.mkdir()
+    config = write_config(workdir, base_config(suite_root, **DDP_OVERRIDES))
+    result = run_train(config, workdir, nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert checkpoint_step(checkpoint_dir(workdir) / "checkpoint_latest.pt") == MAX_STEPS
+    return workdir

@@ -4,10 +4,12 @@ comparisons of checkpoints (every value torch.load gives, tensors with torch.equ
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,22 +85,36 @@ def base_config(root: Path, **overrides: Any) -> dict[str, Any]:
     return cfg
 
 
-def checkpoint_dir(workdir: Path) -> Path:
-    return workdir / "checkpoints" / NAME
+def checkpoint_dir(workdir: Path, name: str = NAME) -> Path:
+    return workdir / "checkpoints" / name
 
 
-def metrics_path(workdir: Path) -> Path:
-    return workdir / "outputs" / NAME / "metrics.csv"
+def metrics_path(workdir: Path, name: str = NAME) -> Path:
+    return workdir / "outputs" / name / "metrics.csv"
 
 
-def train_command(config: Path) -> list[str]:
-    return [sys.executable, str(TRAIN_SCRIPT), "--config", str(config)]
+def train_command(config: Path, nproc: int = 1) -> list[str]:
+    """`apps/train --config config`, under `torchrun --standalone --nproc_per_node nproc` when nproc > 1."""
+    if nproc == 1:
+        return [sys.executable, str(TRAIN_SCRIPT), "--config", str(config)]
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    return [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        str(TRAIN_SCRIPT),
+        "--config",
+        str(config),
+    ]
 
 
-def run_train(config: Path, workdir: Path, timeout: float = 300, env: dict[str, str] | None = None):
-    """Run the train app to its end in `workdir`; returns the completed process (text output)."""
+def run_train(
+    config: Path, workdir: Path, timeout: float = 300, env: dict[str, str] | None = None, nproc: int = 1
+) -> subprocess.CompletedProcess:
+    """Run the train app to its end in `workdir` (on `nproc` gloo ranks); returns the completed process."""
     return subprocess.run(
-        train_command(config),
+        train_command(config, nproc),
         check=False,
         cwd=workdir,
         env=env or app_env(),
@@ -116,13 +132,35 @@ def checkpoint_step(path: Path) -> int:
         return -1
 
 
-def run_and_kill(config: Path, workdir: Path, at_step: int, timeout: float = 300) -> int:
-    """Start the train app, SIGKILL its process group (workers included) as soon as checkpoint_latest.pt
-    shows step >= `at_step`, and return the step of the checkpoint left behind."""
-    latest = checkpoint_dir(workdir) / "checkpoint_latest.pt"
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (Linux /proc): torchrun starts each rank in a session of its own, so
+    killing torchrun's process group would leave the ranks running."""
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return [d for c in children for d in (c, *descendants(c))]
+
+
+def kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL `proc`'s process group and every descendant (ranks, loader workers) at once: a lost node."""
+    victims = descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def run_and_kill(
+    config: Path, workdir: Path, at_step: int, timeout: float = 300, nproc: int = 1, name: str = NAME
+) -> int:
+    """Start the train app (on `nproc` ranks), SIGKILL it with every process it started as soon as
+    checkpoints/<name>/checkpoint_latest.pt shows step >= `at_step`; returns the step of the checkpoint
+    left behind."""
+    latest = checkpoint_dir(workdir, name) / "checkpoint_latest.pt"
     log = (workdir / f"killed_at_{at_step}.log").open("w")
     proc = subprocess.Popen(
-        train_command(config),
+        train_command(config, nproc),
         cwd=workdir,
         env=app_env(),
         stdout=log,
@@ -137,10 +175,10 @@ def run_and_kill(config: Path, workdir: Path, at_step: int, timeout: float = 300
             time.sleep(0.02)
         alive = proc.poll() is None
         if alive:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_job(proc)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_job(proc)
         proc.wait()
         log.close()
     output = (workdir / f"killed_at_{at_step}.log").read_text()[-3000:]
@@ -183,7 +221,7 @@ def assert_checkpoints_equal(reference: Path, other: Path) -> None:
     assert names == sorted(p.name for p in other.glob("checkpoint_*.pt"))
     for name in names:
         diff = differences(load(reference / name), load(other / name))
-        assert not diff, f"{name}: {len(diff)} values differ, e.g. {diff[:5]}"
+        assert not diff, f"{name}: {len(diff)} values differ, the first at {diff[0]} (then {diff[1:5]})"
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -210,3 +248,7 @@ MODES: dict[str, dict[str, Any]] = {
     "single_dim": {"losses.sample_single_mrl_dim": True},
     "two_of_three": {"losses.num_sampled_mrl_dims": 2},
 }
+
+# The 2-rank runs: each rank reads 20 of the 40 training samples in batches of 4 (5 steps an epoch), so the
+# 8 steps cross an epoch boundary and a kill lands mid-epoch; MRL draws 2 of 3 dims from the loss's generator.
+DDP_OVERRIDES: dict[str, Any] = {**MODES["two_of_three"], "data.train.batch_size": 4}
