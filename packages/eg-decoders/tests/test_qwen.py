@@ -2,6 +2,7 @@
 disk and loaded through the same path as a hub id: LoRA, 8/4-bit on CPU, prefix use, eos, save/load."""
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -83,7 +84,13 @@ def test_chat_template_wraps_the_question(model_dir):
 @pytest.mark.parametrize("quantization", ["8bit", "4bit"])
 def test_quantized_forward_backward_on_cpu(model_dir, quantization):
     pytest.importorskip("bitsandbytes", reason=QWEN_EXTRA)
-    decoder = QwenDecoder(config(model_dir, quantization=quantization, gradient_checkpointing=True)).train()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        decoder = QwenDecoder(
+            config(model_dir, quantization=quantization, gradient_checkpointing=True)
+        ).train()
+    assert [str(w.message) for w in caught] == []  # no deprecation of peft/transformers reaches the user
+    assert any(getattr(m, "gradient_checkpointing", False) for m in decoder.model.modules())  # still on
     linear = decoder.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
     assert type(linear).__name__ == ("Linear8bitLt" if quantization == "8bit" else "Linear4bit")
     assert decoder.projector.net[0].weight.dtype == torch.float32  # never quantized

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from eg_decoders import quiet
 from eg_decoders.base import CONFIG_FILE, Decoder, DecoderOutput
 from eg_decoders.chat import ChatTokens, plain_chat_tokens, template_chat_tokens
 from eg_decoders.checks import check_choice, check_int, check_range, check_type
@@ -40,6 +41,8 @@ DTYPE_NAMES = ("bfloat16", "float16", "float32")
 # what the Qwen decoder imports (the `qwen` extra); the last two only for 8/4-bit loading
 QWEN_MODULES = ("transformers", "peft", "bitsandbytes", "accelerate")
 QWEN_EXTRA_INSTALL = "pip install 'eg-decoders[qwen]'"
+
+quiet.drop_bitsandbytes_kernels_warning()  # before anything imports bitsandbytes: see quiet.py
 
 
 @dataclass
@@ -159,33 +162,32 @@ class QwenDecoder(Decoder):
                     f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
                 )
                 kwargs.update(quantization_config=quantization, device_map={"": device})
-            model = AutoModelForCausalLM.from_pretrained(config.model_name, **kwargs)
+            with quiet.quiet_progress_bars():
+                model = AutoModelForCausalLM.from_pretrained(config.model_name, **kwargs)
         except OSError as err:
             raise DecoderError(
                 f"model_name '{config.model_name}' could not be loaded (not a local model directory, "
                 f"not in the Hugging Face cache, or offline): {str(err).splitlines()[0]}"
             ) from err
         if quantization is not None:
-            model = prepare_model_for_kbit_training(
-                model,
-                use_gradient_checkpointing=config.gradient_checkpointing,
-                gradient_checkpointing_kwargs={"use_reentrant": False},
-            )
+            # checkpointing is switched on below: peft's own call is transformers 5's deprecated alias
+            # (a FutureWarning in the user's terminal); with use_reentrant=False that call is all it adds
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         else:
             model.requires_grad_(False)
-            if config.gradient_checkpointing:
-                # transformers 5 renamed gradient checkpointing to activation checkpointing
-                enable = getattr(model, "activation_checkpointing_enable", None)
-                if enable is not None:
-                    enable({"use_reentrant": False})
-                else:
-                    model.gradient_checkpointing_enable(
-                        gradient_checkpointing_kwargs={"use_reentrant": False}
-                    )
+        if config.gradient_checkpointing:
+            # transformers 5 renamed gradient checkpointing to activation checkpointing
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable({"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if quantization is None:
                 model.enable_input_require_grads()
         if config.use_lora:
             try:
-                model = get_peft_model(model, self._lora_config())
+                with quiet.no_checkpointing_alias_warning():
+                    model = get_peft_model(model, self._lora_config())
             except ValueError as err:  # peft: a target module name matches nothing in the model
                 raise DecoderError(
                     f"lora_target_modules {config.lora_target_modules}: {str(err).splitlines()[0]}"
