@@ -6,12 +6,14 @@ from eg_encoders.audio import AudioEncoder, AudioEncoderConfig, AudioSpec, Whisp
 from eg_encoders.common import EncoderError, EncoderOutput
 from eg_encoders.matryoshka import MatryoshkaConfig, MatryoshkaProjection, truncate_normalize
 from eg_encoders.pooling import AttentionPooling, ClsPooling, MeanPooling, PoolingConfig
+from eg_encoders.pretrained import AlignedEncoders, PretrainedError
 from eg_encoders.text import OpenClipTextEncoder, TextEncoder, TextEncoderConfig
 from eg_encoders.vision import ImageSpec, VisionEncoder, VisionEncoderConfig
 
 __version__ = "0.3.0"
 
 __all__ = [
+    "AlignedEncoders",
     "AttentionPooling",
     "AudioEncoder",
     "AudioEncoderConfig",
@@ -25,6 +27,7 @@ __all__ = [
     "MeanPooling",
     "OpenClipTextEncoder",
     "PoolingConfig",
+    "PretrainedError",
     "TextEncoder",
     "TextEncoderConfig",
     "VisionEncoder",

@@ -1,0 +1,110 @@
+"""apps/export on a tiny trained stage-1 model: the folder loads with eg-encoders' AlignedEncoders and
+embeds the held-out samples exactly as the apps' Embedder does from the checkpoint (every modality, every
+dim); exporting twice gives the same model.safetensors bytes; the model card carries the run's figures;
+bad input (no such checkpoint, a checkpoint of another kind, a non-empty output folder) is one line, exit 2."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: conftest's helpers
+from apps.alignment.embed import Embedder
+from conftest import REPO, TRAIN_SCRIPT, run_app, tiny_config, write_config
+
+pytestmark = pytest.mark.slow
+EXPORT_SCRIPT = REPO / "apps" / "export" / "__main__.py"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> dict:
+    """A 4-step tiny model (the demo's three towers, the audio resampler) and its export."""
+    workdir = tmp_path_factory.mktemp("export")
+    config = write_config(workdir, tiny_config(workdir, demo_data))
+    done = run_app(TRAIN_SCRIPT, ["--config", str(config)], workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    checkpoint = workdir / "checkpoints" / "tiny" / "checkpoint_latest.pt"
+    out = workdir / "exported"
+    done = run_app(EXPORT_SCRIPT, ["--checkpoint", str(checkpoint), "--out", str(out)], workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"workdir": workdir, "checkpoint": checkpoint, "out": out, "stdout": done.stdout}
+
+
+def test_export_embeds_as_the_embedder(trained: dict, demo_data: Path) -> None:
+    from eg_data import read_all
+    from eg_data.transforms import decode_audio
+    from eg_encoders import AlignedEncoders
+
+    embedder = Embedder.from_checkpoint(trained["checkpoint"])
+    model = AlignedEncoders.from_pretrained(trained["out"])
+    assert model.dims == embedder.dims == [8, 16, 32]
+    samples = read_all(demo_data / "test")[:70]  # more than one batch of eval.batch_size 60
+    images = [Image.open(io.BytesIO(s["png"])) for s in samples]
+    waves = [decode_audio(s["flac"]) for s in samples]
+    texts = [s["txt"].decode() if isinstance(s["txt"], bytes) else s["txt"] for s in samples]
+    for dim in model.dims:
+        for ours, theirs in (
+            (model.embed_images(images, dim=dim), embedder.embed_images(images, dim=dim)),
+            (model.embed_audio(waves, dim=dim), embedder.embed_audio(waves, dim=dim)),
+            (model.embed_texts(texts, dim=dim), embedder.embed_texts(texts, dim=dim)),
+        ):
+            assert ours.shape == (70, dim)
+            torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_folder_is_self_contained_and_card_has_the_run(trained: dict) -> None:
+    out = trained["out"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["source"]["step"] == 4 and config["pairs"] == ["vision_text", "audio_text", "vision_audio"]
+    assert config["towers"]["audio"]["resampler"]["num_latents"] == 4
+    assert set(config["versions"]) >= {"eg-encoders", "eg-resampler"}
+    for name, tower in config["towers"].items():
+        for key in tower["folder_paths"]:
+            assert (out / tower["encoder"][key]).exists(), (name, key)
+        text = json.dumps(tower["encoder"])
+        assert str(trained["workdir"]) not in text, f"{name} reads outside the folder: {text}"
+    card = (out / "README.md").read_text()
+    eval_report = json.loads((trained["workdir"] / "outputs" / "tiny" / "eval.json").read_text())
+    r1 = eval_report["retrieval"]["audio_text"]["16"]["audio_to_text"]["recall@1"]
+    assert f"| audio_text | audio_to_text | 16 | {r1:.3f} |" in card
+    assert "AlignedEncoders.from_pretrained" in card and "steps: 4" in card
+
+
+def test_export_twice_same_bytes(trained: dict, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    done = run_app(EXPORT_SCRIPT, ["--checkpoint", str(trained["checkpoint"]), "--out", str(again)], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first = (trained["out"] / "model.safetensors").read_bytes()
+    assert (again / "model.safetensors").read_bytes() == first
+
+
+def test_bad_input_is_one_line_exit_2(trained: dict, tmp_path: Path) -> None:
+    ckpt = trained["checkpoint"]
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["run_config"] = {**state["run_config"], "stage": "qa"}
+    other = tmp_path / "qa.pt"
+    torch.save(state, other)
+    cases = [
+        (
+            ["--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "a")],
+            r"none.pt: no such checkpoint",
+        ),
+        (
+            ["--checkpoint", str(other), "--out", str(tmp_path / "b")],
+            r"qa.pt: not a stage-1 \(alignment\) checkpoint",
+        ),
+        (["--checkpoint", str(ckpt), "--out", str(trained["out"])], r"exported: the output folder exists"),
+    ]
+    for args, pattern in cases:
+        done = run_app(EXPORT_SCRIPT, args, tmp_path)
+        assert done.returncode == 2, done.stderr[-2000:]
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+        assert re.search(pattern, lines[0]), lines[0]
