@@ -1,9 +1,11 @@
-"""Tiny random-init backbones of the real kinds (open_clip ViT, Whisper, sentence-transformers) for the demo.
+"""The stage-1 demo's tiny backbones: their settings (`demo_models:`) and when to write them; the writers are
+eg-encoders' (`eg_encoders.debug`), as the Qwen writer is eg-decoders' (`apps/qa/demo_qwen.py`).
 
-eg-encoders' debug flavours write them in the on-disk formats the pretrained models come in, so the demo
-loads them through the same public paths as real weights. They are written once into
-`demo_models.dir` (a manifest records the settings; changed settings rewrite them). The text model's
-WordPiece vocabulary is built from the training captions, so it needs the data first.
+`eg_encoders.debug` writes tiny random-init backbones of the real kinds (open_clip ViT, Whisper,
+sentence-transformers) in the on-disk formats the pretrained models come in, so the demo loads them through
+the same public paths as real weights. Here they are written once into `demo_models.dir` (a manifest per
+part records the settings; changed settings rewrite that part). The text model's WordPiece vocabulary is
+built from the training captions, so it needs the data first.
 
 Written files (with the defaults): `<dir>/vision/eg-debug-vit-i32-p8-w64-l2.{json,pt}`,
 `<dir>/audio/eg-debug-whisper.pt`, `<dir>/text/` (a sentence-transformers directory).
