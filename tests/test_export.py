@@ -108,3 +108,24 @@ def test_bad_input_is_one_line_exit_2(trained: dict, tmp_path: Path) -> None:
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
         assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_apps_read_the_folder_as_the_checkpoint(trained: dict, demo_data: Path, tmp_path: Path) -> None:
+    """One loading path: the Embedder and the search index built from the folder equal the checkpoint's."""
+    from apps.alignment.search import SearchIndex, search_main
+
+    folder, ckpt = Embedder.from_checkpoint(trained["out"]), Embedder.from_checkpoint(trained["checkpoint"])
+    assert folder.fingerprint == ckpt.fingerprint and folder.dims == ckpt.dims
+    assert folder.aligned.step == ckpt.aligned.step == 4
+    texts = ["a small seven", "one"]
+    torch.testing.assert_close(folder.project_texts(texts), ckpt.project_texts(texts), atol=1e-6, rtol=0)
+    indexes = {}
+    for name, source in (("folder", trained["out"]), ("checkpoint", trained["checkpoint"])):
+        indexes[name] = tmp_path / f"{name}.npz"
+        argv = ["index", "--checkpoint", str(source), "--shards", str(demo_data / "test")]
+        assert search_main([*argv, "--out", str(indexes[name])]) == 0
+    a, b = SearchIndex.load(indexes["folder"]), SearchIndex.load(indexes["checkpoint"])
+    assert a.keys == b.keys
+    torch.testing.assert_close(
+        torch.as_tensor(a.embeddings), torch.as_tensor(b.embeddings), atol=1e-6, rtol=0
+    )

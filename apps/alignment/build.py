@@ -105,12 +105,39 @@ def config_of_checkpoint(checkpoint: str | Path) -> AlignmentConfig:
 def load_aligned(checkpoint: str | Path, device: str | torch.device = "cpu") -> Aligned:
     """Rebuild the stage-1 model from the config stored in `checkpoint` and load its weights strictly.
 
+    A folder written by apps/export is read by `load_exported` (the same towers, through eg-encoders).
     A key missing from the checkpoint, a key the rebuilt model lacks, or a shape that differs is a one-line
     error naming the key and the file (never a silently random tower). The backbone files the config names
     (pretrained weights of frozen parts) must be where they were when the model was trained.
     """
+    if Path(checkpoint).is_dir():
+        return load_exported(checkpoint, device)
     cfg = config_of_checkpoint(checkpoint)
     model = build_model(cfg)
     meta = load_model_weights(model, checkpoint)
     model.to(device).eval().requires_grad_(False)
     return Aligned(config=cfg, model=model, checkpoint=str(checkpoint), step=int(meta.get("step") or 0))
+
+
+def load_exported(folder: str | Path, device: str | torch.device = "cpu") -> Aligned:
+    """The stage-1 model of an apps/export folder: its towers from `AlignedEncoders.from_pretrained` (the
+    one loading path eg-encoders users have), its run config from config.json's `run_config` (encoder paths
+    resolved inside the folder), so the Embedder, search and stage 2 read the folder as they read a .pt."""
+    from eg_encoders import AlignedEncoders
+
+    encoders = AlignedEncoders.from_pretrained(folder)
+    raw = dict(encoders.config.get("run_config") or {})
+    where = f"{Path(folder) / 'config.json'}"
+    if "model" not in raw:
+        raise ConfigError(f"{where}: run_config is missing (export it again with apps/export)")
+    raw["model"] = dict(raw["model"])
+    for name, tower in encoders.config["towers"].items():
+        encoder = dict(tower["encoder"])
+        for key in tower.get("folder_paths", []):
+            encoder[key] = str(Path(folder) / encoder[key])
+        raw["model"][name] = {**raw["model"][name], "encoder": encoder}
+    cfg = build_config(AlignmentConfig, raw, f"{where} (run_config)")
+    model = AlignmentModel(cfg, encoders.towers)
+    model.to(device).eval().requires_grad_(False)
+    step = int((encoders.config.get("source") or {}).get("step") or 0)
+    return Aligned(config=cfg, model=model, checkpoint=str(folder), step=step)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from eg_encoders.pretrained import WEIGHTS_NAME, preprocess_entry, save_pretrained, tower_state_dict
-from eg_train import load_model_weights
+from eg_train import load_checkpoint, load_model_weights
 
 from apps.alignment.build import Aligned, build_model, config_of_checkpoint
 from apps.common.config import ConfigError
@@ -140,12 +140,20 @@ def export_stage1(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
         name: tower_entry(name, getattr(cfg.model, name), tower, out) for name, tower in model.towers.items()
     }
     dims = sorted(set(model.mrl_dims) | set(eval_dims(cfg, model.mrl_dims)))
+    # the run's config for the apps (Embedder, search, stage 2): no demo assets to write, each tower's
+    # encoder as exported (build.load_exported resolves its paths inside the folder)
+    run_config = dict(load_checkpoint(checkpoint)["run_config"], demo_models=None)
+    run_config["model"] = {
+        **run_config["model"],
+        **{name: {**run_config["model"][name], "encoder": towers[name]["encoder"]} for name in towers},
+    }
     config = {
         "towers": towers,
         "projection": dataclasses.asdict(cfg.model.projection),
         "dims": dims,
         "pairs": list(cfg.model.pairs),
         "batch_size": int(cfg.eval.batch_size),
+        "run_config": run_config,
         "versions": package_versions(),
         "source": {
             "checkpoint": str(checkpoint),
