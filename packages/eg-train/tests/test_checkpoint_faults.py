@@ -84,3 +84,26 @@ def test_a_failed_final_save_stops_the_run(toy, tmp_path, monkeypatch):
     assert message.startswith("the final checkpoint (step 8) could not be written to")
     assert "the newest one there is from step 6" in message and "\n" not in message
     assert eg_train.load_checkpoint(tmp_path / "checkpoints" / ck.LATEST)["step"] == 6
+
+
+class _Crash(BaseException):
+    """A process killed right after a file landed (not an OSError: nothing may catch it)."""
+
+
+def test_when_latest_shows_a_step_its_step_file_and_best_are_already_on_disk(tmp_path, monkeypatch):
+    """A resume starts from checkpoint_latest.pt and never redoes its step: a crash just after latest was
+    replaced must not leave that step's step file or best unwritten (the run would never write them)."""
+    real = ck.atomic_write
+    ck.write_checkpoint(tmp_path, b"step 2", 2, latest=True, best=True, keep_last_n=3)
+
+    def crash_after_latest(path: Path, data: bytes) -> None:
+        real(path, data)
+        if path.name == ck.LATEST:
+            raise _Crash
+
+    monkeypatch.setattr(ck, "atomic_write", crash_after_latest)
+    with pytest.raises(_Crash):
+        ck.write_checkpoint(tmp_path, b"step 4", 4, latest=True, best=True, keep_last_n=3)
+    assert (tmp_path / ck.LATEST).read_bytes() == b"step 4"
+    assert (tmp_path / ck.step_file_name(4)).read_bytes() == b"step 4"
+    assert (tmp_path / ck.BEST).read_bytes() == b"step 4"

@@ -177,12 +177,15 @@ def prune_step_files(folder: Path, keep_last_n: int) -> None:
 def write_checkpoint(
     folder: Path, data: bytes, step: int, latest: bool, best: bool, keep_last_n: int
 ) -> None:
-    """Write serialized state as checkpoint_latest.pt (+ a step file when keep_last_n > 0) and/or best."""
-    names = [LATEST] if latest else []
-    if latest and keep_last_n > 0:
-        names.append(step_file_name(step))
+    """Write serialized state as checkpoint_latest.pt (+ a step file when keep_last_n > 0) and/or best.
+
+    checkpoint_latest.pt is written last: a resume starts from it and never redoes its step, so a crash
+    after it but before the step file or best would lose those files for good (best's step included)."""
+    names = [step_file_name(step)] if latest and keep_last_n > 0 else []
     if best:
         names.append(BEST)
+    if latest:
+        names.append(LATEST)
     for name in names:
         atomic_write(folder / name, data)
     if latest and keep_last_n > 0:
