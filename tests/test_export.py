@@ -129,3 +129,28 @@ def test_apps_read_the_folder_as_the_checkpoint(trained: dict, demo_data: Path, 
     torch.testing.assert_close(
         torch.as_tensor(a.embeddings), torch.as_tensor(b.embeddings), atol=1e-6, rtol=0
     )
+
+
+def test_onnx_report_on_the_test_split(trained: dict, tmp_path: Path) -> None:
+    """`--onnx` on the export: graphs and int8 copies written; PyTorch's R@1 equals the run's eval.json,
+    onnxruntime fp32 agrees with PyTorch to 1e-4; the printed table carries the figures."""
+    out = tmp_path / "model"
+    import shutil
+
+    shutil.copytree(trained["out"], out)
+    done = run_app(EXPORT_SCRIPT, ["--out", str(out), "--onnx", "--dim", "16"], trained["workdir"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.strip() == "", done.stderr  # no third-party noise
+    report = json.loads((out / "onnx" / "report.json").read_text())
+    eval_report = json.loads((trained["workdir"] / "outputs" / "tiny" / "eval.json").read_text())
+    assert report["samples"] == eval_report["num_samples"] == 180
+    for key, value in report["recall@1"]["torch"].items():
+        pair, direction = key.split("/")
+        assert value == pytest.approx(
+            eval_report["retrieval"][pair]["16"][direction]["recall@1"], abs=1e-9
+        ), key
+    assert max(report["max_abs_diff_fp32_vs_torch"].values()) < 1e-4
+    for name in ("vision", "audio", "text"):
+        files = report["files"][name]
+        assert Path(files["int8"]).is_file() and files["int8_bytes"] < files["fp32_bytes"]
+    assert "R@1" in done.stdout and "int8" in done.stdout

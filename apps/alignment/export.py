@@ -261,17 +261,45 @@ def export_main(argv: list[str] | None = None) -> int:
     from apps.common.cli import run_guarded
 
     parser = argparse.ArgumentParser(prog="apps/export", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="a stage-1 checkpoint (.pt)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="a new folder to write")
+    parser.add_argument("--checkpoint", metavar="CKPT", help="a stage-1 checkpoint (.pt) to export")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="a new folder (with --onnx alone: an export)"
+    )
+    parser.add_argument("--onnx", action="store_true", help="also write ONNX fp32 + int8 graphs to DIR/onnx")
+    parser.add_argument(
+        "--dim", type=int, help="the Matryoshka dim of the ONNX graphs (default the smallest)"
+    )
+    parser.add_argument(
+        "--split-dir", metavar="DIR", help="held-out shards for the ONNX R@1 (default data.test_dir)"
+    )
     args = parser.parse_args(argv)
 
     def main() -> int:
-        config = export_stage1(args.checkpoint, args.out)
-        size = (Path(args.out) / WEIGHTS_NAME).stat().st_size
-        print(
-            f"exported {', '.join(config['towers'])} towers of {args.checkpoint} (step "
-            f"{config['source']['step']}) to {args.out}: {WEIGHTS_NAME} {size / 1e6:.1f} MB, dims {config['dims']}"
-        )
+        if args.checkpoint is None and not args.onnx:
+            raise ExportError("--checkpoint is required (only --onnx may run on an existing export folder)")
+        if args.checkpoint is not None:
+            config = export_stage1(args.checkpoint, args.out)
+            size = (Path(args.out) / WEIGHTS_NAME).stat().st_size
+            print(
+                f"exported {', '.join(config['towers'])} towers of {args.checkpoint} (step "
+                f"{config['source']['step']}) to {args.out}: {WEIGHTS_NAME} {size / 1e6:.1f} MB, dims "
+                f"{config['dims']}"
+            )
+        if args.onnx:
+            from apps.alignment.export_onnx import format_report, onnx_report
+
+            split = args.split_dir or _test_dir(Path(args.out))
+            print(format_report(onnx_report(args.out, split, args.dim)))
         return 0
 
     return run_guarded(main)
+
+
+def _test_dir(folder: Path) -> str:
+    """data.test_dir of the run config stored in an export folder."""
+    from eg_encoders.pretrained import read_config
+
+    test_dir = ((read_config(folder).get("run_config") or {}).get("data") or {}).get("test_dir")
+    if not test_dir:
+        raise ExportError(f"{folder / 'config.json'}: run_config has no data.test_dir; pass --split-dir")
+    return str(test_dir)

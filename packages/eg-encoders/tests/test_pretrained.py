@@ -185,3 +185,39 @@ def test_weights_not_matching_the_config_are_named(exported: dict, tmp_path: Pat
     save_file(more, str(folder / "model.safetensors"))
     with pytest.raises(PretrainedError, match=r"vision.extra is not a weight of the configured towers"):
         AlignedEncoders.from_pretrained(folder)
+
+
+def test_onnx_graphs_equal_torch_at_any_batch(exported: dict, tmp_path: Path) -> None:
+    """fp32 graphs under onnxruntime equal the loaded model's embeddings (atol 1e-4) on a batch size and
+    text lengths other than the traced ones; the int8 copy is smaller and close."""
+    pytest.importorskip("onnxruntime")
+    from eg_encoders.onnx_export import export_onnx, quantize_int8, run_onnx, text_features
+    from eg_encoders.preprocess import audio_log_mel, image_pixels
+
+    model = AlignedEncoders.from_pretrained(exported["folder"])
+    paths = export_onnx(model, tmp_path, 8)
+    assert sorted(p.name for p in paths.values()) == ["audio_8.onnx", "text_8.onnx", "vision_8.onnx"]
+    images = _images()[:3]
+    waves = [
+        np.random.default_rng(s).standard_normal(3000 * (s + 1)).astype(np.float32) * 0.1 for s in range(3)
+    ]
+    texts = ["a small seven upright", "two", "a large one"]
+    spec = model.audio_preprocess
+    mels, masks = zip(*(audio_log_mel(w, spec) for w in waves))
+    feeds = {
+        "vision": {"pixels": torch.stack([image_pixels(i, model.image_preprocess) for i in images])},
+        "audio": {"mel": torch.stack(mels), "mask": torch.stack(masks)},
+        "text": text_features(model, texts),
+    }
+    expected = {
+        "vision": model.embed_images(images, dim=8),
+        "audio": model.embed_audio(waves, dim=8),
+        "text": model.embed_texts(texts, dim=8),
+    }
+    for name, path in paths.items():
+        got = torch.from_numpy(run_onnx(path, feeds[name]))
+        assert got.shape == (3, 8)
+        torch.testing.assert_close(got, expected[name], atol=1e-4, rtol=0)
+        small = quantize_int8(path)
+        assert small.stat().st_size < path.stat().st_size
+        assert float((torch.from_numpy(run_onnx(small, feeds[name])) - expected[name]).abs().max()) < 0.1
