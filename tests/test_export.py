@@ -154,3 +154,66 @@ def test_onnx_report_on_the_test_split(trained: dict, tmp_path: Path) -> None:
         files = report["files"][name]
         assert Path(files["int8"]).is_file() and files["int8_bytes"] < files["fp32_bytes"]
     assert "R@1" in done.stdout and "int8" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def clip_run(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> dict:
+    """configs/clip_finetune.yaml's shape at test size: one tiny open_clip CLIP as both towers, 2 steps."""
+    from eg_encoders import debug
+
+    workdir = tmp_path_factory.mktemp("export_clip")
+    files = debug.write_open_clip_clip(str(workdir / "clip"), width=32, layers=1, embed_dim=16)
+    cfg = tiny_config(workdir, demo_data)
+    cfg["demo_models"] = None
+    cfg["data"]["train"].update(modalities=["image", "text"], required=["image", "text"])
+    cfg["model"] = {
+        "pairs": ["vision_text"],
+        "projection": {"max_dim": 16, "identity": True},
+        "vision": {
+            "encoder": {**files, "trainable_blocks": -1, "clip_projection": True, "pooling": {"type": "cls"}}
+        },
+        "text": {"encoder": {**files, "trainable": True}},
+    }
+    cfg["losses"].update(mrl=0.0, contrastive=1.0, mrl_dims=[16])
+    cfg["eval"]["dims"] = [16]
+    cfg["train"].update(max_steps=2, val_every=2, save_every=2)
+    config = write_config(workdir, cfg)
+    done = run_app(TRAIN_SCRIPT, ["--config", str(config)], workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    checkpoint = workdir / "checkpoints" / "tiny" / "checkpoint_latest.pt"
+    out = workdir / "exported"
+    done = run_app(EXPORT_SCRIPT, ["--checkpoint", str(checkpoint), "--out", str(out)], workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"workdir": workdir, "checkpoint": checkpoint, "out": out}
+
+
+def test_open_clip_checkpoint_gives_the_exports_features(clip_run: dict, demo_data: Path) -> None:
+    """open_clip.create_model_and_transforms(NAME, pretrained=FILE) loads the exported CLIP strictly; its
+    encode_image / encode_text (normalized) equal AlignedEncoders' embeddings of the same images and texts,
+    and its logit_scale is the trained temperature."""
+    import open_clip
+    from eg_data import read_all
+    from eg_encoders import AlignedEncoders
+
+    out = clip_run["out"]
+    config = json.loads((out / "config.json").read_text())
+    files = config["open_clip"]
+    open_clip.add_model_config(str(out / files["model_config_file"]))
+    clip, _, preprocess = open_clip.create_model_and_transforms(
+        files["model_name"], pretrained=str(out / files["pretrained"])
+    )
+    clip.eval()
+    tokenizer = open_clip.get_tokenizer(files["model_name"])
+    model = AlignedEncoders.from_pretrained(out)
+    samples = read_all(demo_data / "test")[:12]
+    images = [Image.open(io.BytesIO(s["png"])).convert("RGB") for s in samples]
+    texts = [s["txt"].decode() if isinstance(s["txt"], bytes) else s["txt"] for s in samples]
+    with torch.no_grad():
+        image_features = clip.encode_image(torch.stack([preprocess(i) for i in images]), normalize=True)
+        text_features = clip.encode_text(tokenizer(texts), normalize=True)
+    torch.testing.assert_close(image_features, model.embed_images(images, dim=16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(text_features, model.embed_texts(texts, dim=16), atol=1e-6, rtol=0)
+    state = torch.load(clip_run["checkpoint"], map_location="cpu", weights_only=True)["model"]
+    log_scale = next(v for k, v in state.items() if k.endswith("log_logit_scale"))
+    assert float(clip.logit_scale.detach()) == pytest.approx(float(log_scale), abs=1e-6)
+    assert "open_clip.create_model_and_transforms" in (out / "README.md").read_text()

@@ -163,6 +163,12 @@ def export_stage1(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
             "checkpoint_sha256": weights_digest(Path(checkpoint)),
         },
     }
+    from apps.alignment.export_open_clip import export_open_clip, open_clip_reason
+
+    if open_clip_reason(aligned) is None:  # both towers are one open_clip CLIP: also its own checkpoint
+        files = export_open_clip(aligned, out)
+        config["open_clip"] = {k: str(Path(v).relative_to(out)) if v.startswith(str(out)) else v
+                               for k, v in files.items()}  # fmt: skip
     config = save_pretrained(out, model.towers, config)
     total = sum(t.numel() for t in tower_state_dict(model.towers).values())
     (out / "README.md").write_text(model_card(aligned, config, total, trainable, out))
@@ -230,6 +236,22 @@ def model_card(aligned: Aligned, config: dict[str, Any], total: int, trainable: 
         "```",
         "",
     ]
+    if "open_clip" in config:
+        oc = config["open_clip"]
+        register = (
+            f'open_clip.add_model_config("{out}/{oc["model_config_file"]}")\n'
+            if oc["model_config_file"]
+            else ""
+        )
+        lines += [
+            "The same model in open_clip (the fine-tuned CLIP as it is):",
+            "",
+            "```python",
+            f"import open_clip\n{register}model, _, preprocess = open_clip.create_model_and_transforms("
+            + f'"{oc["model_name"]}", pretrained="{out}/{oc["pretrained"]}")',
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 
