@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -217,3 +218,78 @@ def test_open_clip_checkpoint_gives_the_exports_features(clip_run: dict, demo_da
     log_scale = next(v for k, v in state.items() if k.endswith("log_logit_scale"))
     assert float(clip.logit_scale.detach()) == pytest.approx(float(log_scale), abs=1e-6)
     assert "open_clip.create_model_and_transforms" in (out / "README.md").read_text()
+
+
+SCRATCH_SCRIPT = """
+import importlib.util, sys
+import numpy as np, torch
+from PIL import Image
+from eg_encoders import AlignedEncoders
+
+assert importlib.util.find_spec("apps") is None and importlib.util.find_spec("eg_data") is None
+folder, inputs, out = sys.argv[1:]
+data = torch.load(inputs, weights_only=False)
+model = AlignedEncoders.from_pretrained(folder)
+images = [Image.open(p) for p in data["images"]]
+result = {}
+for dim in model.dims:
+    result[dim] = {
+        "vision": model.embed_images(images, dim=dim),
+        "audio": model.embed_audio([np.asarray(w) for w in data["waves"]], dim=dim),
+        "text": model.embed_texts(data["texts"], dim=dim),
+    }
+torch.save(result, out)
+"""
+
+
+def test_scratch_environment_with_eg_encoders_alone(trained: dict, demo_data: Path, tmp_path: Path) -> None:
+    """A fresh environment with only eg-encoders and eg-resampler installed from their folders (uv, offline
+    from its cache) loads the export and embeds as the apps' Embedder does (max abs diff <= 1e-6)."""
+    import shutil
+    import subprocess
+
+    from eg_data import read_all
+    from eg_data.transforms import decode_audio
+
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not on PATH")
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    subprocess.run([uv, "venv", "-q", str(venv), "--python", sys.executable], check=True, env=env)
+    packages = [str(REPO / "packages" / name) for name in ("eg-encoders", "eg-resampler")]
+    done = subprocess.run(
+        [uv, "pip", "install", "--offline", "-q", "--python", str(venv / "bin" / "python"), *packages],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"no offline install of eg-encoders' dependencies here: {done.stderr[-300:]}")
+    samples = read_all(demo_data / "test")[:20]
+    images = []
+    for s in samples:
+        images.append(tmp_path / f"{s['__key__']}.png")
+        images[-1].write_bytes(s["png"])
+    waves = [decode_audio(s["flac"]) for s in samples]
+    texts = [s["txt"].decode() if isinstance(s["txt"], bytes) else s["txt"] for s in samples]
+    torch.save({"images": [str(p) for p in images], "waves": waves, "texts": texts}, tmp_path / "inputs.pt")
+    script = tmp_path / "embed.py"
+    script.write_text(SCRATCH_SCRIPT)
+    args = [str(trained["out"]), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")]
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), str(script), *args],
+        cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = torch.load(tmp_path / "out.pt", weights_only=False)
+    embedder = Embedder.from_checkpoint(trained["checkpoint"])
+    for dim, by_modality in result.items():
+        torch.testing.assert_close(
+            by_modality["vision"], embedder.embed_images(images, dim=dim), atol=1e-6, rtol=0
+        )
+        torch.testing.assert_close(
+            by_modality["audio"], embedder.embed_audio(waves, dim=dim), atol=1e-6, rtol=0
+        )
+        torch.testing.assert_close(
+            by_modality["text"], embedder.embed_texts(texts, dim=dim), atol=1e-6, rtol=0
+        )
