@@ -87,12 +87,31 @@ def test_export_twice_same_bytes(trained: dict, tmp_path: Path) -> None:
 
 
 def test_bad_input_is_one_line_exit_2(trained: dict, tmp_path: Path) -> None:
+    import shutil
+
     ckpt = trained["checkpoint"]
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     state["run_config"] = {**state["run_config"], "stage": "qa"}
     other = tmp_path / "qa.pt"
     torch.save(state, other)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((trained["out"] / "config.json").read_text())
+    shutil.copy2(trained["out"] / "model.safetensors", broken / "model.safetensors")
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(trained["out"], no_weights)
+    (no_weights / "model.safetensors").unlink()
     cases = [
+        (
+            ["--out", str(trained["out"]), "--onnx", "--dim", "12"],
+            r"dim=12 was not trained; use one of \[8, 16, 32\]",
+        ),
+        (
+            ["--out", str(broken), "--onnx"],
+            r"broken/backbones/vision/\S+\.json: missing \(towers.vision.encoder.model_config_file names it\)",
+        ),
+        (["--out", str(no_weights), "--onnx"], r"no_weights/model.safetensors: missing"),
+        (["--out", str(tmp_path / "c")], r"--checkpoint is required"),
         (
             ["--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "a")],
             r"none.pt: no such checkpoint",

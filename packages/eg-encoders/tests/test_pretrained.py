@@ -155,11 +155,11 @@ def _copy(exported: dict, tmp_path: Path) -> Path:
 
 def test_missing_files_are_named(exported: dict, tmp_path: Path) -> None:
     folder = _copy(exported, tmp_path)
-    (folder / "model.safetensors").unlink()
-    with pytest.raises(PretrainedError, match=r"copy/model.safetensors: missing"):
-        AlignedEncoders.from_pretrained(folder)
     shutil.rmtree(folder / "backbones" / "text")
     with pytest.raises(PretrainedError, match=r"backbones/text: missing \(towers.text.encoder.model_name"):
+        AlignedEncoders.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(PretrainedError, match=r"copy/model.safetensors: missing"):
         AlignedEncoders.from_pretrained(folder)
     (folder / "config.json").unlink()
     with pytest.raises(PretrainedError, match=r"copy/config.json: missing"):

@@ -185,6 +185,8 @@ class AlignedEncoders(nn.Module):
         """Load an export folder, or a Hub repo id through huggingface_hub.snapshot_download."""
         folder = resolve_folder(name_or_path, revision)
         config = read_config(folder)
+        if not (folder / WEIGHTS_NAME).is_file():  # before building towers: name the file, not a symptom
+            raise PretrainedError(f"{folder / WEIGHTS_NAME}: missing (the towers' weights)")
         towers = nn.ModuleDict()
         for name, tower_cfg in config["towers"].items():
             towers[name] = _build_tower(folder, name, tower_cfg, config["projection"])
