@@ -23,7 +23,7 @@ FIXED_COLUMNS = [
     "data_wait_frac",
     "skipped_steps",
 ]
-TIME_COLUMNS = ("samples_per_s", "data_wait_frac")  # wall-clock measurements: differ between runs
+TIME_COLUMNS = ("samples_per_s", "data_wait_frac", "mfu")  # wall-clock measurements: differ between runs
 WANDB_MISSING = "wandb.enabled is true but wandb is not installed; pip install 'eg-train[wandb]'"
 
 

@@ -47,6 +47,7 @@ from eg_train.runlock import run_lock
 from eg_train.saving import CheckpointSaver
 from eg_train.schedule import build_optimizer, build_scheduler
 from eg_train.state import RunState, StateParts
+from eg_train.throughput import device_peak, mfu
 from eg_train.validation import BestTracker, EvaluateFn, run_validation
 
 
@@ -72,6 +73,9 @@ class Trainer:
     `evaluate_fn(model, step) -> {name: value}` runs at each validation on every rank, with the unwrapped
     model in eval mode under torch.no_grad(); its metrics are logged as `val/<name>` (rank 0's values).
     `run_config`: the resolved experiment config (plain dict), stored in every checkpoint.
+    `flops_per_sample`: model FLOPs of one sample's forward + backward (e.g. from
+    `eg_train.throughput.train_step_flops` / batch size); when given, rows carry `mfu` against the device's
+    peak (throughput.device_peak, found once at start and said in one line) and the bar shows it by sps.
     When `train_data` has `data_report()` (see datareport.py), its bad-sample counts are logged; with
     `restore_data_report(report)` too, a resume hands it the counts saved at the checkpoint.
     """
@@ -85,6 +89,7 @@ class Trainer:
         param_groups: list[dict[str, Any]] | None = None,
         evaluate_fn: EvaluateFn | None = None,
         run_config: dict[str, Any] | None = None,
+        flops_per_sample: float | None = None,
     ) -> None:
         config.validate()
         if config.wandb.enabled:
@@ -127,6 +132,7 @@ class Trainer:
         self.loggers: RunLoggers | None = None
         self._last_val_step = self._last_save_step = -1
         self._pbar: Any = None
+        self.flops_per_sample, self.peak_flops = flops_per_sample, 0.0  # mfu column when flops are given
         self.saver = CheckpointSaver(self.checkpoint_dir, config.keep_last_n, config.async_save)
         self.plotter = PlotDrawer(self.output_dir)  # plots at validations within 1% of the wall time
 
@@ -215,6 +221,9 @@ class Trainer:
         )
         self.run.wandb_run_id = self.loggers.wandb_run_id
         self._pbar = progress_bar(self.total_steps, self.run.step, self.cfg.progress_bar)
+        if self.flops_per_sample:
+            self.peak_flops, source = device_peak(self.device, self.cfg.precision)  # once, at start
+            self._say(f"mfu against {self.peak_flops / 1e12:.3g} TFLOP/s ({source})")
 
     # ---- epoch and step -----------------------------------------------------------------------
     def _open_epoch(self) -> BatchStream:
@@ -335,9 +344,14 @@ class Trainer:
         }
         if s.nonfinite:
             row["loss"] = s.loss  # show the bad value on the skipped step's row
+        extra = {}
+        if self.flops_per_sample and self.peak_flops:
+            row["mfu"] = mfu(self.flops_per_sample, row["samples_per_s"], self.peak_flops)
+            extra["mfu"] = f"{row['mfu']:.2%}"
         if self._pbar is not None:
+            sps = f"{row['samples_per_s']:.1f}"
             self._pbar.set_postfix(
-                loss=f"{row['loss']:.4f}", lr=f"{s.lr:.2e}", sps=f"{row['samples_per_s']:.1f}", refresh=False
+                loss=f"{row['loss']:.4f}", lr=f"{s.lr:.2e}", sps=sps, **extra, refresh=False
             )
         return row
 
