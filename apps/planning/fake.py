@@ -103,6 +103,41 @@ def fake_mode() -> FakeTensorMode:
     return mode
 
 
+_LIFTS = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default}
+
+
+class _BuildMode(TorchDispatchMode):
+    """While building: tensors made from Python data stay real, and a fake boolean asked for its value is
+    False.
+
+    `torch.tensor([0.3, 0.3])` (a module's constants, e.g. the QA model's modality dropout rates) keeps its
+    values, since the step may branch on them; weights come from factories and stay fake. Initialization
+    that inspects values (nn.init.trunc_normal_ redraws `while mask.any()`) has none under fake mode, and
+    "nothing to redraw" ends such loops. Only the build sees this: a training step that branches on a fake
+    value is an error.
+    """
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _LIFTS and not isinstance(args[0], FakeTensor):
+            with unset_fake_temporarily():
+                return func(*args, **kwargs)
+        if func is torch.ops.aten._local_scalar_dense.default:
+            if not isinstance(args[0], FakeTensor):  # `.item()` of a real constant (trunc_normal_'s bounds)
+                with unset_fake_temporarily():
+                    return func(*args, **kwargs)
+            if args[0].dtype == torch.bool:
+                return False
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def building(mode: FakeTensorMode) -> Iterator[None]:
+    """Inside `mode`, for building a model whose initialization may ask a fake boolean (see _BuildMode)."""
+    with mode, _BuildMode():
+        yield
+
+
 @contextlib.contextmanager
 def stepping(mode: FakeTensorMode) -> Iterator[None]:
     """Inside `mode`, with small real tensors computed for real (for the training step, not the build)."""

@@ -242,8 +242,10 @@ def make_plan(
     mfu: float = 0.4,
     stage1_config: str | None = None,
     reserve: float = RESERVE,
+    max_verify: int = MAX_VERIFY,
 ) -> Plan:
-    """Plan `config` on `gpus` GPUs of kind `gpu` (see the module docstring)."""
+    """Plan `config` on `gpus` GPUs of kind `gpu` (see the module docstring); at most `max_verify` fake steps
+    at the largest batch check the fit (0: the fit alone)."""
     import time
 
     from apps.common.cli import stage_of
@@ -261,7 +263,7 @@ def make_plan(
     samples, source = shard_samples(cfg)
     mode = fake.fake_mode()
     with tempfile.TemporaryDirectory(prefix="eg-plan-") as work, fake_process_group(gpus):
-        with mode:
+        with fake.building(mode):
             planned = build_planned(cfg, Path(work), stage1_config, notes)
         extra = 0
         if gpus > 1:  # DDP all-reduces through flat buckets beside .grad (gradient_as_bucket_view is off)
@@ -277,7 +279,7 @@ def make_plan(
             verified = {batch: first.peak_bytes}
             target_gpu = GPUS[gpu]
             budget = int(target_gpu.memory_gib * 2**30 * (1 - reserve))
-            for _ in range(MAX_VERIFY):
+            for _ in range(max_verify):
                 largest = _largest(*fit, budget)
                 if largest < 1 or largest in verified:
                     break
@@ -287,6 +289,10 @@ def make_plan(
                 fit = _line(measurements)
                 if step.peak_bytes <= budget and _largest(*fit, budget) <= largest:
                     break
+    largest = _largest(*fit, budget)
+    fitting = [b for b, peak in verified.items() if peak <= budget]
+    if largest not in verified and fitting and max(fitting) >= 0.99 * largest:
+        fit = (verified[max(fitting)] - fit[1] * max(fitting), fit[1])  # the line through the verified point
     model_flops = (first.flops - first.recompute_flops) // batch
     gpu_plans = [
         _gpu_plan(
@@ -371,7 +377,7 @@ def model_flops_per_sample(
     _, cfg = stage_of(config, overrides)
     mode = fake.fake_mode()
     with tempfile.TemporaryDirectory(prefix="eg-plan-") as work:
-        with mode:
+        with fake.building(mode):
             planned = build_planned(cfg, Path(work), stage1_config, [])
         with fake.stepping(mode):
             step = _measure(planned, cfg.data.train.batch_size, count_flops=True)
