@@ -247,7 +247,7 @@ from eg_encoders import AlignedEncoders
 
 assert importlib.util.find_spec("apps") is None and importlib.util.find_spec("eg_data") is None
 folder, inputs, out = sys.argv[1:]
-data = torch.load(inputs, weights_only=False)
+data = torch.load(inputs, weights_only=True)
 model = AlignedEncoders.from_pretrained(folder)
 images = [Image.open(p) for p in data["images"]]
 result = {}
@@ -290,7 +290,10 @@ def test_scratch_environment_with_eg_encoders_alone(trained: dict, demo_data: Pa
         images[-1].write_bytes(s["png"])
     waves = [decode_audio(s["flac"]) for s in samples]
     texts = [s["txt"].decode() if isinstance(s["txt"], bytes) else s["txt"] for s in samples]
-    torch.save({"images": [str(p) for p in images], "waves": waves, "texts": texts}, tmp_path / "inputs.pt")
+    torch.save(
+        {"images": [str(p) for p in images], "waves": [torch.as_tensor(w) for w in waves], "texts": texts},
+        tmp_path / "inputs.pt",
+    )
     script = tmp_path / "embed.py"
     script.write_text(SCRATCH_SCRIPT)
     args = [str(trained["out"]), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")]
@@ -300,7 +303,7 @@ def test_scratch_environment_with_eg_encoders_alone(trained: dict, demo_data: Pa
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    result = torch.load(tmp_path / "out.pt", weights_only=False)
+    result = torch.load(tmp_path / "out.pt", weights_only=True)
     embedder = Embedder.from_checkpoint(trained["checkpoint"])
     for dim, by_modality in result.items():
         torch.testing.assert_close(
