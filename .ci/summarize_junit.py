@@ -1,8 +1,9 @@
 """Print CI summary lines from pytest JUnit XML files (stdlib only; used by .ci/run).
 
-Usage: summarize_junit.py LABEL JUNIT.xml WALL_SECONDS [--by-suite]
+Usage: summarize_junit.py LABEL JUNIT.xml WALL_SECONDS [--by-suite] [--slowest N]
 One line: LABEL, passed / failed / skipped counts and seconds. With --by-suite, also one line per
-suite of a whole-repo run: `packages/eg-x` or `tests`, from each test's file (or class) name.
+suite of a whole-repo run: `packages/eg-x` or `tests`, from each test's file (or class) name. With
+--slowest N, the N test files that took longest (where CI's time goes, to keep it within budget).
 """
 
 import sys
@@ -10,10 +11,14 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 
 
+def file_of(case: ET.Element) -> str:
+    """The test file of one testcase element (from its file or class name)."""
+    return case.get("file") or case.get("classname", "").replace(".", "/")
+
+
 def suite_of(case: ET.Element) -> str:
     """`packages/eg-x` or `tests` for one testcase element."""
-    path = case.get("file") or case.get("classname", "").replace(".", "/")
-    parts = path.split("/")
+    parts = file_of(case).split("/")
     return "/".join(parts[:2]) if parts[0] == "packages" and len(parts) > 1 else parts[0] or "(unknown)"
 
 
@@ -36,7 +41,9 @@ def line(label: str, counts: dict, seconds: float) -> str:
 
 def main() -> None:
     label, path, wall = sys.argv[1], sys.argv[2], float(sys.argv[3])
-    by_suite = "--by-suite" in sys.argv[4:]
+    options = sys.argv[4:]
+    by_suite = "--by-suite" in options
+    slowest = int(options[options.index("--slowest") + 1]) if "--slowest" in options else 0
     try:
         cases = list(ET.parse(path).getroot().iter("testcase"))
     except (OSError, ET.ParseError):
@@ -44,7 +51,9 @@ def main() -> None:
     total = defaultdict(int)
     groups = defaultdict(lambda: defaultdict(int))
     times = defaultdict(float)
+    file_times = defaultdict(float)
     for case in cases:
+        file_times[file_of(case)] += float(case.get("time") or 0.0)
         result = outcome(case)
         total[result] += 1
         groups[suite_of(case)][result] += 1
@@ -53,6 +62,10 @@ def main() -> None:
     if by_suite:
         for name in sorted(groups):
             print(line(f"  {name}", groups[name], times[name]))
+    if slowest:
+        print(f"  slowest {slowest} test files:")
+        for name, seconds in sorted(file_times.items(), key=lambda item: -item[1])[:slowest]:
+            print(f"    {seconds:>8.1f} s  {name}")
 
 
 if __name__ == "__main__":
