@@ -33,7 +33,7 @@ BAD = [
     (
         LoaderConfig,
         {"modalities": ["image", "smell"]},
-        "modalities has unknown modality 'smell'; use ['image', 'audio', 'text', 'qa']",
+        "modalities has unknown modality 'smell'; use ['image', 'audio', 'text', 'qa', 'conversation']",
     ),
     (
         LoaderConfig,

@@ -129,6 +129,11 @@ def test_jsonl_and_unusable_inputs(llava, tmp_path) -> None:
     lines.write_text("\n".join(json.dumps(r) for r in llava["good"][:2]) + "\n")
     report = import_llava(lines, llava["images"], tmp_path / "jl", LlavaConfig(num_workers=1))
     assert report["ok"] == 2
+    sliced = import_llava(  # a slice: records 4-5 (a held-out split)
+        llava["path"], llava["images"], tmp_path / "sl", LlavaConfig(offset=4, num_samples=2, num_workers=1)
+    )
+    assert sliced["records"] == 2 and sliced["examples"] == {"placeholder_without_media": "no-media"}
+    assert [s["__key__"] for s in read_all(tmp_path / "sl")] == [llava["good"][2]["id"]]
     with pytest.raises(DataError, match="is not a folder"):
         import_llava(lines, tmp_path / "nowhere", tmp_path / "x")
     (tmp_path / "dict.json").write_text("{}")

@@ -27,10 +27,13 @@ def run(loader, epoch=0, start_batch=0):
     return list(loader)
 
 
+TURNS = [{"from": "human", "value": "which digit?"}, {"from": "gpt", "value": "seven"}]
+
+
 @pytest.fixture
 def faulty(tmp_path, make_sample):
-    """17 samples in shards of 5, 5, 5, 2; 14 bad: one per sample fault, the third shard zero bytes, the
-    last one cut inside sample 16."""
+    """19 samples with LLaVA turns in shards of 5, 5, 5, 4; 16 bad: one per sample fault, the third shard
+    zero bytes, the last one cut inside sample 18."""
     root = tmp_path / "faulty"
     bad = {
         1: {"image": b"garbage bytes"},
@@ -40,16 +43,21 @@ def faulty(tmp_path, make_sample):
         6: {"audio": None},
         7: {"text": None},
         8: {"json": {"label": 8}},  # no QA pair
+        16: {"json": {"label": 6, "qa": [{"question": "q", "answer": "a"}]}},  # no turns
+        17: {"json": {"label": 7, "qa": [{"question": "q", "answer": "a"}], "conversations": TURNS[:1] * 2}},
     }
     with ShardWriter(root, 5) as writer:
-        for i in range(17):
-            writer.write(make_sample(i, **bad.get(i, {})))
+        for i in range(19):
+            sample = make_sample(i, **bad.get(i, {}))
+            if i not in bad:
+                sample["json"] = {**sample["json"], "conversations": TURNS}
+            writer.write(sample)
     first = root / "shard-00000.tar"
-    first.write_bytes(first.read_bytes().replace(b'{"label": 4, ', b'{"label": 4; ', 1))  # not JSON
+    first.write_bytes(first.read_bytes().replace(b'"label": 4, ', b'"label": 4; ', 1))  # not JSON
     (root / "shard-00002.tar").write_bytes(b"")  # zero bytes: samples 10-14 never arrive
     last = root / "shard-00003.tar"
     data = last.read_bytes()
-    last.write_bytes(data[: data.index(b"s0016.flac") + 512 + 100])  # cut inside sample 16's first file
+    last.write_bytes(data[: data.index(b"s0018.flac") + 512 + 100])  # cut inside sample 18's first file
     return root
 
 
@@ -64,6 +72,8 @@ EXPECTED_BAD = {
     "missing_audio": 1,
     "missing_text": 1,
     "missing_qa": 1,
+    "missing_conversation": 1,
+    "bad_conversation": 1,
 }
 
 
@@ -74,16 +84,21 @@ def test_every_reason_is_counted_with_an_example(faulty, num_workers):
         mode="eval",
         batch_size=2,
         num_workers=num_workers,
-        required=["image", "audio", "text", "qa"],
+        modalities=["image", "audio", "text", "qa", "conversation"],
+        required=["image", "audio", "text", "qa", "conversation"],
         max_bad_fraction=1.0,
     )
     loader = ShardLoader(cfg)
-    keys = sorted(k for b in run(loader) for k in b["key"])
-    assert keys == ["s0000", "s0009", "s0015"]
+    batches = run(loader)
+    assert sorted(k for b in batches for k in b["key"]) == ["s0000", "s0009", "s0015"]
+    chat = {
+        "messages": [{"role": "user", "content": "which digit?"}, {"role": "assistant", "content": "seven"}]
+    }
+    assert [c for b in batches for c in b["conversation"]] == [{**chat, "media_turn": 0}] * 3
     report = loader.data_report()
     assert set(report["bad"]) == set(BAD_REASONS) == set(EXPECTED_BAD)  # zeros included
     assert report == {
-        "samples": 17,
+        "samples": 19,
         "bad": EXPECTED_BAD,
         "examples": {
             "unreadable_shard": str(faulty / "shard-00002.tar"),
@@ -96,6 +111,8 @@ def test_every_reason_is_counted_with_an_example(faulty, num_workers):
             "missing_audio": "s0006",
             "missing_text": "s0007",
             "missing_qa": "s0008",
+            "missing_conversation": "s0016",
+            "bad_conversation": "s0017",
         },
     }
 

@@ -111,6 +111,23 @@ def parse_conversation(turns: Any, media: Collection[str], ignored: Collection[s
     return {"messages": messages, "media_turn": media_turn or 0}
 
 
+def decode_conversation(
+    meta: dict[str, Any], has: Collection[str], modalities: Collection[str], required: Collection[str]
+) -> tuple[dict[str, Any] | None, str]:
+    """A loader's view of a sample's `conversations`: (the parsed conversation or None, "" or the reason the
+    sample is bad: "missing_conversation" when required and absent, "bad_conversation" when its turns break
+    a rule). `has`: the media the sample has among those the loader reads (`modalities`); placeholders of
+    media the loader does not read are taken out unchecked."""
+    turns = meta.get("conversations")
+    if turns is None:
+        return None, "missing_conversation" if "conversation" in required else ""
+    try:
+        media = [m for m in PLACEHOLDERS if m in has]
+        return parse_conversation(turns, media, ignored=[m for m in PLACEHOLDERS if m not in modalities]), ""
+    except ConversationError:
+        return None, "bad_conversation"
+
+
 def to_llava_turns(messages: list[dict[str, Any]], placeholders: str = "") -> list[dict[str, Any]]:
     """Chat messages back to LLaVA turns, `placeholders` (e.g. "<image>\\n") put before the first human
     turn's text; an assistant message's `kind` is kept."""

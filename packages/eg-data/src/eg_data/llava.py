@@ -64,8 +64,10 @@ class LlavaConfig:
     """The record's audio file, relative to --audio; a record without it has no audio."""
     conversations_field: str = "conversations"
     """The record's turns (LLaVA: conversations)."""
+    offset: int = 0
+    """Skip the first N records of the file (with num_samples: a slice, e.g. held-out val/test records)."""
     num_samples: int = 0
-    """Import the first N records only (0 = all)."""
+    """Import N records only, from `offset` (0 = all the rest)."""
     samples_per_shard: int = 1000
     """Records per shard."""
     max_seconds: float = 30.0
@@ -78,7 +80,7 @@ class LlavaConfig:
             value = getattr(self, key)
             if not is_missing(value) and not value:
                 raise DataError(f"{key} is empty; name the record's field")
-        for key, low in (("num_samples", 0), ("samples_per_shard", 1), ("num_workers", 0)):
+        for key, low in (("offset", 0), ("num_samples", 0), ("samples_per_shard", 1), ("num_workers", 0)):
             value = getattr(self, key)
             if not is_missing(value) and not value >= low:
                 raise DataError(f"{key} must be >= {low}, got {value}")
@@ -121,7 +123,7 @@ def check_records(records: list[Any], cfg: LlavaConfig) -> tuple[list[tuple[str,
     checked later, by the shard workers."""
     good, failures = [], Failures()
     for index, record in enumerate(records):
-        record_id = _record_id(record, index, cfg)
+        record_id = _record_id(record, index + cfg.offset, cfg)
         if not isinstance(record, dict):
             failures.add("not_a_record", record_id)
             continue
@@ -252,7 +254,7 @@ def import_llava(
     for flag, folder in (("--images", images_dir), ("--audio", audio_dir)):
         if folder is not None and not Path(folder).is_dir():
             raise DataError(f"{flag} {folder} is not a folder")
-    records = read_records(input_file)
+    records = read_records(input_file)[cfg.offset :]
     if cfg.num_samples:
         records = records[: cfg.num_samples]
     if not records:
@@ -264,7 +266,7 @@ def import_llava(
             f"{_summary(dict(failures.counts), failures.examples)}"
         )
     settings = asdict(cfg)
-    shape = {k: v for k, v in settings.items() if k not in ("num_workers", "num_samples")}
+    shape = {k: v for k, v in settings.items() if k not in ("num_workers", "num_samples", "offset")}
     keyed = [(key, rid, rec) for key, (rid, rec) in zip(_keys([rid for rid, _ in good]), good)]
     per = cfg.samples_per_shard
     jobs = []

@@ -28,6 +28,8 @@ BAD_REASONS = (
     "missing_audio",
     "missing_text",
     "missing_qa",  # required QA but no non-empty question/answer pair
+    "missing_conversation",  # required conversation but no `conversations` in the json
+    "bad_conversation",  # `conversations` whose turns break a rule (conversations.py's reasons)
 )
 MIN_SAMPLES_FOR_BAD_FRACTION = 100  # max_bad_fraction is checked once a rank has read this many (or all)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from eg_data.conversations import decode_conversation
 from eg_data.settings import LoaderSettings
 from eg_data.shards import AUDIO_EXTS, IMAGE_EXTS
 from eg_data.transforms import (
@@ -20,7 +21,7 @@ from eg_data.transforms import (
 )
 
 MODALITY_TENSORS = ("image", "audio", "audio_mask")  # (B, ...) each, zeros where a sample has none
-PRESENCE = ("image_present", "audio_present", "text_present", "qa_present")  # bool (B,) each
+PRESENCE = ("image_present", "audio_present", "text_present", "qa_present", "conversation_present")  # (B,)
 
 QAPair = tuple[int, str, str]  # (index among the sample's QA pairs, question, answer)
 Row = tuple[dict[str, Any], QAPair | None]  # one batch row: a decoded sample and its QA pair
@@ -119,6 +120,12 @@ def decode_sample(
                 else int(sample_rng(cfg.seed, epoch, key, "qa").integers(len(pairs)))
             )
             out["qa"] = [(pick, *pairs[pick])]
+    out["conversation"] = None
+    if "conversation" in mods:  # LLaVA-format turns (conversations.py)
+        has = [m for m in ("image", "audio") if m in out]
+        out["conversation"], reason = decode_conversation(meta, has, mods, cfg.required)
+        if reason:
+            return None, reason
     return out, ""
 
 
@@ -144,14 +151,16 @@ def row_values(rows: list[Row]) -> dict[str, list[Any]]:
         "audio_present": ["audio" in s for s, _ in rows],
         "text_present": ["text" in s for s, _ in rows],  # False also for captions removed by dropout
         "qa_present": [pair is not None for _, pair in rows],
+        "conversation_present": [s.get("conversation") is not None for s, _ in rows],
         "label": [s["label"] for s, _ in rows],  # -1 where the data has none
         "qa_index": [-1 if pair is None else pair[0] for _, pair in rows],
     }
 
 
-def row_strings(rows: list[Row]) -> dict[str, list[str]]:
-    """The string fields of the rows (`""` where absent)."""
+def row_strings(rows: list[Row]) -> dict[str, list[Any]]:
+    """The string fields of the rows (`""` where absent), and each row's conversation (None where absent)."""
     return {
+        "conversation": [s.get("conversation") for s, _ in rows],
         "text": [s.get("text", "") for s, _ in rows],
         "question": ["" if pair is None else pair[1] for _, pair in rows],
         "answer": ["" if pair is None else pair[2] for _, pair in rows],

@@ -13,7 +13,7 @@ from typing import Self
 from eg_data.errors import MISSING, DataError, is_missing
 from eg_data.transforms import AudioTransformConfig, ImageTransformConfig
 
-MODALITIES = ("image", "audio", "text", "qa")
+MODALITIES = ("image", "audio", "text", "qa", "conversation")
 MODES = ("train", "eval")
 QA_PAIRS = ("sample", "first", "all")
 DEFAULT_SHARD_DIR = "data/demo/train"
