@@ -76,6 +76,13 @@ def test_folder_is_self_contained_and_card_has_the_run(trained: dict) -> None:
     r1 = eval_report["retrieval"]["audio_text"]["16"]["audio_to_text"]["recall@1"]
     assert f"| audio_text | audio_to_text | 16 | {r1:.3f} |" in card
     assert "AlignedEncoders.from_pretrained" in card and "steps: 4" in card
+    train_dir = Path(config["run_config"]["data"]["train"]["shard_dir"])
+    shards = json.loads((train_dir / "shards.json").read_text())["shards"]  # the index, read by hand
+    count = sum(s["num_samples"] for s in shards)
+    assert f"- data: `{train_dir}` (data.train.shard_dir): {count:,} samples in {len(shards)} shards" in card
+    seen = config["source"]["samples_seen"]
+    assert seen == 4 * config["run_config"]["data"]["train"]["batch_size"]
+    assert f"- samples drawn in training: {seen:,}" in card
 
 
 def test_export_twice_same_bytes(trained: dict, tmp_path: Path) -> None:

@@ -15,12 +15,13 @@ from typing import Any
 import torch
 from eg_data import build_demo_dataset, read_all
 from eg_encoders import MatryoshkaConfig, PoolingConfig
+from eg_encoders.tower import ModalityTower, TowerConfigError
 from eg_train import barrier, load_checkpoint, load_model_weights
 from torch import nn
 
 from apps.alignment import demo_models
 from apps.alignment.config import AlignmentConfig
-from apps.alignment.model import AlignmentModel, ModalityTower
+from apps.alignment.model import AlignmentModel
 from apps.common.config import ConfigError, build_config
 from apps.common.loaders import train_folders
 
@@ -53,13 +54,17 @@ def prepare_assets(cfg: AlignmentConfig, is_main: bool) -> None:
 
 
 def _tower(name: str, tower_cfg: Any, projection: MatryoshkaConfig) -> ModalityTower:
-    """A ModalityTower; with a resampler the encoder returns tokens only and the tower pools the latents."""
+    """eg-encoders' ModalityTower (the one an export loads); with a resampler the encoder returns tokens only
+    and the tower pools the latents. A composition the tower refuses names its key as the YAML writes it."""
     encoder_cfg = tower_cfg.encoder
     resampler = getattr(tower_cfg, "resampler", None)
-    if resampler is None:
-        return ModalityTower(name, encoder_cfg.build(), projection)
-    tokens_only = dataclasses.replace(encoder_cfg, pooling=PoolingConfig(type="none"))
-    return ModalityTower(name, tokens_only.build(), projection, resampler, encoder_cfg.pooling)
+    try:
+        if resampler is None:
+            return ModalityTower(name, encoder_cfg.build(), projection)
+        tokens_only = dataclasses.replace(encoder_cfg, pooling=PoolingConfig(type="none"))
+        return ModalityTower(name, tokens_only.build(), projection, resampler, encoder_cfg.pooling)
+    except TowerConfigError as err:  # its message starts with the key relative to the tower
+        raise ConfigError(f"model.{name}.{err}") from None
 
 
 def build_towers(cfg: AlignmentConfig) -> nn.ModuleDict:

@@ -142,7 +142,8 @@ def export_stage1(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
     dims = sorted(set(model.mrl_dims) | set(eval_dims(cfg, model.mrl_dims)))
     # the run's config for the apps (Embedder, search, stage 2): no demo assets to write, each tower's
     # encoder as exported (build.load_exported resolves its paths inside the folder)
-    run_config = dict(load_checkpoint(checkpoint)["run_config"], demo_models=None)
+    stored = load_checkpoint(checkpoint)
+    run_config = dict(stored["run_config"], demo_models=None)
     run_config["model"] = {
         **run_config["model"],
         **{name: {**run_config["model"][name], "encoder": towers[name]["encoder"]} for name in towers},
@@ -158,6 +159,7 @@ def export_stage1(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
         "source": {
             "checkpoint": str(checkpoint),
             "step": aligned.step,
+            "samples_seen": int(stored.get("samples_seen") or 0),
             "experiment_name": cfg.experiment_name,
             "weights_fingerprint": weights_fingerprint(model),
             "checkpoint_sha256": weights_digest(Path(checkpoint)),
@@ -173,6 +175,24 @@ def export_stage1(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
     total = sum(t.numel() for t in tower_state_dict(model.towers).values())
     (out / "README.md").write_text(model_card(aligned, config, total, trainable, out))
     return config
+
+
+def data_lines(train: Any, samples_seen: int | None, key: str = "data.train") -> list[str]:
+    """Model-card lines of the training data: each shard folder with its sample and shard counts (its
+    shards.json index, read without writing), and the samples the run drew in training."""
+    from eg_data import DataError, load_index
+
+    lines = []
+    for name, folder in train_folders(train, key):
+        try:
+            shards = load_index(folder, build_if_missing=False, save=False)
+            counts = f"{sum(s.num_samples for s in shards):,} samples in {len(shards)} shards"
+        except DataError:  # the folder moved or has no index: said, not guessed
+            counts = "sample count unknown (the folder or its shards.json is not readable here)"
+        lines.append(f"- data: `{folder}` ({name}): {counts}")
+    if samples_seen:
+        lines.append(f"- samples drawn in training: {samples_seen:,}")
+    return lines
 
 
 def _eval_report(aligned: Aligned) -> dict[str, Any] | None:
@@ -215,8 +235,7 @@ def model_card(aligned: Aligned, config: dict[str, Any], total: int, trainable: 
         "## Training",
         "",
     ]
-    for key, folder in train_folders(cfg.data.train):
-        lines.append(f"- data: `{folder}` ({key})")
+    lines += data_lines(cfg.data.train, config["source"]["samples_seen"])
     lines += [f"- steps: {aligned.step} (checkpoint `{aligned.checkpoint}`)", ""]
     lines += _retrieval_table(_eval_report(aligned))
     lines += [

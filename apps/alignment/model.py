@@ -9,103 +9,22 @@ those rows are neither positives nor negatives (several empty captions would oth
 In eval mode the MRL term uses every dim with its weight instead of drawing dims, so validation never
 advances the training-time dim generator and is comparable across steps; it is scaled to the expected value
 of the training draw (k of n dims), so validation and training losses share one scale.
+
+The towers are eg-encoders' `ModalityTower` (eg_encoders/tower.py), the class an exported folder loads, so
+a checkpoint's tower keys (`towers.<modality>.encoder|resampler|pooling|projection.*`) and an export's are
+one layout.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
-from eg_encoders import MatryoshkaConfig, PoolingConfig
+from eg_encoders.tower import ModalityTower  # noqa: F401  (the towers' class: eg-encoders' own, one for all)
 from eg_losses import MatryoshkaLossConfig, resolve_mrl_dims
-from eg_resampler import PerceiverResamplerConfig
 from torch import nn
 
 from apps.alignment.config import BATCH_KEY, AlignmentConfig
-from apps.common.config import ConfigError
-
-
-class ModalityTower(nn.Module):
-    """One modality's path into the shared space: (B, ...) inputs -> (B, max_dim) projections (not normalized).
-
-    Without a resampler the encoder pools its own tokens. With one, the encoder is built with `pooling: none`
-    (it returns tokens only), the tokens become a fixed number of latents, and the tower pools those with the
-    pooling settings the YAML gives the encoder (`pooling_cfg`).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        encoder: nn.Module,
-        projection_cfg: MatryoshkaConfig,
-        resampler_cfg: PerceiverResamplerConfig | None = None,
-        pooling_cfg: PoolingConfig | None = None,
-    ) -> None:
-        super().__init__()
-        self.name = name
-        self.encoder = encoder
-        self.resampler: nn.Module | None = None
-        self.pooling: nn.Module | None = None
-        width = encoder.output_dim
-        own_pooling = getattr(encoder.config, "pooling", None)
-        if resampler_cfg is None:
-            width = getattr(encoder, "pooled_dim", width)  # e.g. CLIP's embed_dim with its own projection
-            if own_pooling is not None and own_pooling.type == "none":
-                raise ConfigError(
-                    f"model.{name}.encoder.pooling.type=none needs model.{name}.resampler (the tower projects "
-                    "one pooled vector); use cls, mean or attention"
-                )
-        else:
-            if own_pooling is None or pooling_cfg is None:
-                raise ConfigError(
-                    f"model.{name}.resampler is not supported: the {name} encoder pools by itself"
-                )
-            if resampler_cfg.input_dim not in (None, width):
-                raise ConfigError(
-                    f"model.{name}.resampler.input_dim={resampler_cfg.input_dim} differs from the "
-                    f"{name} encoder's width {width}; leave it unset"
-                )
-            self.resampler = dataclasses.replace(resampler_cfg, input_dim=width).build()
-            width = resampler_cfg.dim
-            self.pooling = pooling_cfg.build(width)
-            if self.pooling is None:
-                raise ConfigError(
-                    f"model.{name}.encoder.pooling.type=none: the tower pools the resampler's latents with "
-                    "this setting; use cls, mean or attention"
-                )
-        self.projection = projection_cfg.build(width)
-
-    @property
-    def token_dim(self) -> int:
-        """Width D of `tokens()`: the resampler's latent width, else the encoder's."""
-        return self.resampler.config.dim if self.resampler is not None else self.encoder.output_dim
-
-    def encode(self, batch: dict[str, Any]) -> Any:
-        """The encoder's output (EncoderOutput: tokens, mask, pooled) for this modality's inputs in `batch`."""
-        if self.name == "audio":
-            return self.encoder(batch["audio"], batch.get("audio_mask"))
-        return self.encoder(batch[BATCH_KEY[self.name]])
-
-    def tokens(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The tower's token sequence: (tokens (B, N, D), mask (B, N) bool, True = valid).
-
-        The resampler's latents (all valid) where the tower has one, else the encoder's tokens and mask.
-        """
-        out = self.encode(batch)
-        if self.resampler is None:
-            return out.tokens, out.mask
-        latents = self.resampler(out.tokens, out.mask)  # (B, L, D_r)
-        return latents, torch.ones(latents.shape[:2], dtype=torch.bool, device=latents.device)
-
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The modality's inputs from `batch` -> (B, max_dim)."""
-        if self.resampler is None:
-            pooled = self.encode(batch).pooled  # (B, D)
-        else:
-            latents, all_valid = self.tokens(batch)  # (B, L, D_r), (B, L)
-            pooled = self.pooling(latents, all_valid)  # (B, D_r)
-        return self.projection(pooled.float())  # (B, max_dim)
 
 
 class AlignmentModel(nn.Module):
