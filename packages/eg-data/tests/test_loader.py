@@ -152,7 +152,7 @@ def test_resume_yields_exactly_the_rest(shard_set, num_workers):
 
 
 def test_two_ranks_two_workers_three_shards(shard_set, make_sample):
-    root = shard_set(3, 11)  # 33 samples over 4 streams: 8 each, 1 dropped
+    root = shard_set(3, 11)  # 33 samples over 2 streams (one per rank): 16 each, 1 dropped
     per_rank = []
     for rank in range(2):
         loader = ShardLoader(make_cfg(root, batch_size=2, num_workers=2), rank=rank, world_size=2)

@@ -12,6 +12,7 @@ at `batch_size` rows.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from eg_data.buffers import BatchPool, shared_empty
 from eg_data.errors import DataError
-from eg_data.order import StreamPlan, plan_stream, stream_range
+from eg_data.order import StepLayout, StreamPlan, plan_stream, stream_range
 from eg_data.report import BAD_REASONS, REPORT_KEY, SHARD_FAULTS, EpochReport
 from eg_data.samples import Row, decode_sample, place, row_strings, row_values, tensor_fields
 from eg_data.settings import LoaderSettings
@@ -36,7 +37,8 @@ Buffers = tuple[int | None, dict[str, torch.Tensor]]  # (pool slot or None, full
 
 
 class ShardDataset(IterableDataset):
-    """Yields the batches of one rank; each loader worker plays one stream of the epoch plan."""
+    """Yields the batches of one rank; each loader worker builds every `workers_per_rank`-th batch (in
+    evaluation each worker plays one stream of the plan)."""
 
     def __init__(self, cfg: LoaderSettings, rank: int, world_size: int):
         self.cfg = cfg
@@ -44,28 +46,8 @@ class ShardDataset(IterableDataset):
         self.shards = load_index(cfg.shard_dir)
         self.counts = [s.num_samples for s in self.shards]
         self.workers_per_rank = max(1, cfg.num_workers)
-        self.num_streams = world_size * self.workers_per_rank
         self.evaluation = cfg.mode == "eval"
         self.by_rows = cfg.qa_pairs == "all"  # batches of batch_size rows, not of batch_size plan slots
-        total, bs = sum(self.counts), cfg.batch_size
-        # Plan slots of each of this rank's streams (logical workers), and the batches they make.
-        self.stream_slots = [
-            stream_range(total, self.num_streams, rank * self.workers_per_rank + w, self.evaluation)[1]
-            for w in range(self.workers_per_rank)
-        ]
-        if self.evaluation:
-            self.stream_batches = [-(-n // bs) for n in self.stream_slots]
-            if total == 0:
-                raise DataError(f"{cfg.shard_dir}: the shard index lists no samples")
-        else:
-            self.stream_batches = [n // bs for n in self.stream_slots]
-            self.stream_slots = [n * bs for n in self.stream_batches]  # the remainder is not read
-            if self.stream_batches[0] == 0:
-                raise DataError(
-                    f"{cfg.shard_dir}: {total} samples cannot give every one of {world_size} rank(s) x "
-                    f"{self.workers_per_rank} worker(s) a batch of {bs}; lower batch_size or num_workers, "
-                    "add data, or use mode 'eval'"
-                )
         self.epoch, self.start_batch = 0, 0
         # Only the members the configured modalities use are read (json: labels and QA).
         self.suffixes = {"json"}
@@ -73,20 +55,75 @@ class ShardDataset(IterableDataset):
             if name in cfg.modalities:
                 self.suffixes.update(exts)
         self.pool: BatchPool | None = None  # set by ShardLoader for each iteration
+        if self.evaluation:
+            self._size_evaluation()
+        else:  # a fresh run's layout: one virtual stream per rank, one batch per rank and step
+            self.set_layout(StepLayout(world_size, cfg.batch_size * world_size, world_size, cfg.batch_size))
+
+    def _size_evaluation(self) -> None:
+        total, bs, wpr = sum(self.counts), self.cfg.batch_size, self.workers_per_rank
+        if total == 0:
+            raise DataError(f"{self.cfg.shard_dir}: the shard index lists no samples")
+        self.num_streams = self.world_size * wpr
+        # Plan slots of each of this rank's streams (logical workers), and the batches they make.
+        self.stream_slots = [
+            stream_range(total, self.num_streams, self.rank * wpr + w, True)[1] for w in range(wpr)
+        ]
+        self.stream_batches = [-(-n // bs) for n in self.stream_slots]
+
+    def set_layout(self, layout: StepLayout) -> None:
+        """Read the training order of `layout` (its world size and batch size are this rank's)."""
+        if layout.world_size != self.world_size or layout.batch_size != self.cfg.batch_size:  # a bug
+            raise DataError(
+                f"a layout for {layout.world_size} rank(s) in batches of {layout.batch_size} given to a loader "
+                f"of {self.world_size} in batches of {self.cfg.batch_size}"
+            )
+        self.layout = layout
+        self.num_streams = layout.num_streams
+        self.num_batches = self.steps_of(layout) * layout.accumulation
+
+    def steps_of(self, layout: StepLayout) -> int:
+        """Whole steps of `layout` in an epoch; DataError when not even one."""
+        total = sum(self.counts)
+        steps = layout.steps(total)
+        if steps == 0:
+            raise DataError(
+                f"{self.cfg.shard_dir}: {total} samples cannot fill one step of {layout.step_samples} "
+                f"({layout.world_size} rank(s) x a batch of {layout.batch_size} x {layout.accumulation} "
+                f"micro-batch(es), {layout.chunk} from each of {layout.num_streams} sample stream(s)); lower "
+                "batch_size, add data, or use mode 'eval'"
+            )
+        return steps
 
     def __len__(self) -> int:
         if self.by_rows:
             raise TypeError("the batch count of qa_pairs 'all' is known only once the QA pairs are read")
-        return sum(self.stream_batches)
+        return sum(self.stream_batches) if self.evaluation else self.num_batches
 
     def _skipped(self, logical: int) -> int:
-        """Batches of stream `logical` before `start_batch` (global batch j comes from stream j % workers)."""
+        """Evaluation: batches of stream `logical` before `start_batch` (batch j comes from stream
+        j % workers)."""
         return len(range(logical, self.start_batch, self.workers_per_rank))
 
     def planned_samples(self) -> int:
         """Plan slots this rank reads in the iteration that starts at `start_batch`."""
         bs = self.cfg.batch_size
+        if not self.evaluation:
+            return max(0, self.num_batches - self.start_batch) * bs
         return sum(max(0, n - self._skipped(w) * bs) for w, n in enumerate(self.stream_slots))
+
+    def _plan(self, stream: int) -> StreamPlan:
+        cfg = self.cfg
+        return plan_stream(
+            self.counts,
+            cfg.seed,
+            self.epoch,
+            stream,
+            self.num_streams,
+            cfg.shuffle,
+            cfg.shuffle_buffer,
+            cover_all=self.evaluation,
+        )
 
     def _read(self, plan: StreamPlan, needed: np.ndarray) -> Iterator[tuple[int, dict[str, Any] | str]]:
         """Yield (read position, raw sample) for every needed position; a sample that never arrives
@@ -117,56 +154,67 @@ class ShardDataset(IterableDataset):
                 for offset in missing:
                     yield lo + int(offset), fault
 
+    def _emission(self, physical: int) -> tuple[dict[int, StreamPlan], np.ndarray, np.ndarray]:
+        """The plans of the streams this worker reads, and the stream and read position of every sample
+        of its batches in the order they are batched: two (n,) arrays."""
+        bs, wpr = self.cfg.batch_size, self.workers_per_rank
+        if self.evaluation:
+            # DataLoader takes batches round-robin from worker 0; rotate so batch j still comes from
+            # logical worker j % wpr after resuming at start_batch. (The streams' batch counts do not
+            # grow with the worker index, so this holds up to the last, partial round.)
+            logical = (physical + self.start_batch) % wpr
+            plan = self._plan(self.rank * wpr + logical)
+            emit = plan.emit_order[self._skipped(logical) * bs : self.stream_slots[logical]]
+            return {0: plan}, np.zeros(len(emit), dtype=np.int64), emit
+        # Batch j of the epoch comes from worker (j - start_batch) % wpr (DataLoader's round robin).
+        batches = np.arange(self.start_batch + physical, self.num_batches, wpr)
+        streams, emission = self.layout.positions(self.rank, batches)  # (K * bs,) each
+        plans = {int(v): self._plan(int(v)) for v in np.unique(streams)}
+        reads = np.empty_like(emission)
+        for v, plan in plans.items():
+            mine = streams == v
+            reads[mine] = plan.emit_order[emission[mine]]
+        return plans, streams, reads
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         physical = info.id if info is not None else 0
-        wpr = self.workers_per_rank
-        # DataLoader takes batches round-robin from worker 0; rotate so global batch j still comes from
-        # logical worker j % wpr after resuming at start_batch. (In evaluation the streams' batch counts
-        # do not grow with the worker index, so this holds up to the last, partial round.)
-        logical = (physical + self.start_batch) % wpr
-        cfg, bs = self.cfg, self.cfg.batch_size
-        plan = plan_stream(
-            self.counts,
-            cfg.seed,
-            self.epoch,
-            self.rank * wpr + logical,
-            self.num_streams,
-            cfg.shuffle,
-            cfg.shuffle_buffer,
-            cover_all=self.evaluation,
-        )
-        emit = plan.emit_order[self._skipped(logical) * bs : self.stream_slots[logical]]
-        needed = np.zeros(len(plan.emit_order), dtype=bool)
-        needed[emit] = True
-        yield from self._batches(emit.tolist(), self._read(plan, needed), plan, physical)
+        plans, streams, reads = self._emission(physical)
+        readers = {}
+        for v, plan in plans.items():
+            needed = np.zeros(len(plan.emit_order), dtype=bool)
+            needed[reads[streams == v]] = True
+            readers[v] = self._read(plan, needed)
+        emit = list(zip(streams.tolist(), reads.tolist()))
+        yield from self._batches(emit, readers, plans, physical)
 
     def _batches(
         self,
-        emit: list[int],
-        reader: Iterator[tuple[int, dict[str, Any] | str]],
-        plan: StreamPlan,
+        emit: list[tuple[int, int]],
+        readers: dict[int, Iterator[tuple[int, dict[str, Any] | str]]],
+        plans: dict[int, StreamPlan],
         stream: int,
     ) -> Iterator[dict[str, Any]]:
-        """Decode the positions of `emit` in order; yield the batches, each carrying the report of the
-        samples it was cut from, and report-only items for samples that ended in no batch."""
+        """Decode the (plan stream, read position)s of `emit` in order; yield the batches, each carrying
+        the report of the samples it was cut from, and report-only items for samples that ended in no
+        batch. `stream` is this producer's row of the buffer pool."""
         cfg, bs, by_rows = self.cfg, self.cfg.batch_size, self.by_rows
         fields = tensor_fields(cfg)
         has_image = "image" in fields
-        pending: dict[int, dict[str, Any] | str] = {}
+        pending: dict[tuple[int, int], dict[str, Any] | str] = {}  # read, not yet batched
         rows: list[Row] = []  # rows of the batch being filled
         buffers: Buffers | None = None
         last_good: dict[str, Any] | None = None  # raw bytes of the last good sample
         read, bad, examples = 0, [0] * len(BAD_REASONS), {}  # the report of the batch being filled
         exampled: set[str] = set()  # reasons this stream has sent an example of
         last = len(emit) - 1
-        for i, pos in enumerate(emit):
+        for i, slot in enumerate(emit):
             if buffers is None:
                 buffers = self._buffers(stream, fields)
-            while pos not in pending:
-                got, raw = next(reader)
-                pending[got] = raw
-            raw = pending.pop(pos)
+            while slot not in pending:
+                got, raw = next(readers[slot[0]])
+                pending[slot[0], got] = raw
+            raw = pending.pop(slot)
             read += 1
             if isinstance(raw, str):  # the shard lost this sample
                 sample, reason = None, raw
@@ -177,7 +225,9 @@ class ShardDataset(IterableDataset):
                 bad[REASON_INDEX[reason]] += 1
                 if reason not in exampled:
                     exampled.add(reason)
-                    examples[reason] = self._shard_path(plan, pos) if isinstance(raw, str) else raw["__key__"]
+                    examples[reason] = (
+                        self._shard_path(plans, slot) if isinstance(raw, str) else raw["__key__"]
+                    )
             elif not by_rows:
                 last_good = raw
                 place(sample, buffers[1], len(rows))
@@ -222,8 +272,8 @@ class ShardDataset(IterableDataset):
         if buffers is not None and buffers[0] is not None and self.pool is not None:
             self.pool.unclaim(stream, buffers[0])
 
-    def _shard_path(self, plan: StreamPlan, pos: int) -> str:
-        return self.shards[int(plan.shard_ids[pos])].path
+    def _shard_path(self, plans: dict[int, StreamPlan], slot: tuple[int, int]) -> str:
+        return self.shards[int(plans[slot[0]].shard_ids[slot[1]])].path
 
     def _buffers(self, stream: int, fields: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> Buffers:
         """(pool slot or None, full-size field tensors) that the next batch is written into."""
@@ -294,6 +344,44 @@ class ShardLoader:
         if self._restored is not None:
             report.restore(self._restored)
         return report
+
+    def order_state(self) -> dict[str, int]:
+        """What the training order depends on beyond the seed and the data: {"num_streams": V,
+        "step_samples": G (samples per optimizer step, all ranks), "batch_size": this rank's batch}.
+        A checkpoint keeps it; `set_order` with it reads the same sequence on any world size."""
+        layout = self._layout()
+        return {
+            "num_streams": layout.num_streams,
+            "step_samples": layout.step_samples,
+            "batch_size": layout.batch_size,
+        }
+
+    def set_order(self, num_streams: int, step_samples: int, batch_size: int | None = None) -> None:
+        """Read the training order of a run with `num_streams` virtual streams and `step_samples`
+        samples per optimizer step (all ranks), in batches of `batch_size` (default: the current one) on
+        this rank: the accumulation is step_samples / (world size * batch_size). See order.py. Before
+        `set_epoch`; a DataError (one line) when the numbers do not divide or the data is too small."""
+        layout = self.check_order(num_streams, step_samples, batch_size)
+        if layout.batch_size != self.cfg.batch_size:
+            self.cfg = dataclasses.replace(self.cfg, batch_size=layout.batch_size)
+            self.dataset.cfg = self.cfg
+            self._pool = None  # buffers of the old batch size
+        self.dataset.set_layout(layout)
+        self._report = self._new_report()
+
+    def check_order(self, num_streams: int, step_samples: int, batch_size: int | None = None) -> StepLayout:
+        """The layout `set_order` would read, changing nothing; DataError when there is none."""
+        size = self._layout().batch_size if batch_size is None else int(batch_size)
+        layout = StepLayout(int(num_streams), int(step_samples), self.dataset.world_size, size)
+        self.dataset.steps_of(layout)
+        return layout
+
+    def _layout(self) -> StepLayout:
+        if self.dataset.evaluation:
+            raise DataError(
+                f"{self.cfg.shard_dir}: mode 'eval' has no training order (it reads each split once)"
+            )
+        return self.dataset.layout
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch's order; the next iteration yields batches start_batch.. of that epoch."""

@@ -28,6 +28,7 @@ cost is one array lookup; per-sample work is that of the source's `ShardLoader`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,12 +61,10 @@ class MixtureLoader:
         self.cfg = cfg
         self.names = [source.label for source in cfg.sources]
         self.loaders = [ShardLoader(config, rank, world_size) for config in cfg.source_configs().values()]
-        self.lengths = np.array([len(loader) for loader in self.loaders], dtype=np.int64)  # (S,)
         weights = np.array([float(source.weight) for source in cfg.sources])
         self.probs = weights / weights.sum()  # (S,)
-        self.epoch_batches = int(self.lengths.sum())
+        self._sized()
         self.epoch, self.start_batch = 0, 0
-        self._consumed: dict[int, np.ndarray] = {0: np.zeros(len(self.loaders), dtype=np.int64)}
         self._finished: list[list[dict[str, Any]]] = [[] for _ in self.loaders]  # earlier source epochs
         self._active: set[int] = set()  # sources read in the current iteration
         # Restored by restore_data_report: passes finished before the resume point, and the counts of
@@ -74,10 +73,33 @@ class MixtureLoader:
         self._restored_current: list[dict[str, Any] | None] = [None] * len(self.loaders)
         self._pending = list(self._restored_current)  # the restored passes not handed to a loader yet
 
+    def _sized(self) -> None:
+        """Batch counts from the source loaders' layout (after construction and `set_order`)."""
+        self.lengths = np.array([len(loader) for loader in self.loaders], dtype=np.int64)  # (S,)
+        self.epoch_batches = int(self.lengths.sum())
+        self.accumulation = self.loaders[0].dataset.layout.accumulation  # micro-batches per step
+        self._consumed: dict[int, np.ndarray] = {0: np.zeros(len(self.loaders), dtype=np.int64)}
+
+    def order_state(self) -> dict[str, int]:
+        """The sources' common training order (`ShardLoader.order_state`)."""
+        return self.loaders[0].order_state()
+
+    def set_order(self, num_streams: int, step_samples: int, batch_size: int | None = None) -> None:
+        """Every source reads the order of `ShardLoader.set_order`; one draw per optimizer step, so the
+        draws do not depend on the world size or the accumulation either. Before `set_epoch`."""
+        for loader in self.loaders:  # all or none
+            loader.check_order(num_streams, step_samples, batch_size)
+        for loader in self.loaders:
+            loader.set_order(num_streams, step_samples, batch_size)
+        self.cfg = dataclasses.replace(self.cfg, batch_size=self.loaders[0].cfg.batch_size)
+        self._sized()
+
     def draws(self, epoch: int) -> np.ndarray:
-        """(len(self),) the source index of each batch of `epoch`: a function of (seed, epoch) only."""
+        """(len(self),) the source index of each batch of `epoch`: a function of (seed, epoch) only, one
+        draw per optimizer step (its `accumulation` micro-batches come from one source)."""
         rng = plan_rng(self.cfg.seed, epoch, MIX_STREAM)
-        return rng.choice(len(self.loaders), size=self.epoch_batches, p=self.probs)
+        steps = self.epoch_batches // self.accumulation
+        return np.repeat(rng.choice(len(self.loaders), size=steps, p=self.probs), self.accumulation)
 
     def consumed_before(self, epoch: int) -> np.ndarray:
         """(S,) batches taken from each source in the epochs before `epoch`."""
