@@ -62,11 +62,12 @@ def _load_stage1(path: str, overrides: list[str] | None = None) -> Any:
     return load_config(AlignmentConfig, path, overrides or [])
 
 
-def build_alignment(cfg: Any, work_dir: Path, notes: list[str]) -> PlannedModel:
-    """The stage-1 model of `cfg` (call under FakeTensorMode)."""
+def build_alignment(cfg: Any, work_dir: Path, notes: list[str], real: bool = False) -> PlannedModel:
+    """The stage-1 model of `cfg` (call under FakeTensorMode); with `real`, as configured: weights loaded,
+    for a real step (apps/planning/truncated.py)."""
     from apps.alignment.build import build_model
 
-    offline_cfg = offline.offline_alignment_config(cfg, work_dir, notes)
+    offline_cfg = cfg if real else offline.offline_alignment_config(cfg, work_dir, notes)
     model = build_model(offline_cfg)
     parts = _stage1_components(model)
     parts.append(("losses", nn.ModuleList([model.contrastive, model.mrl])))
@@ -99,21 +100,22 @@ def stage1_config_of(cfg: Any, stage1_config: str | None, notes: list[str]) -> A
     return _load_stage1(stage1_config)
 
 
-def build_qa(cfg: Any, stage1_cfg: Any, work_dir: Path, notes: list[str]) -> PlannedModel:
-    """The stage-2 model of `cfg` over the towers of `stage1_cfg` (call under FakeTensorMode)."""
+def build_qa(cfg: Any, stage1_cfg: Any, work_dir: Path, notes: list[str], real: bool = False) -> PlannedModel:
+    """The stage-2 model of `cfg` over the towers of `stage1_cfg` (call under FakeTensorMode); with `real`,
+    as configured (weights loaded, bitsandbytes' own 8/4-bit layers), for a real step."""
     from apps.alignment.build import build_towers
     from apps.qa.build import build_model
 
-    towers_cfg = offline.offline_alignment_config(stage1_cfg, work_dir, notes)
+    towers_cfg = stage1_cfg if real else offline.offline_alignment_config(stage1_cfg, work_dir, notes)
     absent = [m for m in cfg.model.modalities if getattr(towers_cfg.model, m) is None]
     if absent:
         raise ConfigError(f"model.modalities: {absent} not among the stage-1 config's towers")
     towers = build_towers(towers_cfg)
     towers.requires_grad_(False)  # load_stage1 freezes the loaded towers
-    offline_cfg = offline.offline_qa_config(cfg, work_dir, notes)
+    offline_cfg = cfg if real else offline.offline_qa_config(cfg, work_dir, notes)
     model = build_model(offline_cfg, towers)
     quantized = None
-    if cfg.model.decoder.type == "qwen" and cfg.model.decoder.qwen.quantization != "none":
+    if not real and cfg.model.decoder.type == "qwen" and cfg.model.decoder.qwen.quantization != "none":
         quantized = int8.quantize_like_bitsandbytes(model.decoder, cfg.model.decoder.qwen)
         notes.append(quantized.note)
     parts = _stage1_components(model)
