@@ -60,7 +60,7 @@ def base_config(root: Path, **overrides: Any) -> dict[str, Any]:
 
     8 steps of 16 over a 40-sample train split (2 batches an epoch: 4 epoch boundaries), a checkpoint
     every step (all kept), a metrics row every 3 steps (a resume lands inside a logging window),
-    validation at step 4 and at the end, text dropout 0.3.
+    validation at step 4 and at the end, text dropout 0.3, the sample keys of every step logged.
     """
     cfg = tiny_config(
         root,
@@ -74,6 +74,7 @@ def base_config(root: Path, **overrides: Any) -> dict[str, Any]:
             "train.val_at_epoch_end": False,
             "train.plots": False,
             "data.train.text_dropout": 0.3,
+            "train.log_sample_keys": True,  # sample_keys.jsonl: the keys of every step (test_elastic_resume)
         },
     )
     for dotted, value in overrides.items():
@@ -241,14 +242,20 @@ def assert_rows_equal(reference: Path, other: Path) -> None:
         )
 
 
+# A frozen text tower runs in eval mode: no dropout, so stage 1 draws nothing from a rank's torch RNG and its
+# weights do not depend on how a step's samples are split over ranks (test_elastic_resume compares them
+# across world sizes; the other modes keep the text tower's dropout).
+NO_MODEL_RNG: dict[str, Any] = {"model.text.encoder.trainable": False}
+
 # The MRL modes of the exact-resume guarantee (text dropout 0.3 in all of them). "all_dims" also reads
 # through one loader worker, so a kill lands while the worker has batches read ahead.
 MODES: dict[str, dict[str, Any]] = {
-    "all_dims": {"data.train.num_workers": 1},
+    "all_dims": {"data.train.num_workers": 1, **NO_MODEL_RNG},
     "single_dim": {"losses.sample_single_mrl_dim": True},
     "two_of_three": {"losses.num_sampled_mrl_dims": 2},
 }
 
 # The 2-rank runs: each rank reads 20 of the 40 training samples in batches of 4 (5 steps an epoch), so the
-# 8 steps cross an epoch boundary and a kill lands mid-epoch; MRL draws 2 of 3 dims from the loss's generator.
-DDP_OVERRIDES: dict[str, Any] = {**MODES["two_of_three"], "data.train.batch_size": 4}
+# 8 steps cross an epoch boundary and a kill lands mid-epoch; MRL draws 2 of 3 dims from the loss's generator;
+# the text tower is frozen (NO_MODEL_RNG; stage 2 on this checkpoint draws modality dropout from each rank's RNG).
+DDP_OVERRIDES: dict[str, Any] = {**MODES["two_of_three"], "data.train.batch_size": 4, **NO_MODEL_RNG}

@@ -118,6 +118,14 @@ def test_a_mixture_keeps_its_draws_and_its_steps(tmp_path):
         assert steps(cfg, world, (2, 4), batch, epoch=1, start=3) == reference[3:], (world, batch)
     later = steps(cfg, 2, None, epoch=4)  # the sources' own epochs continue alike
     assert steps(cfg, 1, (2, 4), 2, epoch=4) == later
+    mixture = cfg.build(0, 3)  # 4 samples a step do not split over 3 ranks: refused, nothing changed
+    before = mixture.order_state()
+    for call in (mixture.check_order, mixture.set_order):
+        with pytest.raises(
+            DataError, match="global batch of 4 is no whole number of batches of 1 on each of 3"
+        ):
+            call(2, 4, 1)
+    assert mixture.order_state() == before and all(s.order_state() == before for s in mixture.loaders)
 
 
 def test_layouts_that_cannot_keep_the_order_are_refused(keyed):

@@ -87,12 +87,16 @@ class MixtureLoader:
     def set_order(self, num_streams: int, step_samples: int, batch_size: int | None = None) -> None:
         """Every source reads the order of `ShardLoader.set_order`; one draw per optimizer step, so the
         draws do not depend on the world size or the accumulation either. Before `set_epoch`."""
-        for loader in self.loaders:  # all or none
-            loader.check_order(num_streams, step_samples, batch_size)
+        self.check_order(num_streams, step_samples, batch_size)  # all or none
         for loader in self.loaders:
             loader.set_order(num_streams, step_samples, batch_size)
         self.cfg = dataclasses.replace(self.cfg, batch_size=self.loaders[0].cfg.batch_size)
         self._sized()
+
+    def check_order(self, num_streams: int, step_samples: int, batch_size: int | None = None) -> None:
+        """DataError (one line) when some source cannot read that order; changes nothing."""
+        for loader in self.loaders:
+            loader.check_order(num_streams, step_samples, batch_size)
 
     def draws(self, epoch: int) -> np.ndarray:
         """(len(self),) the source index of each batch of `epoch`: a function of (seed, epoch) only, one

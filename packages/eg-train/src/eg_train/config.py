@@ -88,6 +88,10 @@ class TrainerConfig:
     """auto | cpu | cuda | cuda:N; auto = cuda:<local_rank> when CUDA is available, else cpu."""
     log_every: int = 10
     """Steps between metrics rows (a non-finite step is always logged)."""
+    log_sample_keys: bool = False
+    """Write the sample keys of every optimizer step, all ranks in global order, to
+    output_dir/sample_keys.jsonl (rank 0): the data order, audited (e.g. across a resume on another world
+    size). The batches must carry a `key` list; costs one gather of the keys per step."""
     val_every: int = 0
     """Steps between validations; 0 = only at epoch ends (val_at_epoch_end) and at the end."""
     val_at_epoch_end: bool = True

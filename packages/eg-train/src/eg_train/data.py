@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from eg_train.checkpoint import capture_rng_state, restore_rng_state
-from eg_train.distributed import all_reduce_sum
+from eg_train.distributed import all_gather_objects, all_reduce_sum
 from eg_train.errors import TrainError
 
 _END = object()
@@ -78,11 +78,21 @@ class StepSums:
         self.samples += samples
 
     def reduce(self, world_size: int) -> tuple[bool, float, dict[str, float]]:
-        """(any rank saw a non-finite loss, mean loss, mean parts) over micro-batches and ranks; a collective."""
+        """(any rank saw a non-finite loss, mean loss, mean parts) over micro-batches and ranks; a collective.
+
+        Ranks may name different parts (a model reports no part for a pair that none of the rank's rows
+        has, e.g. every caption of a small per-rank batch dropped): the names are gathered first, so every
+        rank packs the same vector, and a part is the mean over the ranks that reported it."""
         names = sorted(self.parts)
-        packed = torch.stack([self.bad, self.loss / self.micro, *[self.parts[k] / self.micro for k in names]])
+        if world_size > 1:
+            names = sorted(set().union(*all_gather_objects(names)))
+        zero = torch.zeros((), device=self.device)
+        means = [self.parts[k] / self.micro if k in self.parts else zero for k in names]
+        counts = [torch.ones((), device=self.device) if k in self.parts else zero for k in names]
+        packed = torch.stack([self.bad, self.loss / self.micro, *means, *counts])
         values = all_reduce_sum(packed.float()).tolist()
-        return values[0] > 0, values[1] / world_size, {k: v / world_size for k, v in zip(names, values[2:])}
+        sums, reported = values[2 : 2 + len(names)], values[2 + len(names) :]
+        return values[0] > 0, values[1] / world_size, {k: v / n for k, v, n in zip(names, sums, reported)}
 
 
 def has_position(data: Any) -> bool:

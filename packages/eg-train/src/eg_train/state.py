@@ -7,7 +7,9 @@ knowing the model.
 - per rank: python/numpy/torch/CUDA RNG now and at the epoch's start, every `torch.Generator` a module
   holds as an attribute, and the data report counts reached in the current epoch;
 - the run's counters (`RunState`: data position, step counters, wandb run id), the best metric and the
-  logging window (the sums the next metrics row averages).
+  logging window (the sums the next metrics row averages);
+- `data_order`: the data's training order (`order_state()`, None for data without one), which a resume on
+  another world size keeps (elastic.py).
 
 State flows one way: the trainer owns these objects and hands them over as `StateParts`; `capture` reads
 them, `restore` calls their `load_state_dict`. This module never imports the trainer. Loading is strict: a
@@ -27,6 +29,7 @@ from eg_train import checkpoint as ck
 from eg_train.config import TrainerConfig
 from eg_train.datareport import DataReporter
 from eg_train.distributed import DistInfo, all_gather_objects, broadcast_object, seed_everything
+from eg_train.elastic import has_order, order_of
 from eg_train.errors import TrainError
 from eg_train.metrics import LogWindow
 from eg_train.validation import BestTracker
@@ -101,6 +104,7 @@ class StateParts:
     config: TrainerConfig
     run_config: dict[str, Any]
     data_positioned: bool  # the data seeks by itself, so it counts its data report from the resume point
+    data: Any = None  # the training data (its order_state, when it has one, goes into the checkpoint)
 
 
 def module_generators(model: nn.Module) -> dict[str, torch.Generator]:
@@ -142,6 +146,7 @@ def capture(p: StateParts) -> dict[str, Any] | None:
         "scaler": p.scaler.state_dict(),
         "ranks": ranks,
         "log_window": p.window.state_dict(),
+        "data_order": order_of(p.data),
         **p.best.state_dict(),
         "config": p.config.to_dict(),
         "run_config": p.run_config,
@@ -219,6 +224,12 @@ def _restore_other_world_size(p: StateParts, path: Path, c: dict[str, Any]) -> s
     seeded alike on all ranks). Returns the line that says what does not resume exactly."""
     seed_everything(p.config.seed + p.dist.rank + p.run.step)
     _restore_generators(p.model, c["ranks"][0]["generators"], path)
+    if has_order(p.data) and c.get("data_order"):  # elastic.keep_order set the data to the run's order
+        return (
+            f"{path.name} was written by {c['world_size']} ranks, this run has {p.dist.world_size}: model, "
+            f"optimizer, schedule and the sample order resume exactly; RNG and the epoch's data report counts "
+            f"do not"
+        )
     return (
         f"{path.name} was written by {c['world_size']} ranks, this run has {p.dist.world_size}: model, "
         f"optimizer and schedule resume exactly; data order, RNG and the epoch's data report counts do not"

@@ -39,6 +39,7 @@ from eg_train.distributed import (
     shutdown_distributed,
     wrap_ddp,
 )
+from eg_train.elastic import SampleKeyLog, keep_order
 from eg_train.errors import TrainError
 from eg_train.metrics import LogWindow, RunLoggers, import_wandb, progress_bar
 from eg_train.plots import PlotDrawer
@@ -127,6 +128,7 @@ class Trainer:
             config,
             self.run_config,
             has_position(train_data),
+            train_data,
         )
         self.last_val: dict[str, float] = {}
         self.loggers: RunLoggers | None = None
@@ -135,6 +137,7 @@ class Trainer:
         self.flops_per_sample, self.peak_flops = flops_per_sample, 0.0  # mfu column when flops are given
         self.saver = CheckpointSaver(self.checkpoint_dir, config.keep_last_n, config.async_save)
         self.plotter = PlotDrawer(self.output_dir)  # plots at validations within 1% of the wall time
+        self.key_log = SampleKeyLog(self.output_dir, self.dist.is_main) if config.log_sample_keys else None
 
     # ---- public -------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -148,6 +151,8 @@ class Trainer:
         failed = True
         try:
             resumed = self._resume()
+            if self.key_log is not None:
+                self.key_log.start(self.run.step if resumed else None)
             self.forward_model = wrap_ddp(self.model, self.device, self.cfg.find_unused_parameters)
             if self.dist.is_main:
                 self._open_loggers(resumed)
@@ -200,13 +205,26 @@ class Trainer:
             seed_everything(self.cfg.seed + self.dist.rank)
             return False
         path, c = found
+        # before anything is restored: the data reads the checkpoint's order (or the resume is refused)
+        kept = keep_order(self.train_data, c, path, self.dist.world_size, self.cfg.grad_accum_steps)
+        if kept:
+            self._resize()
         note = state.restore(self.parts, path, c)
         run = self.run
         self._last_save_step = self._last_val_step = run.step
         self._say(f"resumed from {path} at step {run.step} (epoch {run.epoch}, batch {run.batch_in_epoch})")
-        if note:
-            self._say(note)
+        for line in (kept, note):
+            if line:
+                self._say(line)
         return True
+
+    def _resize(self) -> None:
+        """Steps per epoch (and an epochs-long run's schedule) after the data took a checkpoint's order."""
+        self.steps_per_epoch = steps_per_epoch(self.train_data, self.cfg.grad_accum_steps)
+        total = total_steps(self.cfg.max_steps, self.cfg.epochs, self.steps_per_epoch)
+        if total != self.total_steps:
+            self.total_steps = total
+            self.scheduler = self.parts.scheduler = build_scheduler(self.optimizer, self.cfg, total)
 
     def _open_loggers(self, resumed: bool) -> None:
         """metrics.csv, tensorboard, wandb and the progress bar (rank 0)."""
@@ -274,6 +292,8 @@ class Trainer:
             # micro-batch gradients are summed here and divided by their count before the update
             self.scaler.scale(loss.float()).backward()
         sums.add(loss, parts, samples)
+        if self.key_log is not None:
+            self.key_log.add(batch)
 
     def _finish_step(self, sums: StepSums, epoch_ended: bool) -> None:
         cfg, run, micro = self.cfg, self.run, sums.micro
@@ -302,6 +322,8 @@ class Trainer:
         self.scheduler.step()
         run.step += 1
         run.samples_seen += sums.samples * world
+        if self.key_log is not None:
+            self.key_log.step(run.step)  # a collective
         step_epoch = run.epoch
         if epoch_ended:
             run.epoch, run.batch_in_epoch = run.epoch + 1, 0
