@@ -27,6 +27,7 @@ from apps.alignment.evaluate import (
 )
 from apps.alignment.zeroshot import ZeroShotValidation, with_zeroshot
 from apps.common.config import to_dict, to_yaml
+from apps.common.flops import training_flops_per_sample
 from apps.common.loaders import check_shard_dir, data_folders, held_out, loader_for_encoders, loss_loader
 
 
@@ -76,6 +77,7 @@ def train(cfg: AlignmentConfig) -> None:
             HeldOutValidation(cfg, val_splits, dims, info.device) if val_splits else None, zeroshot
         ),
         run_config=to_dict(cfg),
+        flops_per_sample=training_flops_per_sample(model, loader_cfg, info.device),  # the mfu column
     )
     summary = trainer.fit()
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from eg_train.metrics import TIME_COLUMNS  # wall-clock measurements: differ between runs
 from PIL import Image
 
 from apps.common.cli import train_main
@@ -34,7 +35,6 @@ from qa_helpers import (
 )
 
 VARIANTS = ["majority", "image+audio", "image", "audio", "blind"]
-TIME_COLUMNS = ("samples_per_s", "data_wait_frac")  # wall-clock measurements: differ between runs
 TEST_PAIRS = 11 * 6  # every QA pair of the 11-sample test split
 
 

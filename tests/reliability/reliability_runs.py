@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from eg_train.metrics import TIME_COLUMNS  # metrics.csv columns that measure time: the rest match exactly
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))  # --import-mode=importlib: make the root conftest's helpers importable
@@ -25,8 +26,6 @@ from conftest import TRAIN_SCRIPT, app_env, tiny_config
 
 NAME = "tiny"  # experiment_name of tiny_config: outputs/tiny, checkpoints/tiny
 MAX_STEPS = 8
-# metrics.csv columns that measure time, not training: everything else must match exactly
-TIME_COLUMNS = frozenset({"samples_per_s", "data_wait_frac"})
 
 
 def sample_record(raw: dict[str, Any]) -> dict[str, Any]:

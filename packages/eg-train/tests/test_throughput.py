@@ -56,3 +56,27 @@ def test_no_mfu_column_without_flops(toy, tmp_path):
     torch.manual_seed(0)
     eg_train.Trainer(toy.ToyModel(), toy.make_config(tmp_path, max_steps=2, log_every=1), toy.ToyData()).fit()
     assert "mfu" not in toy.read_rows(tmp_path / "outputs/metrics.csv")[0]
+
+
+def test_counting_leaves_the_rng_and_the_train_flags_as_they_were():
+    torch.manual_seed(0)
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.frozen = nn.Linear(8, 8)  # an eval-mode part (as a frozen tower) stays in eval mode
+            self.head = nn.Sequential(nn.Linear(8, 4), nn.Dropout(0.5), nn.BatchNorm1d(4))
+
+        def forward(self, batch: dict) -> dict:
+            return {"loss": self.head(self.frozen(batch["x"])).square().mean()}
+
+    model = Model().train()
+    model.frozen.eval()
+    batch = {"x": torch.randn(6, 8)}  # (B, D)
+    stats = model.head[2].running_mean.clone()
+    rng = torch.get_rng_state()
+    per_sample = throughput.flops_per_sample(model, batch, torch.device("cpu"))
+    assert per_sample == train_step_flops(model, batch) / 6
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout drew nothing from the global generator
+    assert torch.equal(model.head[2].running_mean, stats)  # no batch-norm update
+    assert [m.training for m in model.modules()] == [True, False, True, True, True, True]

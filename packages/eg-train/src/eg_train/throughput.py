@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from eg_train.data import batch_size, move_to_device
+
 # Dense (no sparsity) bf16 tensor-core peaks, FLOP/s, from the vendors' datasheets; first match wins
 # (so "H100 PCIe" is tested before the SXM figure that "H100" alone gets).
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
@@ -76,16 +78,39 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 
 def train_step_flops(model: torch.nn.Module, batch: dict, loss_key: str = "loss") -> int:
-    """FLOPs of one forward + backward of `model(batch)[loss_key]`; gradients it made are cleared after."""
+    """FLOPs of one forward + backward of `model(batch)[loss_key]`, leaving the run as it was.
+
+    Counted in eval mode (dropout and its kin draw nothing, batch norm updates no running statistics, a
+    model's own training-time draws are not taken; FlopCounterMode counts matmuls, convolutions and
+    attention, which these do not change) under torch.random.fork_rng, so the global CPU and CUDA generators
+    continue as if nothing ran. Each module's train/eval flag and each parameter's gradient are put back.
+    """
     had_grad = {p: p.grad for p in model.parameters()}
+    was_training = {m: m.training for m in model.modules()}
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
 
     def step() -> None:
         model(batch)[loss_key].backward()
 
-    flops = count_flops(step)
-    for p, g in had_grad.items():
-        p.grad = g  # the measurement leaves the parameters' gradients as they were
+    try:
+        with torch.random.fork_rng(devices=devices):
+            model.eval()
+            flops = count_flops(step)
+    finally:
+        for m, flag in was_training.items():
+            m.training = flag  # per module: a frozen tower kept in eval stays in eval
+        for p, g in had_grad.items():
+            p.grad = g  # the measurement leaves the parameters' gradients as they were
     return flops
+
+
+def flops_per_sample(model: torch.nn.Module, batch: dict, device: torch.device) -> float:
+    """`train_step_flops` of `batch` (moved to `device`) over its size: the Trainer's `flops_per_sample`.
+
+    Take the batch from a loader of its own (not the training one), so the training stream is not consumed.
+    """
+    batch = move_to_device(batch, device)
+    return train_step_flops(model, batch) / batch_size(batch)
 
 
 def mfu(flops_per_sample: float, samples_per_s: float, peak_flops: float) -> float:
