@@ -1,7 +1,7 @@
 """Loss cost: contrastive + Matryoshka (MRL) against contrastive alone, and local-loss memory under 2 gloo ranks.
 
 `uv run benchmarks/bench_loss.py [--batches 256 1024] [--dims 1024 4096] [--repeats 5] [--region-s 2]
-[--mem-batches 1024 4096] [--mem-dim 512] [--threads 1] [--quick] [--out FILE]`
+[--mem-batches 1024 4096] [--mem-dim 512] [--modes ...] [--threads 1] [--quick] [--out FILE]`
 
 Part 1, time. eg-losses' losses as the alignment app combines them (apps/alignment/model.py): one
 `ContrastiveLoss` at the full width, plus a `MatryoshkaLoss` wrapping that same module at the nested dims
@@ -10,7 +10,10 @@ configs/pixmo_alignment.yaml. Contenders, at each batch B and embedding width D:
 - contrastive: InfoNCE at D alone;
 - + MRL all: plus MRL at every dim;
 - + MRL one: plus MRL at one dim drawn per step (`sample_single_mrl_dim`);
-- + MRL k of n: plus MRL at k dims drawn per step (`num_sampled_dims`, k = --k).
+- + MRL k of n: plus MRL at k dims drawn per step (`num_sampled_dims`, k = --k);
+- pair all (fused): the app's whole pair loss (contrastive 0.25 + MRL 1.0 at every dim) as the model
+  computes it: one `MatryoshkaLoss.losses_at` pass whose full-width term is also the contrastive term.
+(--modes picks contenders; contrastive always runs.) The "+ MRL" modes call the two losses separately.
 Each is timed forward + backward in two settings: `loss` (the loss alone, its inputs two (B, D) leaf
 tensors) and `head` (the loss on top of a fixed projection head: two nn.Linear(--head-in, D) on fixed
 (B, --head-in) features, their weight gradients included). A timed region repeats one contender until
@@ -58,7 +61,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shar
 from machine import machine_info
 
 CONTRASTIVE_WEIGHT, MRL_WEIGHT = 0.25, 1.0  # configs/pixmo_alignment.yaml; weights do not change the cost
-MODES = ("contrastive", "+ MRL all", "+ MRL one", "+ MRL k of n")
+# "pair all (fused)": the app's whole pair loss as apps/alignment/model.py computes it, contrastive term
+# and MRL at every dim from one MatryoshkaLoss.losses_at pass (the full-width term reused, not recomputed)
+MODES = ("contrastive", "+ MRL all", "+ MRL one", "+ MRL k of n", "pair all (fused)")
 
 
 class LossUnderTest:
@@ -75,7 +80,7 @@ class LossUnderTest:
                 num_sampled_dims=k if mode == "+ MRL k of n" else 0,
             )
             self.mrl = mrl_cfg.build(self.contrastive, dim)  # shares the temperature, as the app does
-        self.setting = setting
+        self.setting, self.mode = setting, mode
         if setting == "loss":
             self.a = torch.randn(batch, dim, generator=generator).requires_grad_()
             self.b = torch.randn(batch, dim, generator=generator).requires_grad_()
@@ -91,8 +96,14 @@ class LossUnderTest:
             a, b = self.a, self.b  # (B, D) each
         else:
             a, b = self.head_a(self.features_a), self.head_b(self.features_b)  # (B, D) each
-        loss = CONTRASTIVE_WEIGHT * self.contrastive(a, b)
-        if self.mrl is not None:
+        if self.mode == "pair all (fused)":
+            parts = self.mrl.losses_at(a, b, list(self.mrl.dims))  # the dims end at the full width D
+            width = self.mrl.dims[-1]
+            loss = CONTRASTIVE_WEIGHT * parts[width] + MRL_WEIGHT * self.mrl.weighted_sum(parts)
+            self.mrl_dims_used += len(parts)
+        else:
+            loss = CONTRASTIVE_WEIGHT * self.contrastive(a, b)
+        if self.mrl is not None and self.mode != "pair all (fused)":
             total, parts = self.mrl.forward_with_parts(a, b)
             loss = loss + MRL_WEIGHT * total
             self.mrl_dims_used += len(parts)
@@ -128,22 +139,23 @@ def bench_time(args: argparse.Namespace) -> list[dict[str, Any]]:
     for setting in args.settings:
         for batch in args.batches:
             for dim in args.dims:
-                contenders = {m: LossUnderTest(m, setting, batch, dim, args.head_in, args.k) for m in MODES}
+                modes = tuple(m for m in MODES if m == "contrastive" or m in args.modes)
+                contenders = {m: LossUnderTest(m, setting, batch, dim, args.head_in, args.k) for m in modes}
                 for c in contenders.values():
                     c.step()  # warm-up
                     c.mrl_dims_used = c.calls = 0
-                per_call: dict[str, list[float]] = {m: [] for m in MODES}
-                cpu_per_call: dict[str, list[float]] = {m: [] for m in MODES}
-                region_s: dict[str, list[float]] = {m: [] for m in MODES}
+                per_call: dict[str, list[float]] = {m: [] for m in modes}
+                cpu_per_call: dict[str, list[float]] = {m: [] for m in modes}
+                region_s: dict[str, list[float]] = {m: [] for m in modes}
                 for repeat in range(args.repeats):
-                    order = MODES[repeat % len(MODES) :] + MODES[: repeat % len(MODES)]
+                    order = modes[repeat % len(modes) :] + modes[: repeat % len(modes)]
                     for mode in order:
                         seconds, cpu, calls = timed_region(contenders[mode].step, args.region_s)
                         per_call[mode].append(seconds)
                         cpu_per_call[mode].append(cpu)
                         region_s[mode].append(seconds * calls)
                 base, cpu_base = per_call["contrastive"], cpu_per_call["contrastive"]
-                for mode in MODES:
+                for mode in modes:
                     c = contenders[mode]
                     ratios = [t / b for t, b in zip(per_call[mode], base)]
                     cpu_ratios = [t / b for t, b in zip(cpu_per_call[mode], cpu_base)]
@@ -287,6 +299,9 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[1024, 4096], help="embedding widths D")
     parser.add_argument("--settings", nargs="+", default=["loss", "head"], choices=["loss", "head"])
     parser.add_argument("--head-in", type=int, default=1024, help="input width of the fixed projection head")
+    parser.add_argument(
+        "--modes", nargs="+", default=list(MODES), choices=MODES, help="contenders (contrastive always runs)"
+    )
     parser.add_argument("--k", type=int, default=2, help="dims drawn per step in the k-of-n mode")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--region-s", type=float, default=2.0, help="least seconds of one timed region")

@@ -57,13 +57,14 @@ def test_bench_loss_quick(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     rows = {(r["setting"], r["mode"]): r for r in report["time"]}
-    assert len(rows) == 8  # 2 settings x 4 modes, at B 16, D 256 (MRL dims 128, 256)
+    assert len(rows) == 10  # 2 settings x 5 modes, at B 16, D 256 (MRL dims 128, 256)
     for setting in ("loss", "head"):
         assert rows[(setting, "contrastive")]["ratio"] == 1.0
         assert rows[(setting, "contrastive")]["mean_mrl_dims"] == 0
         assert rows[(setting, "+ MRL all")]["mean_mrl_dims"] == 2
         assert rows[(setting, "+ MRL one")]["mean_mrl_dims"] == 1
         assert rows[(setting, "+ MRL k of n")]["mean_mrl_dims"] == 2  # k = 2 of the 2 dims
+        assert rows[(setting, "pair all (fused)")]["mean_mrl_dims"] == 2  # every dim, one pass
     # 2 gloo ranks, global batch 64, width 32: both modes give the symmetric InfoNCE of the whole batch,
     # computed here in one process from the same seeded inputs
     memory = {r["mode"]: r for r in report["memory"]}
