@@ -302,7 +302,9 @@ def export_main(argv: list[str] | None = None) -> int:
     from apps.common.cli import run_guarded
 
     parser = argparse.ArgumentParser(prog="apps/export", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", metavar="CKPT", help="a stage-1 checkpoint (.pt) to export")
+    parser.add_argument(
+        "--checkpoint", metavar="CKPT", help="a stage-1 or stage-2 (QA) checkpoint (.pt) to export"
+    )
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="a new folder (with --onnx alone: an export)"
     )
@@ -318,7 +320,15 @@ def export_main(argv: list[str] | None = None) -> int:
     def main() -> int:
         if args.checkpoint is None and not args.onnx:
             raise ExportError("--checkpoint is required (only --onnx may run on an existing export folder)")
-        if args.checkpoint is not None:
+        if args.checkpoint is not None and _is_stage2(args.checkpoint):
+            from apps.qa.export import export_stage2
+
+            qa = export_stage2(args.checkpoint, args.out)
+            print(
+                f"exported the stage-2 {qa['decoder']} model of {args.checkpoint} (step {qa['source']['step']}) "
+                f"to {args.out}: towers, {', '.join(qa['files'])}"
+            )
+        elif args.checkpoint is not None:
             config = export_stage1(args.checkpoint, args.out)
             size = (Path(args.out) / WEIGHTS_NAME).stat().st_size
             print(
@@ -334,6 +344,21 @@ def export_main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_guarded(main)
+
+
+def _is_stage2(checkpoint: str) -> bool:
+    """Whether `checkpoint` is a readable stage-2 (QA) checkpoint (anything else goes to the stage-1 export,
+    which names what is wrong with it)."""
+    if not Path(checkpoint).is_file():
+        return False
+    from eg_train import TrainError
+
+    from apps.qa.export import is_stage2
+
+    try:
+        return is_stage2(checkpoint)
+    except TrainError:  # unreadable (FormatError is one too): export_stage1 reports it in one line
+        return False
 
 
 def _test_dir(folder: Path) -> str:
