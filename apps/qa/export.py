@@ -41,9 +41,10 @@ class QAExportError(ConfigError):
 
 
 def is_stage2(checkpoint: str | Path) -> bool:
-    """Whether `checkpoint` (a file) stores a `stage: qa` run config."""
+    """Whether `checkpoint` (a file) stores a `stage: qa` run config with a decoder (anything else is left to
+    the stage-1 export, which names the checkpoint that is of neither kind)."""
     raw = load_checkpoint(checkpoint).get("run_config") or {}
-    return raw.get("stage") == "qa"
+    return raw.get("stage") == "qa" and "decoder" in (raw.get("model") or {})
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
