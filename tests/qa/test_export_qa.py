@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from eg_data import read_all
+from eg_train import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qa_helpers import REPO, TRAIN_SCRIPT, qa_config, run_app, write_config
@@ -125,7 +126,7 @@ def test_qwen_adapter_loads_with_peft_and_answers_as_the_checkpoint(
     # peft alone loads the adapter onto the base (no project code): the LoRA weights are the checkpoint's
     base = AutoModelForCausalLM.from_pretrained(str(out / "base"))
     peft_model = PeftModel.from_pretrained(base, str(out / "adapter"))
-    state = torch.load(qwen_checkpoint, map_location="cpu", weights_only=False)["model"]
+    state = load_checkpoint(qwen_checkpoint)["model"]
     lora = {k: v for k, v in state.items() if "lora_" in k}
     assert lora
     loaded = {k: v for k, v in peft_model.state_dict().items() if "lora_" in k}
